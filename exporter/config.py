@@ -1,0 +1,348 @@
+"""Load and validate the config file into frozen, typed objects.
+
+Everything about the file is checked before anything runs, and every problem is reported with its
+key path::
+
+    >>> load_config("bad.yaml")
+    Traceback (most recent call last):
+    ConfigError: apps[0].meetings[1].id: invalid id 'a/b': use only letters, digits, '-' and '_'
+
+The API token is never part of the config object: :func:`read_token` fetches it from the environment
+variable or file that the config names, and no message ever contains it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from exporter.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+DEFAULT_TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
+
+#: Labels the exporter sets itself; static meeting labels must not reuse them.
+RESERVED_LABELS = frozenset(
+    {
+        "account_id",
+        "app_id",
+        "meeting_id",
+        "reason",
+        "status",
+        "session_id",
+        "type",
+        "meeting_display_name",
+        "version",
+        "code",
+        "token",
+        "job",
+        "instance",
+    }
+)
+
+_ID_CHARS = re.compile(r"[A-Za-z0-9_-]+")
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _check_id(value: str, max_len: int) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    if len(value) > max_len:
+        raise ValueError(f"id {value!r} is {len(value)} characters long, at most {max_len} allowed")
+    if not _ID_CHARS.fullmatch(value):
+        raise ValueError(f"invalid id {value!r}: use only letters, digits, '-' and '_'")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RateLimit(_Model):
+    """The token's request budget: ``requests`` per ``period_seconds``, shared by every poll."""
+
+    requests: int = Field(default=1200, gt=0)
+    period_seconds: float = Field(default=300.0, gt=0)
+
+    @property
+    def per_second(self) -> float:
+        return self.requests / self.period_seconds
+
+
+class ApiConfig(_Model):
+    allow_insecure_http: bool = False  # declared first: base_url's check reads it
+    base_url: str = DEFAULT_BASE_URL
+    token_env: str | None = None
+    token_file: str | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    rate_limit: RateLimit = RateLimit()
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str, info: ValidationInfo) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError(f"{value!r} must not have a query or fragment")
+        insecure_ok = info.data.get("allow_insecure_http", False)
+        if parts.scheme == "http" and not insecure_ok and not _is_loopback(parts.hostname):
+            raise ValueError(
+                f"{value!r} is plain http to a non-loopback host; "
+                "use https or set api.allow_insecure_http: true"
+            )
+        return value.rstrip("/")
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _one_token_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("token_env") is not None:
+            raise ValueError("set token_env or token_file, not both")
+        return value
+
+    @property
+    def token_source(self) -> str:
+        """Where the token comes from, for messages: ``$VAR`` or the file path (never the token)."""
+        if self.token_file is not None:
+            return self.token_file
+        return "$" + (self.token_env or DEFAULT_TOKEN_ENV)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class PollConfig(_Model):
+    interval_seconds: float = Field(default=30.0, gt=0)
+    stale_after_seconds: float | None = Field(default=None, gt=0)
+    concurrency: int = Field(default=10, gt=0)
+
+    @property
+    def stale_after(self) -> float:
+        """Seconds the last good values survive failed polls (default 3 × interval)."""
+        if self.stale_after_seconds is None:
+            return 3 * self.interval_seconds
+        return self.stale_after_seconds
+
+
+def _meeting_from_str(value: Any) -> Any:
+    return {"id": value} if isinstance(value, str) else value
+
+
+class Meeting(_Model):
+    id: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return _check_id(value, 128)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+                raise ValueError(f"invalid label name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*")
+            if name in RESERVED_LABELS:
+                raise ValueError(f"label name {name!r} clashes with a label of the exporter")
+        return value
+
+
+class App(_Model):
+    account_id: str
+    app_id: str
+    meetings: list[Annotated[Meeting, BeforeValidator(_meeting_from_str)]] = Field(min_length=1)
+
+    @field_validator("account_id", "app_id")
+    @classmethod
+    def _ids(cls, value: str) -> str:
+        return _check_id(value, 32)
+
+    @field_validator("meetings")
+    @classmethod
+    def _unique(cls, value: list[Meeting]) -> list[Meeting]:
+        seen: set[str] = set()
+        for meeting in value:
+            if meeting.id in seen:
+                raise ValueError(f"meeting {meeting.id!r} is listed more than once")
+            seen.add(meeting.id)
+        return value
+
+
+class Config(_Model):
+    api: ApiConfig = ApiConfig()
+    poll: PollConfig = PollConfig()
+    apps: list[App] = Field(min_length=1)
+
+    @field_validator("apps")
+    @classmethod
+    def _unique_apps(cls, value: list[App]) -> list[App]:
+        seen: set[tuple[str, str]] = set()
+        for app in value:
+            key = (app.account_id, app.app_id)
+            if key in seen:
+                raise ValueError(f"app {app.account_id}/{app.app_id} is listed more than once")
+            seen.add(key)
+        return value
+
+    def targets(self) -> dict[MeetingKey, tuple[tuple[str, str], ...]]:
+        """Every configured meeting with its static labels, in config order."""
+        return {
+            MeetingKey(app.account_id, app.app_id, m.id): tuple(sorted(m.labels.items()))
+            for app in self.apps
+            for m in app.meetings
+        }
+
+    def warnings(self) -> list[str]:
+        """Values that are allowed but look unwise, one line each."""
+        out: list[str] = []
+        poll, api = self.poll, self.api
+        if poll.stale_after < poll.interval_seconds:
+            out.append(
+                f"poll.stale_after_seconds ({poll.stale_after:g}) is shorter than "
+                f"poll.interval_seconds ({poll.interval_seconds:g}): "
+                "values will vanish between polls"
+            )
+        if api.timeout_seconds > poll.interval_seconds:
+            out.append(
+                f"api.timeout_seconds ({api.timeout_seconds:g}) is longer than "
+                f"poll.interval_seconds ({poll.interval_seconds:g})"
+            )
+        n = sum(len(app.meetings) for app in self.apps)
+        demand = n / poll.interval_seconds
+        if demand > api.rate_limit.per_second:
+            need = math.ceil(n / api.rate_limit.per_second)
+            out.append(
+                f"{n} meetings every {poll.interval_seconds:g}s need {demand:.2f} requests/s, more "
+                f"than api.rate_limit allows ({api.rate_limit.per_second:.2f}/s); raise "
+                f"poll.interval_seconds to at least {need}"
+            )
+        return out
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MeetingKey:
+    account_id: str
+    app_id: str
+    meeting_id: str
+
+
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _yaml_type(value: Any) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    names |= {list: "a list", dict: "a mapping", type(None): "nothing"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _messages(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors(include_url=False):
+        kind, msg = e["type"], e["msg"]
+        if kind == "extra_forbidden":
+            msg = "unknown key"
+        elif kind == "missing":
+            msg = "required key is missing"
+        elif kind == "too_short" and e["loc"] and e["loc"][-1] in ("apps", "meetings"):
+            msg = "must list at least one entry"
+        elif kind == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        else:
+            msg = msg.replace("Input should be", "must be")
+            if kind.endswith("_type"):
+                msg += f" (got {_yaml_type(e.get('input'))})"
+        lines.append(f"{_path(e['loc'])}: {msg}")
+    return lines
+
+
+def parse_config(data: Any) -> Config:
+    """Validate already-parsed YAML data. Raises :class:`ConfigError` listing every problem."""
+    if data is None:
+        raise ConfigError(["(top level): the config is empty"])
+    if not isinstance(data, Mapping):
+        raise ConfigError(["(top level): the config must be a mapping of keys"])
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_messages(err)) from None
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ConfigError([f"cannot read config file {str(path)!r}: {err.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or "syntax error"
+        raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
+    return parse_config(data)
+
+
+def read_token(api: ApiConfig, environ: Mapping[str, str] | None = None) -> str:
+    """Fetch the API token from where ``api`` says. The message of a failure never holds it."""
+    if api.token_file is not None:
+        try:
+            token = Path(api.token_file).read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(
+                [f"api.token_file: cannot read {api.token_file!r}: {err.strerror}"]
+            ) from None
+        if not token:
+            raise ConfigError([f"api.token_file: {api.token_file!r} is empty"])
+        key = "api.token_file"
+    else:
+        env = os.environ if environ is None else environ
+        name = api.token_env or DEFAULT_TOKEN_ENV
+        token = env.get(name, "").strip()
+        if not token:
+            raise ConfigError([f"api.token_env: environment variable {name} is not set or empty"])
+        key = "api.token_env"
+    if any(c.isspace() or not c.isprintable() for c in token):
+        raise ConfigError([f"{key}: the token contains whitespace or control characters"])
+    return token

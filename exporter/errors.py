@@ -1,0 +1,56 @@
+"""The exporter's exception tree. Library errors are translated into these at the edge.
+
+ExporterError
+ ├── ConfigError     the config file or the token cannot be used (message lists every problem)
+ └── ApiError        one API request failed; ``reason`` is the poll-error label value
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Values of the ``reason`` label of ``realtimekit_poll_errors_total``.
+REASONS: Final = (
+    "timeout",
+    "connect",
+    "rate_limited",
+    "auth",
+    "http_4xx",
+    "http_5xx",
+    "invalid_response",
+)
+
+
+class ExporterError(Exception):
+    """Base of every error the exporter raises on purpose."""
+
+
+class ConfigError(ExporterError):
+    """The configuration is unusable. ``problems`` has one line per problem, naming its key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+class ApiError(ExporterError):
+    """A request to the RealtimeKit API did not give a valid answer.
+
+    ``reason`` is one of :data:`REASONS`; ``status`` is the HTTP status when there was one;
+    ``retry_after`` is the number of seconds the API asked us to wait (429), when it said.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown poll error reason {reason!r}")
+        self.reason = reason
+        self.status = status
+        self.retry_after = retry_after
+        super().__init__(message)

@@ -1,0 +1,92 @@
+"""The latest poll result of every exported meeting: written by the poller, read by the collector.
+
+Each meeting's state is an immutable :class:`MeetingState` that a poll replaces whole, under a lock,
+so a scrape always sees a consistent picture. The store also decides what is still fresh:
+:meth:`MeetingState.fresh_answer` returns the last valid answer until it is older than
+``stale_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Final
+
+from exporter.config import MeetingKey
+from exporter.errors import REASONS, ApiError
+from exporter.model import Answer
+
+Labels = tuple[tuple[str, str], ...]
+_NO_ERRORS: Final = (0,) * len(REASONS)
+
+
+@dataclass(frozen=True, slots=True)
+class MeetingState:
+    """What is known about one meeting. ``None`` fields: not known yet."""
+
+    labels: Labels = ()
+    up: bool | None = None  # None until the first poll finished
+    answer: Answer | None = None  # the last valid answer: a Session or NO_ACTIVE_SESSION
+    last_success: float | None = None  # Unix time of that answer
+    poll_duration: float | None = None
+    errors: tuple[int, ...] = field(default=_NO_ERRORS)  # failed polls, indexed like REASONS
+
+    def fresh_answer(self, now: float, stale_after: float) -> Answer | None:
+        """The last valid answer while it is at most ``stale_after`` seconds old."""
+        if self.last_success is None or now - self.last_success > stale_after:
+            return None
+        return self.answer
+
+
+class Store:
+    """Thread-safe map of :class:`MeetingKey` to :class:`MeetingState`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._states: dict[MeetingKey, MeetingState] = {}
+        self._version = 0
+
+    def set_targets(self, targets: Mapping[MeetingKey, Labels]) -> None:
+        """Export exactly these meetings: new ones start empty, gone ones are dropped at once,
+        the others keep their state (and take the new labels)."""
+        with self._lock:
+            old = self._states
+            self._states = {
+                key: replace(old[key], labels=labels) if key in old else MeetingState(labels=labels)
+                for key, labels in targets.items()
+            }
+            self._version += 1
+
+    def record(
+        self, key: MeetingKey, outcome: Answer | ApiError | None, duration: float, now: float
+    ) -> None:
+        """Store a poll's outcome: a valid answer, an API failure, or ``None`` for a failure that
+        is not the API's (a bug, logged by the poller). Unknown keys are ignored: the meeting was
+        removed while its poll was in flight."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return
+            if isinstance(outcome, ApiError):
+                errors = list(state.errors)
+                errors[REASONS.index(outcome.reason)] += 1
+                new = replace(state, up=False, poll_duration=duration, errors=tuple(errors))
+            elif outcome is None:
+                new = replace(state, up=False, poll_duration=duration)
+            else:
+                new = replace(
+                    state, up=True, answer=outcome, last_success=now, poll_duration=duration
+                )
+            self._states[key] = new
+            self._version += 1
+
+    def snapshot(self) -> tuple[int, dict[MeetingKey, MeetingState]]:
+        """A consistent copy of every state, with a version number that changes on every write."""
+        with self._lock:
+            return self._version, dict(self._states)
+
+    def polled_all(self) -> bool:
+        """True once every exported meeting has been polled at least once."""
+        with self._lock:
+            return all(state.up is not None for state in self._states.values())

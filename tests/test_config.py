@@ -1,0 +1,194 @@
+"""Config validation: one small fixture per failure, each checked against its exact message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from exporter.config import ConfigError, load_config, parse_config, read_token
+
+from .conftest import TOKEN
+
+CONFIGS = Path(__file__).parent / "configs"
+ID_CHARS = "use only letters, digits, '-' and '_'"
+
+CASES = {
+    "unknown-key": ["poll.interval_secs: unknown key"],
+    "wrong-type": ["poll.interval_seconds: must be a valid number (got a string)"],
+    "negative-interval": ["poll.interval_seconds: must be greater than 0"],
+    "empty-meetings": ["apps[0].meetings: must list at least one entry"],
+    "no-apps": ["apps: required key is missing"],
+    "duplicate-meeting": ["apps[0].meetings: meeting 'm1' is listed more than once"],
+    "account-too-long": [
+        "apps[0].account_id: id '023e105f4ecef8ad9ca31a8372d0c3531' is 33 characters long, "
+        "at most 32 allowed"
+    ],
+    "id-slash": [f"apps[0].meetings[0].id: invalid id 'a/b': {ID_CHARS}"],
+    "id-question": [f"apps[0].app_id: invalid id 'app?x=1': {ID_CHARS}"],
+    "id-hash": [f"apps[0].meetings[0].id: invalid id 'm1#frag': {ID_CHARS}"],
+    "id-dotdot": [f"apps[0].meetings[0].id: invalid id '..': {ID_CHARS}"],
+    "label-name": [
+        "apps[0].meetings[0].labels: invalid label name '2team': use [a-zA-Z_][a-zA-Z0-9_]*"
+    ],
+    "label-clash": [
+        "apps[0].meetings[0].labels: label name 'meeting_id' clashes with a label of the exporter"
+    ],
+    "label-value-type": [
+        "apps[0].meetings[0].labels.floor: must be a valid string (got an integer)"
+    ],
+    "token-both": ["api.token_file: set token_env or token_file, not both"],
+    "insecure-http": [
+        "api.base_url: 'http://api.example.com/client/v4' is plain http to a non-loopback host; "
+        "use https or set api.allow_insecure_http: true"
+    ],
+    "yaml": [
+        f"{CONFIGS / 'invalid-yaml.yml'}: invalid YAML at line 4, column 1: "
+        "expected ',' or ']', but got '<stream end>'"
+    ],
+    "not-mapping": ["(top level): the config must be a mapping of keys"],
+    "many-problems": [
+        "api.timeout_seconds: must be greater than 0",
+        f"apps[0].meetings[1].id: invalid id 'x y': {ID_CHARS}",
+        "apps[0].extra: unknown key",
+    ],
+}
+
+
+def test_every_fixture_has_a_case():
+    on_disk = {p.stem.removeprefix("invalid-") for p in CONFIGS.glob("invalid-*.yml")}
+    assert on_disk == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_invalid_config_message(name: str):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONFIGS / f"invalid-{name}.yml")
+    assert info.value.problems == CASES[name]
+
+
+def test_valid_minimal_config_gets_defaults():
+    config = load_config(CONFIGS / "valid-minimal.yml")
+    assert config.api.base_url == "https://api.cloudflare.com/client/v4"
+    assert config.api.rate_limit.requests == 1200
+    assert config.poll.interval_seconds == 30
+    assert config.poll.stale_after == 90
+    assert config.warnings() == []
+
+
+def test_example_config_is_valid():
+    config = load_config(Path(__file__).parent.parent / "config.example.yaml")
+    assert len(config.targets()) == 2
+
+
+def test_config_is_frozen():
+    config = load_config(CONFIGS / "valid-minimal.yml")
+    with pytest.raises(Exception, match="frozen"):
+        config.poll.interval_seconds = 1  # type: ignore[misc]
+
+
+def test_small_and_large_numbers_are_accepted_with_warnings():
+    config = parse_config(
+        {
+            "api": {"timeout_seconds": 5, "rate_limit": {"requests": 10, "period_seconds": 10}},
+            "poll": {"interval_seconds": 1, "stale_after_seconds": 0.5},
+            "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1", "m2"]}],
+        }
+    )
+    assert config.warnings() == [
+        "poll.stale_after_seconds (0.5) is shorter than poll.interval_seconds (1): "
+        "values will vanish between polls",
+        "api.timeout_seconds (5) is longer than poll.interval_seconds (1)",
+        "2 meetings every 1s need 2.00 requests/s, more than api.rate_limit allows (1.00/s); "
+        "raise poll.interval_seconds to at least 2",
+    ]
+
+
+def test_loopback_http_is_allowed_and_insecure_http_can_be_opted_into():
+    for url in ("http://127.0.0.1:8080/client/v4", "http://localhost/x", "http://[::1]:1/"):
+        parse_config(
+            {
+                "api": {"base_url": url},
+                "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}],
+            }
+        )
+    parse_config(
+        {
+            "api": {"base_url": "http://sim:8080/client/v4", "allow_insecure_http": True},
+            "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}],
+        }
+    )
+
+
+def test_token_from_env_and_file(tmp_path: Path):
+    api = parse_config({"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}]}).api
+    assert read_token(api, {"CLOUDFLARE_API_TOKEN": f" {TOKEN}\n"}) == TOKEN
+    with pytest.raises(ConfigError) as info:
+        read_token(api, {})
+    assert info.value.problems == [
+        "api.token_env: environment variable CLOUDFLARE_API_TOKEN is not set or empty"
+    ]
+    secret = tmp_path / "token"
+    secret.write_text(TOKEN + "\n")
+    api = parse_config(
+        {
+            "api": {"token_file": str(secret)},
+            "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}],
+        }
+    ).api
+    assert read_token(api, {}) == TOKEN
+    secret.write_text("")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_token(api, {})
+    secret.write_text("two words")
+    with pytest.raises(ConfigError) as info:
+        read_token(api, {})
+    assert "two" not in str(info.value)
+
+
+def run_check(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--config.check", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_config_check_ok_and_invalid(tmp_path: Path):
+    env = {"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN}
+    ok = run_check("--config.file", str(CONFIGS / "valid-minimal.yml"), env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("config OK")
+    assert ok.stdout.count("\n") == 1
+    assert TOKEN not in ok.stdout + ok.stderr
+
+    bad = run_check("--config.file", str(CONFIGS / "invalid-many-problems.yml"), env=env)
+    assert bad.returncode == 1
+    lines = bad.stderr.splitlines()
+    assert [line.strip() for line in lines[1:]] == CASES["many-problems"]
+    assert "Traceback" not in bad.stderr
+
+    no_token = run_check(
+        "--config.file", str(CONFIGS / "valid-minimal.yml"), env={"PATH": "/usr/bin:/bin"}
+    )
+    assert no_token.returncode == 1
+    assert "CLOUDFLARE_API_TOKEN is not set" in no_token.stderr
+
+
+def test_startup_errors_are_one_line_without_traceback(tmp_path: Path):
+    env = {"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN}
+    for path in (CONFIGS / "invalid-unknown-key.yml", tmp_path / "missing.yml"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "exporter", "--config.file", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+        assert proc.returncode == 1
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert "Traceback" not in proc.stderr
