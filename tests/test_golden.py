@@ -1,0 +1,163 @@
+"""Golden end to end (in process): fixed API answers in, exact /metrics text out, promtool clean.
+
+The API is faked at the transport; everything from the client to the exposition is real. To
+update the golden file after an intended change: ``RTK_UPDATE_GOLDEN=1 pytest tests/test_golden.py``
+and review the diff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client import CollectorRegistry, generate_latest
+
+from exporter.client import ApiClient, make_http_client
+from exporter.collector import MeetingCollector
+from exporter.config import MeetingKey
+from exporter.poller import Poller
+from exporter.store import Store
+
+from .conftest import TOKEN, require_binary
+
+GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+ACC, APP = "023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
+T0 = 1795849800.0  # 2026-11-28T07:10:00Z
+
+
+def session(**kw: Any) -> dict[str, Any]:
+    base = {
+        "id": "sess-live",
+        "associated_id": "m-live",
+        "created_at": "2026-11-28T07:00:00.000Z",
+        "live_participants": 3,
+        "max_concurrent_participants": 5,
+        "meeting_display_name": "Weekly sync",
+        "minutes_consumed": 12.5,
+        "organization_id": "org",
+        "started_at": "2026-11-28T07:00:00.000Z",
+        "status": "LIVE",
+        "type": "meeting",
+        "updated_at": "2026-11-28T07:10:00.000Z",
+        "breakout_rooms": [],
+        "meta": {},
+    }
+    return base | kw
+
+
+NO_SESSION = (404, {"success": False, "error": {"code": 404, "message": "No active session"}})
+# meeting id -> the answers of its successive polls
+ANSWERS: dict[str, list[tuple[int, Any]]] = {
+    "m-live": [(200, {"success": True, "data": session()})],
+    "m-ended": [
+        (
+            200,
+            {
+                "success": True,
+                "data": session(
+                    id="sess-ended",
+                    status="ENDED",
+                    live_participants=0,
+                    minutes_consumed=30,
+                    ended_at="null",
+                    type="livestream",
+                ),
+            },
+        )
+    ],
+    "m-empty": [NO_SESSION],
+    "m-broken": [(500, {"success": False, "errors": [{"code": 1, "message": "boom"}]})],
+    "m-failing": [(200, {"success": True, "data": session(id="sess-f")}), (503, b"")],
+    "m-limited": [NO_SESSION, (429, {"success": False, "errors": [{"code": 971, "message": "x"}]})],
+    "m-escape": [
+        (
+            200,
+            {
+                "success": True,
+                "data": session(
+                    id="sess-e",
+                    meeting_display_name='Ünïcode "quoted" back\\slash\nnewline',
+                    max_concurrent_participants="n/a",
+                    started_at="null",
+                    minutes_consumed=None,
+                ),
+            },
+        )
+    ],
+}
+LABELS = {"m-live": (("team", "sales"),), "m-escape": (("floor", "3"), ("team", "eng"))}
+
+
+def handler(request: httpx.Request) -> httpx.Response:
+    meeting = request.url.path.split("/")[-2]
+    status, body = ANSWERS[meeting].pop(0)
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.Response(status, content=content, headers={"content-type": "application/json"})
+
+
+def render() -> str:
+    now = [T0]
+    ticks = iter(i * 0.125 for i in range(1000))
+    store = Store()
+    keys = [MeetingKey(ACC, APP, m) for m in ANSWERS]
+    store.set_targets({k: LABELS.get(k.meeting_id, ()) for k in keys})
+
+    async def go() -> None:
+        http = make_http_client(
+            timeout_seconds=5, max_connections=4, transport=httpx.MockTransport(handler)
+        )
+        client = ApiClient(http, base_url="https://api.test/client/v4", token=TOKEN)
+        poller = Poller(
+            scheduler=AsyncIOScheduler(),
+            client_for=lambda key: client,
+            store=store,
+            interval_seconds=30,
+            concurrency=1,
+            clock=lambda: now[0],
+            timer=lambda: next(ticks),
+        )
+        for when in (T0 - 100, T0 - 70):  # two rounds; meetings with one answer poll once
+            now[0] = when
+            for key in keys:
+                if ANSWERS[key.meeting_id]:
+                    await poller.poll_meeting(key)
+        await http.aclose()
+
+    asyncio.run(go())
+    out = []
+    for title, at in (("70 s after the first round", T0 - 30), ("100 s after: stale", T0)):
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(
+            MeetingCollector(
+                store,
+                interval_seconds=lambda: 30,
+                stale_after_seconds=lambda: 90,
+                clock=lambda at=at: at,
+            )
+        )
+        out.append(f"# --- {title}\n" + generate_latest(registry).decode())
+    return "".join(out)
+
+
+def test_golden_metrics(tmp_path: Path):
+    text = render()
+    if os.environ.get("RTK_UPDATE_GOLDEN") == "1":
+        GOLDEN.write_text(text)
+    assert text == GOLDEN.read_text()
+
+
+def test_golden_output_passes_promtool(tmp_path: Path):
+    promtool = require_binary("promtool")
+    for part in render().split("# --- ")[1:]:
+        body = part.split("\n", 1)[1]
+        proc = subprocess.run(
+            [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stdout.strip() == "" and proc.stderr.strip() == "", proc.stdout + proc.stderr
