@@ -101,7 +101,7 @@ def demo_runtime() -> Runtime:
     sim.start("127.0.0.1", 0)
     config = parse_config(
         {
-            "api": {"base_url": sim.base_url},
+            "api": {"base_url": sim.base_url, "timeout_seconds": 4},
             "poll": {"interval_seconds": 5},
             "apps": [
                 {

@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 TOKEN = "test-token-Sn3lZJTBX6kkg7OdcBUAxOO963GEIyGQ"
 
@@ -19,3 +29,148 @@ def require_binary(name: str) -> str:
             pytest.fail(message + " and RTK_REQUIRE_PROMETHEUS=1")
         pytest.skip(message)
     return path
+
+
+class ExporterProcess:
+    """A real ``python -m exporter`` process on 127.0.0.1 with a random port."""
+
+    def __init__(
+        self, config: dict[str, Any], tmp: Path, *args: str, env: dict[str, str] | None = None
+    ):
+        self.config_path = tmp / "config.yaml"
+        self.write_config(config)
+        self.log_path = tmp / "exporter.log"
+        self._log = self.log_path.open("wb")
+        full_env = {"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN, "PYTHONUNBUFFERED": "1"}
+        full_env.update(env or {})
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "exporter",
+                "--config.file",
+                str(self.config_path),
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--log.level",
+                "debug",
+                *args,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        self.port = self._wait_for_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    def _wait_for_port(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log())
+            if match:
+                return int(match.group(1))
+            if self.proc.poll() is not None:
+                raise AssertionError(f"exporter exited {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        raise AssertionError(f"exporter did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(self.base + path, timeout=10, **kw)
+
+    def metrics_text(self) -> str:
+        response = self.get("/metrics")
+        assert response.status_code == 200
+        return response.text
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return parse_metrics(self.metrics_text())
+
+    def stop(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float | None:
+    """The value of the one sample of ``name`` whose labels include ``labels`` (None if absent)."""
+    found = [v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls]
+    if len(found) > 1:
+        raise AssertionError(f"{name} {labels} matches {len(found)} samples")
+    return found[0] if found else None
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 15, interval: float = 0.1) -> Any:
+    """Call ``check`` until it returns a truthy value or raises nothing; bounded in time."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except AssertionError as err:
+            last = err
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s: {last}")
+
+
+@pytest.fixture
+def simulator() -> Iterator[Any]:
+    from exporter.simulator import Simulator
+
+    sim = Simulator(token=TOKEN, meetings=4, auto=False, seed=1)
+    sim.start("127.0.0.1", 0)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
+    started: list[ExporterProcess] = []
+
+    def start(
+        config: dict[str, Any], *args: str, env: dict[str, str] | None = None
+    ) -> ExporterProcess:
+        proc = ExporterProcess(config, tmp_path, *args, env=env)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
+
+
+def sim_config(sim: Any, meetings: list[Any] | None = None, **poll: Any) -> dict[str, Any]:
+    return {
+        "api": {"base_url": sim.base_url, "timeout_seconds": 2},
+        "poll": {"interval_seconds": 1, **poll},
+        "apps": [
+            {
+                "account_id": "023e105f4ecef8ad9ca31a8372d0c353",
+                "app_id": "6f0a8a2c3b8e4f62a1d2c3b4e5f60718",
+                "meetings": meetings if meetings is not None else list(sim.meeting_ids),
+            }
+        ],
+    }
