@@ -20,8 +20,8 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from exporter import __version__
-from exporter.client import ApiClient, make_http_client
-from exporter.collector import MeetingCollector
+from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.collector import ExporterCollector, MeetingCollector
 from exporter.config import Config, load_config, parse_config, read_token
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
@@ -187,13 +187,6 @@ async def run(runtime: Runtime, host: str, port: int, telemetry_path: str) -> in
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
-    registry.register(
-        MeetingCollector(
-            store,
-            interval_seconds=lambda: config.poll.interval_seconds,
-            stale_after_seconds=lambda: config.poll.stale_after,
-        )
-    )
     n = len(config.targets())
     app = create_app(
         registry=registry,
@@ -229,7 +222,11 @@ async def run(runtime: Runtime, host: str, port: int, telemetry_path: str) -> in
     http = make_http_client(
         timeout_seconds=config.api.timeout_seconds, max_connections=config.poll.concurrency
     )
-    client = ApiClient(http, base_url=config.api.base_url, token=runtime.token)
+    budget = config.api.rate_limit
+    limiter = RateLimiter(
+        budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
+    )
+    client = ApiClient(http, base_url=config.api.base_url, token=runtime.token, limiter=limiter)
     scheduler = AsyncIOScheduler(timezone="UTC")
     poller = Poller(
         scheduler=scheduler,
@@ -237,7 +234,16 @@ async def run(runtime: Runtime, host: str, port: int, telemetry_path: str) -> in
         store=store,
         interval_seconds=config.poll.interval_seconds,
         concurrency=config.poll.concurrency,
+        max_backoff_seconds=config.poll.max_backoff_seconds,
     )
+    registry.register(
+        MeetingCollector(
+            store,
+            interval_seconds=poller.help_interval,
+            stale_after_seconds=lambda: config.poll.stale_after,
+        )
+    )
+    registry.register(ExporterCollector(poller.stats))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,13 +1,22 @@
-"""The RealtimeKit API client: builds request URLs from validated ids, sends them with the token,
-and hands back parsed answers or :class:`~exporter.errors.ApiError`.
+"""The RealtimeKit API client: builds request URLs from validated ids, sends them with the token
+through the token's :class:`RateLimiter`, and hands back parsed answers or
+:class:`~exporter.errors.ApiError`.
 
-It knows nothing about Prometheus. Every network or protocol failure of httpx is translated here
-into an ``ApiError`` whose ``reason`` is one of :data:`~exporter.errors.REASONS`.
+It knows nothing about Prometheus: what it counts (:class:`ApiStats`) is plain numbers that the
+collector exports. Every network or protocol failure of httpx is translated here into an
+``ApiError`` whose ``reason`` is one of :data:`~exporter.errors.REASONS`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import bisect
+import email.utils
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +30,146 @@ from exporter.model import Answer, parse_active_session
 #: Answers larger than this are not read to the end; they count as ``invalid_response``.
 MAX_BODY_BYTES: Final = 1 << 20
 USER_AGENT: Final = f"realtimekit-exporter/{__version__}"
+#: Upper bounds of the request-duration histogram, in seconds.
+DURATION_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class RateLimiter:
+    """One token's request budget: requests are spaced evenly, never bursting, and paused after a
+    429 until the API says it is safe to continue.
+
+    ``requests`` per ``period_seconds`` becomes one slot every ``(period + margin) / usable``
+    seconds, where ``usable = requests × (1 − reserve_fraction)`` and the margin (1 % of the
+    period, at least 0.5 s) absorbs scheduling delay, so no window of ``period`` seconds ever
+    sees more than ``requests`` of our requests. Callers reserve slots in arrival order; while
+    paused, :meth:`acquire` fails at once with ``ApiError("rate_limited")`` instead of sending.
+    """
+
+    def __init__(
+        self,
+        requests: int,
+        period_seconds: float,
+        *,
+        reserve_fraction: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        usable = max(1.0, requests * (1.0 - reserve_fraction))
+        margin = max(0.5, 0.01 * period_seconds)
+        self.spacing = (period_seconds + margin) / usable
+        self.period = period_seconds
+        self._clock, self._wall, self._sleep = clock, wall, sleep
+        self._next = clock()
+        self._paused_until = 0.0
+
+    @property
+    def per_second(self) -> float:
+        return 1.0 / self.spacing
+
+    def paused_until_wall(self) -> float:
+        """Unix time until which requests are paused; 0 when they are not."""
+        left = self._paused_until - self._clock()
+        return self._wall() + left if left > 0 else 0.0
+
+    def has_spare(self) -> bool:
+        """True when a request could go out now without waiting behind others."""
+        now = self._clock()
+        return self._next <= now and self._paused_until <= now
+
+    def pause(self, seconds: float) -> None:
+        """No request before ``seconds`` from now (a 429 or an exhausted quota said so)."""
+        until = self._clock() + max(0.0, seconds)
+        self._paused_until = max(self._paused_until, until)
+        self._next = max(self._next, self._paused_until)
+
+    async def acquire(self) -> None:
+        """Wait for this caller's slot. Raises ``ApiError("rate_limited")`` while paused."""
+        now = self._clock()
+        self._check_pause(now)
+        slot = max(now, self._next)
+        self._next = slot + self.spacing
+        if slot > now:
+            await self._sleep(slot - now)
+            self._check_pause(self._clock())
+
+    def _check_pause(self, now: float) -> None:
+        if now < self._paused_until:
+            left = self._paused_until - now
+            raise ApiError("rate_limited", f"not sent: API rate limit, paused for {left:.0f}s more")
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> None:
+        """Learn from an answer's headers: pause after a 429 or when the quota is used up."""
+        wait = _quota_wait(headers)
+        if status == 429:
+            retry = _retry_after(headers, self._wall())
+            # Cloudflare blocks the token for the rest of its window; without a hint, assume all.
+            self.pause(retry if retry is not None else wait if wait is not None else self.period)
+        elif wait is not None:
+            self.pause(wait)
+
+
+_RATELIMIT = re.compile(r"\br=(\d+).*?\bt=(\d+(?:\.\d+)?)|\bt=(\d+(?:\.\d+)?).*?\br=(\d+)")
+
+
+def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
+    value = headers.get("retry-after", "").strip()
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _quota_wait(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait when the answer says no requests remain (``Ratelimit: …;r=0;t=N`` or
+    ``X-RateLimit-Remaining: 0`` with ``X-RateLimit-Reset``); ``None`` otherwise."""
+    match = _RATELIMIT.search(headers.get("ratelimit", ""))
+    if match:
+        remaining = match.group(1) or match.group(4)
+        reset = match.group(2) or match.group(3)
+        return float(reset) if int(remaining) == 0 else None
+    remaining_text = headers.get("x-ratelimit-remaining", "").strip()
+    reset_text = headers.get("x-ratelimit-reset", "").strip()
+    try:
+        if int(remaining_text) != 0:
+            return None
+        reset = float(reset_text)
+    except ValueError:
+        return None
+    # Either seconds until reset or a Unix time; a value past 2001 can only be the latter.
+    return max(0.0, reset - time.time()) if reset > 1e9 else reset
+
+
+class ApiStats:
+    """Counts of the requests one client sent, for the collector. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()  # by HTTP status, or failure kind without one
+        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
+        self.duration_sum = 0.0
+        self.in_flight = 0
+
+    def started(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def finished(self, code: str, seconds: float) -> None:
+        with self._lock:
+            self.in_flight -= 1
+            self.requests[code] += 1
+            self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
+            self.duration_sum += seconds
+
+    def snapshot(self) -> tuple[dict[str, int], list[int], float, int]:
+        with self._lock:
+            return dict(self.requests), list(self.buckets), self.duration_sum, self.in_flight
 
 
 def make_http_client(
@@ -58,12 +207,17 @@ class ApiClient:
         *,
         base_url: str,
         token: str,
+        limiter: RateLimiter | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._auth = {"Authorization": f"Bearer {token}"}
         self._max_body = max_body_bytes
+        self._timer = timer
+        self.limiter = limiter or RateLimiter(1200, 300)
+        self.stats = ApiStats()
 
     def __repr__(self) -> str:  # never show the token
         return f"ApiClient(base_url={self._base!r})"
@@ -78,22 +232,33 @@ class ApiClient:
         return parse_active_session(raw.status, raw.content_type, raw.body)
 
     async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> RawAnswer:
-        """Send one GET and read the answer (at most ``max_body_bytes``)."""
+        """Wait for a slot of the token's budget, send one GET and read the answer (at most
+        ``max_body_bytes``)."""
+        await self.limiter.acquire()
+        request = self._http.build_request(
+            "GET", self._base + path, params=params, headers=self._auth
+        )
+        self.stats.started()
+        started = self._timer()
+        code = "error"
         try:
-            request = self._http.build_request(
-                "GET", self._base + path, params=params, headers=self._auth
-            )
             response = await self._http.send(request, stream=True)
+            code = str(response.status_code)
             try:
+                self.limiter.observe(response.status_code, response.headers)
                 body = await self._read(response)
             finally:
                 await response.aclose()
         except httpx.TimeoutException:
+            code = "timeout"
             raise ApiError("timeout", "request timed out") from None
         except httpx.TransportError as err:
+            code = "connect" if code == "error" else code
             raise ApiError("connect", f"connection failed: {type(err).__name__}") from None
         except httpx.DecodingError:
             raise ApiError("invalid_response", "answer could not be decoded") from None
+        finally:
+            self.stats.finished(code, self._timer() - started)
         return RawAnswer(
             status=response.status_code,
             content_type=response.headers.get("content-type", ""),

@@ -14,8 +14,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter import __version__
+from exporter.client import DURATION_BUCKETS
 from exporter.errors import REASONS
 from exporter.model import SESSION_STATUSES, Session
+from exporter.poller import PollerStats
 from exporter.store import Store
 
 
@@ -164,3 +166,98 @@ class MeetingCollector(Collector):
             Sample("realtimekit_exporter_build_info", {"version": __version__}, 1.0)
         )
         yield build
+
+
+class ExporterCollector(Collector):
+    """The exporter's own health: API requests, budget, rate limiting, skipped polls."""
+
+    def __init__(self, stats: Callable[[], PollerStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        st = self._stats()
+
+        def single(name: str, kind: str, doc: str, val: float) -> Metric:
+            metric = Metric(name, doc, kind)
+            sample_name = name + "_total" if kind == "counter" else name
+            metric.samples.append(Sample(sample_name, {}, val))
+            return metric
+
+        requests = Metric(
+            "realtimekit_api_requests",
+            "API requests sent, by HTTP status code (or timeout, connect, error).",
+            "counter",
+        )
+        for code, count in sorted(st.requests.items()):
+            requests.samples.append(Sample("realtimekit_api_requests_total", {"code": code}, count))
+        yield requests
+
+        hist = Metric(
+            "realtimekit_api_request_duration_seconds", "Duration of API requests.", "histogram"
+        )
+        cumulative = 0
+        for bound, count in zip(
+            (*DURATION_BUCKETS, float("inf")), st.duration_buckets, strict=True
+        ):
+            cumulative += count
+            le = "+Inf" if bound == float("inf") else repr(bound)
+            hist.samples.append(
+                Sample("realtimekit_api_request_duration_seconds_bucket", {"le": le}, cumulative)
+            )
+        hist.samples.append(
+            Sample("realtimekit_api_request_duration_seconds_count", {}, cumulative)
+        )
+        hist.samples.append(
+            Sample("realtimekit_api_request_duration_seconds_sum", {}, st.duration_sum)
+        )
+        yield hist
+
+        yield single(
+            "realtimekit_api_requests_in_flight",
+            "gauge",
+            "API requests in flight now.",
+            st.in_flight,
+        )
+        yield single(
+            "realtimekit_api_budget_requests_per_second",
+            "gauge",
+            "Requests per second the exporter allows itself (the tokens' budgets, less reserves).",
+            st.budget_per_second,
+        )
+        yield single(
+            "realtimekit_api_rate_limited_until_timestamp_seconds",
+            "gauge",
+            "Unix time until which the API told us to send nothing (429); 0 when not limited.",
+            st.rate_limited_until,
+        )
+        yield single(
+            "realtimekit_poll_retries", "counter", "Quick retries of failed polls.", st.retries
+        )
+        skipped = Metric(
+            "realtimekit_polls_skipped",
+            "Polls not sent: backoff (the meeting keeps failing) or overrun (the previous poll "
+            "of the meeting had not finished).",
+            "counter",
+        )
+        for reason in ("backoff", "overrun"):
+            skipped.samples.append(
+                Sample(
+                    "realtimekit_polls_skipped_total", {"reason": reason}, st.skipped.get(reason, 0)
+                )
+            )
+        yield skipped
+        effective = Metric(
+            "realtimekit_poll_effective_interval_seconds",
+            "Seconds between polls of each meeting of the app: the configured interval, "
+            "stretched when the request budget cannot sustain it.",
+            "gauge",
+        )
+        for (account_id, app_id), seconds in sorted(st.effective_intervals.items()):
+            effective.samples.append(
+                Sample(
+                    "realtimekit_poll_effective_interval_seconds",
+                    {"account_id": account_id, "app_id": app_id},
+                    seconds,
+                )
+            )
+        yield effective
