@@ -73,9 +73,10 @@ class RateLimiter:
         return self._wall() + left if left > 0 else 0.0
 
     def has_spare(self) -> bool:
-        """True when a request could go out now without waiting behind others."""
+        """True when nobody waits for a slot and the next one is at most a second away: a
+        request now (a retry) would not delay anyone else's."""
         now = self._clock()
-        return self._next <= now and self._paused_until <= now
+        return self._next <= now + min(self.spacing, 1.0) and self._paused_until <= now
 
     def pause(self, seconds: float) -> None:
         """No request before ``seconds`` from now (a 429 or an exhausted quota said so)."""

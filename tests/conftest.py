@@ -164,7 +164,11 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
 
 def sim_config(sim: Any, meetings: list[Any] | None = None, **poll: Any) -> dict[str, Any]:
     return {
-        "api": {"base_url": sim.base_url, "timeout_seconds": 2},
+        "api": {
+            "base_url": sim.base_url,
+            "timeout_seconds": 2,
+            "rate_limit": {"requests": 200, "period_seconds": 10},
+        },
         "poll": {"interval_seconds": 1, **poll},
         "apps": [
             {
