@@ -1,0 +1,646 @@
+"""Tests for exporter.simulator: a RealtimeKit API look-alike served over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from exporter.simulator import FaultConfig, Simulator
+
+TOKEN = "test-token-123"
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+SESSION_FIELDS = {
+    "id": str,
+    "associated_id": str,
+    "created_at": str,
+    "live_participants": int,
+    "max_concurrent_participants": int,
+    "meeting_display_name": str,
+    "minutes_consumed": float,
+    "organization_id": str,
+    "started_at": str,
+    "status": str,
+    "type": str,
+    "updated_at": str,
+    "breakout_rooms": list,
+    "meta": dict,
+}
+
+
+class FakeClock:
+    def __init__(self, t: float = T0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+MakeSim = Callable[..., Simulator]
+
+
+@pytest.fixture
+def make_sim() -> Iterator[MakeSim]:
+    sims: list[Simulator] = []
+
+    def factory(**kwargs: Any) -> Simulator:
+        kwargs.setdefault("token", TOKEN)
+        kwargs.setdefault("auto", False)
+        sim = Simulator(**kwargs)
+        sim.start()
+        sims.append(sim)
+        return sim
+
+    yield factory
+    for sim in sims:
+        sim.stop()
+
+
+def client(sim: Simulator, token: str | None = TOKEN, timeout: float = 5.0) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    return httpx.Client(base_url=sim.base_url, headers=headers, timeout=timeout)
+
+
+def active(sim: Simulator, meeting_id: str, app: tuple[str, str] | None = None) -> str:
+    account, app_id = app or (sim.account_id, sim.app_id)
+    return f"/accounts/{account}/realtime/kit/{app_id}/meetings/{meeting_id}/active-session"
+
+
+def sessions(sim: Simulator) -> str:
+    return f"/accounts/{sim.account_id}/realtime/kit/{sim.app_id}/sessions"
+
+
+def assert_cf_error(r: httpx.Response, status: int, code: int) -> dict[str, Any]:
+    assert r.status_code == status
+    body = r.json()
+    assert body["success"] is False
+    assert body["messages"] == [] and body["result"] is None
+    assert body["errors"][0]["code"] == code
+    return body  # type: ignore[no-any-return]
+
+
+def assert_no_session(r: httpx.Response, meeting_id: str) -> None:
+    assert r.status_code == 404
+    assert r.json() == {
+        "success": False,
+        "error": {"code": 404, "message": f"No active session found for meeting_id {meeting_id}"},
+    }
+
+
+def test_active_session_shape_and_types(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock, seed=1)
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 3)
+    with client(sim) as c:
+        r = c.get(active(sim, mid))
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
+    body = r.json()
+    assert body["success"] is True
+    data = body["data"]
+    for name, typ in SESSION_FIELDS.items():
+        assert isinstance(data[name], typ), name
+    assert "ended_at" not in data
+    assert data["associated_id"] == mid
+    assert data["organization_id"] == sim.app_id
+    assert data["status"] == "LIVE" and data["type"] == "meeting"
+    assert data["live_participants"] == 3 and data["max_concurrent_participants"] == 3
+    assert data["started_at"] == data["created_at"] == "2027-01-15T08:00:00.000Z"
+    assert data["meeting_display_name"] == "Meeting 1 – Weekly sync"
+    assert data == sim.session(mid)
+
+
+def test_no_session_and_unknown_meeting_404(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    with client(sim) as c:
+        assert_no_session(c.get(active(sim, sim.meeting_ids[0])), sim.meeting_ids[0])
+        assert_no_session(c.get(active(sim, "no-such-meeting")), "no-such-meeting")
+    assert sim.session(sim.meeting_ids[0]) is None
+
+
+@pytest.mark.parametrize("auth", [None, "Bearer wrong-token", f"Basic {TOKEN}", "Bearer"])
+def test_bad_token_is_401(make_sim: MakeSim, auth: str | None) -> None:
+    sim = make_sim()
+    sim.set_participants(sim.meeting_ids[0], 1)
+    headers = {"Authorization": auth} if auth is not None else {}
+    with httpx.Client(base_url=sim.base_url, headers=headers, timeout=5) as c:
+        body = assert_cf_error(c.get(active(sim, sim.meeting_ids[0])), 401, 10000)
+        assert_cf_error(c.get(sessions(sim)), 401, 10000)
+    assert body["errors"][0]["message"] == "Authentication error"
+    assert sim.status_counts() == {401: 2}
+
+
+def test_unknown_app_route_and_method(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    with client(sim) as c:
+        body = assert_cf_error(c.get(active(sim, "m", ("acc", "nope"))), 404, 7003)
+        assert "Could not route to" in body["errors"][0]["message"]
+        other_account = f"/accounts/other/realtime/kit/{sim.app_id}/sessions"
+        assert_cf_error(c.get(other_account), 404, 7003)
+        assert_cf_error(c.get("/accounts/x/realtime/kit/y/meetings"), 404, 7000)
+        assert_cf_error(c.get("/nothing/here"), 404, 7000)
+        r = c.post(active(sim, sim.meeting_ids[0]), json={})
+        assert_cf_error(r, 405, 10405)
+        assert r.headers["allow"] == "GET"
+        # the connection is still usable after a request with a body
+        assert_no_session(c.get(active(sim, sim.meeting_ids[0])), sim.meeting_ids[0])
+
+
+def test_lifecycle_live_ended_cleared(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock)
+    mid = sim.meeting_ids[1]
+    with client(sim) as c:
+        sim.set_participants(mid, 2)
+        live = c.get(active(sim, mid)).json()["data"]
+        assert live["status"] == "LIVE"
+        clock.advance(90.5)
+        sim.end_session(mid)
+        ended = c.get(active(sim, mid)).json()["data"]
+        assert ended["status"] == "ENDED"
+        assert ended["id"] == live["id"]
+        assert ended["live_participants"] == 0
+        assert ended["max_concurrent_participants"] == 2
+        assert ended["ended_at"] == ended["updated_at"] == "2027-01-15T08:01:30.500Z"
+        sim.clear_session(mid)
+        assert_no_session(c.get(active(sim, mid)), mid)
+        sim.set_participants(mid, 1)
+        again = c.get(active(sim, mid)).json()["data"]
+    assert again["status"] == "LIVE"
+    assert again["id"] != live["id"]
+    assert again["minutes_consumed"] == 0.0
+
+
+def test_new_session_after_ended_without_clear(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 1)
+    first = sim.session(mid)
+    sim.end_session(mid)
+    sim.set_participants(mid, 0)  # nobody joins: stays ENDED
+    assert (sim.session(mid) or {})["status"] == "ENDED"
+    sim.set_participants(mid, 4)
+    second = sim.session(mid)
+    assert first is not None and second is not None
+    assert second["status"] == "LIVE" and second["id"] != first["id"]
+
+
+def test_max_concurrent_tracks_peak(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    mid = sim.meeting_ids[0]
+    for n in (3, 7, 2, 5):
+        sim.set_participants(mid, n)
+    with client(sim) as c:
+        data = c.get(active(sim, mid)).json()["data"]
+    assert data["live_participants"] == 5
+    assert data["max_concurrent_participants"] == 7
+
+
+def test_minutes_consumed_with_fake_clock(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock)
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 2)
+    clock.advance(60)
+    with client(sim) as c:
+        assert c.get(active(sim, mid)).json()["data"]["minutes_consumed"] == pytest.approx(2.0)
+        sim.set_participants(mid, 4)
+        clock.advance(30)
+        data = c.get(active(sim, mid)).json()["data"]
+        assert data["minutes_consumed"] == pytest.approx(4.0)
+        assert data["updated_at"] == "2027-01-15T08:01:00.000Z"  # last participant change
+        sim.end_session(mid)
+        clock.advance(600)
+        assert c.get(active(sim, mid)).json()["data"]["minutes_consumed"] == pytest.approx(4.0)
+
+
+def test_speed_scales_simulated_time(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock, speed=10.0)
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 2)
+    clock.advance(6)  # 60 simulated seconds
+    assert (sim.session(mid) or {})["minutes_consumed"] == pytest.approx(2.0)
+
+
+def _page(c: httpx.Client, sim: Simulator, **params: Any) -> dict[str, Any]:
+    r = c.get(sessions(sim), params=params)
+    assert r.status_code == 200
+    body: dict[str, Any] = r.json()
+    assert body["success"] is True
+    return body
+
+
+def test_sessions_paging(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock, meetings=45)
+    for mid in reversed(sim.meeting_ids):  # created in reverse meeting order
+        sim.set_participants(mid, 1)
+        clock.advance(1)
+    seen: list[dict[str, Any]] = []
+    with client(sim) as c:
+        for page_no, size, start, end in ((1, 20, 1, 20), (2, 20, 21, 40), (3, 5, 41, 45)):
+            body = _page(c, sim, page_no=page_no, per_page=20)
+            assert len(body["data"]["sessions"]) == size
+            assert body["paging"] == {"total_count": 45, "start_offset": start, "end_offset": end}
+            seen += body["data"]["sessions"]
+        past = _page(c, sim, page_no=4, per_page=20)
+        assert past["data"]["sessions"] == []
+        assert past["paging"] == {"total_count": 45, "start_offset": 0, "end_offset": 0}
+        default = _page(c, sim)
+    assert len(default["data"]["sessions"]) == 20
+    assert [s["associated_id"] for s in seen] == list(reversed(sim.meeting_ids))
+    assert len({s["id"] for s in seen}) == 45
+    assert all(s["status"] == "LIVE" for s in seen)
+
+
+def test_sessions_per_page_clamped_and_page_zero(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=120, clock=FakeClock())  # frozen: two reads of a page are equal
+    for mid in sim.meeting_ids:
+        sim.set_participants(mid, 2)
+    with client(sim) as c:
+        big = _page(c, sim, per_page=1000)
+        assert len(big["data"]["sessions"]) == 100
+        assert big["paging"] == {"total_count": 120, "start_offset": 1, "end_offset": 100}
+        assert _page(c, sim, page_no=0, per_page=7) == _page(c, sim, page_no=1, per_page=7)
+        assert len(_page(c, sim, page_no=0, per_page=7)["data"]["sessions"]) == 7
+        r = c.get(sessions(sim), params={"page_no": "x"})
+    assert r.status_code == 400
+    assert r.json()["success"] is False
+
+
+def test_sessions_filters(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=6)
+    ids = sim.meeting_ids
+    for mid in ids[:4]:
+        sim.set_participants(mid, 3)
+    sim.end_session(ids[0])
+    sim.end_session(ids[1])
+    with client(sim) as c:
+        live = _page(c, sim, status="LIVE")["data"]["sessions"]
+        ended = _page(c, sim, status="ENDED")["data"]["sessions"]
+        one = _page(c, sim, associated_id=ids[2])
+        none = _page(c, sim, associated_id=ids[5])
+        cafe = _page(c, sim, search="café")["data"]["sessions"]
+        everything = _page(c, sim)
+    assert {s["associated_id"] for s in live} == {ids[2], ids[3]}
+    assert {s["associated_id"] for s in ended} == {ids[0], ids[1]}
+    assert [s["associated_id"] for s in one["data"]["sessions"]] == [ids[2]]
+    assert one["paging"]["total_count"] == 1
+    assert none["data"]["sessions"] == [] and none["paging"]["total_count"] == 0
+    assert [s["meeting_display_name"] for s in cafe] == ['Meeting 3 – Café "Zürich" stand-up']
+    assert everything["paging"]["total_count"] == 4
+
+
+def test_display_names_exercise_escaping(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=5)
+    for mid in sim.meeting_ids:
+        sim.set_participants(mid, 1)
+    with client(sim) as c:
+        names = [s["meeting_display_name"] for s in _page(c, sim)["data"]["sessions"]]
+    assert any('"' in n for n in names)
+    assert any("\\" in n for n in names)
+    assert any(not n.isascii() for n in names)
+
+
+def test_rate_limit_blocks_rest_of_window(make_sim: MakeSim) -> None:
+    sim = make_sim(rate_limit=(5, 10.0))
+    with client(sim) as c:
+        statuses = [c.get(sessions(sim)).status_code for _ in range(5)]
+        blocked = c.get(sessions(sim))
+        again = c.get(active(sim, sim.meeting_ids[0]))
+    assert statuses == [200] * 5
+    body = assert_cf_error(blocked, 429, 971)
+    assert body["errors"][0]["message"] == "More than 5 requests per 10 seconds reached"
+    assert 1 <= int(blocked.headers["retry-after"]) <= 10
+    assert again.status_code == 429
+    assert sim.request_count(TOKEN) == 7
+
+
+def test_rate_limit_window_with_fake_clock(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock, rate_limit=(5, 10.0))
+    mid = sim.meeting_ids[0]
+    with client(sim) as c:
+        first = c.get(active(sim, mid))
+        assert first.status_code == 404
+        assert first.headers["ratelimit"] == '"default";r=4;t=10'
+        assert first.headers["ratelimit-policy"] == '"default";q=5;w=10'
+        for _ in range(4):
+            last_ok = c.get(active(sim, mid))
+        assert last_ok.status_code == 404 and last_ok.headers["ratelimit"] == '"default";r=0;t=10'
+        clock.advance(3.5)
+        blocked = c.get(active(sim, mid))
+        assert blocked.status_code == 429
+        assert blocked.headers["retry-after"] == "7"
+        assert blocked.headers["ratelimit"] == '"default";r=0;t=7'
+        clock.advance(6.0)  # 9.5 s into the window: still blocked
+        assert c.get(active(sim, mid)).headers["retry-after"] == "1"
+        clock.advance(0.5)  # window over
+        fresh = c.get(active(sim, mid))
+        assert fresh.status_code == 404
+        assert fresh.headers["ratelimit"] == '"default";r=4;t=10'
+        # another token is not charged for this one's requests (and it is rejected anyway)
+    with client(sim, token="other") as other:
+        assert other.get(active(sim, mid)).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("kind", "status"),
+    [
+        ("500", 500),
+        ("503", None),
+        ("non_json", 200),
+        ("wrong_types", 200),
+        ("401", 401),
+        ("429", 429),
+    ],
+)
+def test_forced_faults(make_sim: MakeSim, kind: str, status: int | None) -> None:
+    sim = make_sim(seed=5)
+    mid, other = sim.meeting_ids[:2]
+    sim.set_participants(mid, 4)
+    sim.set_participants(other, 1)
+    sim.set_fault(mid, kind)
+    with client(sim) as c:
+        rs = [c.get(active(sim, mid)) for _ in range(8)]
+        healthy = c.get(active(sim, other))
+        sim.set_fault(mid, None)
+        cleared = c.get(active(sim, mid))
+    r = rs[0]
+    if status is None:
+        assert {x.status_code for x in rs} <= {502, 503}
+        assert r.headers["content-type"].startswith("text/html")
+    else:
+        assert {x.status_code for x in rs} == {status}
+    if kind == "500":
+        assert r.json() == {
+            "success": False,
+            "error": {"code": 500, "message": "Internal Server Error"},
+        }
+    elif kind == "non_json":
+        assert r.text == "<html>oops</html>"
+        assert r.headers["content-type"].startswith("text/html")
+        with pytest.raises(json.JSONDecodeError):
+            r.json()
+    elif kind == "wrong_types":
+        data = r.json()["data"]
+        assert data["live_participants"] == "4"
+        assert isinstance(data["id"], int)
+    elif kind == "401":
+        assert_cf_error(r, 401, 10000)
+    elif kind == "429":
+        assert_cf_error(r, 429, 971)
+        assert r.headers["retry-after"] == "5"
+    assert healthy.status_code == 200 and healthy.json()["data"]["live_participants"] == 1
+    assert cleared.status_code == 200 and cleared.json()["data"]["live_participants"] == 4
+
+
+def test_reset_fault_is_a_transport_error(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    mid = sim.meeting_ids[0]
+    sim.set_fault(mid, "reset")
+    with client(sim) as c, pytest.raises(httpx.TransportError):
+        c.get(active(sim, mid))
+    request = f"GET /client/v4{active(sim, mid)} HTTP/1.1\r\nHost: x\r\n"
+    request += f"Authorization: Bearer {TOKEN}\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as raw:
+        raw.sendall(request.encode())
+        with pytest.raises(ConnectionResetError):  # a RST, not an orderly close (b"")
+            raw.recv(1024)
+    sim.set_fault(mid, None)
+    with client(sim) as c:
+        assert_no_session(c.get(active(sim, mid)), mid)
+    assert sim.status_counts() == {0: 2, 404: 1}
+
+
+def test_timeout_fault(make_sim: MakeSim) -> None:
+    sim = make_sim(faults=FaultConfig(slow_seconds=1.0))
+    mid = sim.meeting_ids[0]
+    sim.set_fault(mid, "timeout")
+    started = time.monotonic()
+    with client(sim, timeout=0.2) as c, pytest.raises(httpx.TimeoutException):
+        c.get(active(sim, mid))
+    assert time.monotonic() - started < 0.9
+
+
+def test_slow_answer_arrives_after_slow_seconds(make_sim: MakeSim) -> None:
+    sim = make_sim(faults=FaultConfig(timeout=1.0, slow_seconds=0.3))
+    started = time.monotonic()
+    with client(sim) as c:
+        r = c.get(sessions(sim))
+    assert r.status_code == 200
+    assert time.monotonic() - started >= 0.3
+
+
+def test_fault_probabilities(make_sim: MakeSim) -> None:
+    always = make_sim(faults=FaultConfig(error_500=1.0))
+    with client(always) as c:
+        assert c.get(sessions(always)).status_code == 500
+        assert c.get(active(always, always.meeting_ids[0])).status_code == 500
+    half = make_sim(seed=11, faults=FaultConfig(non_json=0.5, error_503=0.2))
+    with client(half) as c:
+        answers = [c.get(sessions(half)) for _ in range(200)]
+    codes = [r.status_code for r in answers]
+    html_200 = sum(r.status_code == 200 and r.text == "<html>oops</html>" for r in answers)
+    assert 70 <= html_200 <= 130  # p = 0.5
+    assert 30 <= codes.count(200) - html_200 <= 90  # valid JSON, p = 0.3
+    assert 20 <= sum(code in (502, 503) for code in codes) <= 60  # p = 0.2
+    assert {502, 503} <= set(codes)
+    assert set(codes) <= {200, 502, 503}
+
+
+def test_latency(make_sim: MakeSim) -> None:
+    sim = make_sim(faults=FaultConfig(latency_seconds=0.25))
+    started = time.monotonic()
+    with client(sim) as c:
+        assert c.get("/no/route").status_code == 404
+    assert time.monotonic() - started >= 0.25
+
+
+def test_control_endpoints(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    mid = sim.meeting_ids[0]
+    root = sim.base_url.removesuffix("/client/v4")
+    with httpx.Client(base_url=root, timeout=5) as ctl, client(sim) as c:
+        assert ctl.get("/-/healthy").text == "ok"
+        r = ctl.post(f"/_sim/meetings/{mid}", json={"participants": 3})
+        assert r.status_code == 200 and r.json()["session"]["live_participants"] == 3
+        assert c.get(active(sim, mid)).json()["data"]["status"] == "LIVE"
+        ctl.post(f"/_sim/meetings/{mid}", json={"end": True})
+        assert c.get(active(sim, mid)).json()["data"]["status"] == "ENDED"
+        r = ctl.post(f"/_sim/meetings/{mid}", json={"clear": True})
+        assert r.json() == {"ok": True, "session": None}
+        assert_no_session(c.get(active(sim, mid)), mid)
+        ctl.post(f"/_sim/meetings/{mid}", json={"fault": "500"})
+        assert c.get(active(sim, mid)).status_code == 500
+        ctl.post(f"/_sim/meetings/{mid}", json={"fault": None})
+        assert c.get(active(sim, mid)).status_code == 404
+        assert ctl.post("/_sim/meetings/nope", json={"participants": 1}).status_code == 404
+        assert ctl.post(f"/_sim/meetings/{mid}", json={"fault": "boom"}).status_code == 400
+        assert ctl.post(f"/_sim/meetings/{mid}", content=b"not json").status_code == 400
+        assert ctl.post(f"/_sim/meetings/{mid}", json={"participants": "2"}).status_code == 400
+        stats = ctl.get("/_sim/stats").json()
+    assert stats["requests"] == 5  # control and health requests are not counted
+    assert stats["status_counts"] == {"200": 2, "404": 2, "500": 1}
+    assert stats["meetings"] == 5 and stats["live_sessions"] == 0
+
+
+def test_counts_and_request_log(make_sim: MakeSim) -> None:
+    clock = FakeClock()
+    sim = make_sim(clock=clock)
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 1)
+    with client(sim) as c, client(sim, token="bad") as bad:
+        c.get(active(sim, mid))
+        clock.advance(5)
+        c.get(sessions(sim), params={"per_page": 3})
+        bad.get(sessions(sim))
+    assert sim.request_count() == 3
+    assert sim.request_count(TOKEN) == 2
+    assert sim.request_count("bad") == 1
+    assert sim.request_count("never") == 0
+    assert sim.status_counts() == {200: 2, 401: 1}
+    assert sim.request_log() == [
+        (T0, "/client/v4" + active(sim, mid), 200),
+        (T0 + 5, "/client/v4" + sessions(sim) + "?per_page=3", 200),
+        (T0 + 5, "/client/v4" + sessions(sim), 401),
+    ]
+
+
+def test_multiple_apps(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=["room-a"])
+    ids = sim.add_app("acc2", "app2", 3)
+    sim.add_meeting("room-b")
+    assert sim.meeting_ids == ["room-a", "room-b"]
+    assert len(ids) == 3 and len(set(ids)) == 3
+    sim.set_participants(ids[0], 2)
+    sim.set_participants("room-a", 1)
+    with client(sim) as c:
+        r = c.get(active(sim, ids[0], ("acc2", "app2")))
+        assert r.status_code == 200 and r.json()["data"]["organization_id"] == "app2"
+        assert_no_session(c.get(active(sim, ids[0])), ids[0])  # not a meeting of app 1
+        assert_no_session(c.get(active(sim, "room-a", ("acc2", "app2"))), "room-a")
+        listed = c.get("/accounts/acc2/realtime/kit/app2/sessions").json()["data"]["sessions"]
+    assert [s["associated_id"] for s in listed] == [ids[0]]
+    with pytest.raises(ValueError):
+        sim.add_app("acc3", "app3", ["room-a"])
+
+
+def test_validation() -> None:
+    with pytest.raises(ValueError):
+        Simulator(token=TOKEN, speed=0)
+    with pytest.raises(ValueError):
+        Simulator(token="")
+    with pytest.raises(ValueError):
+        FaultConfig(error_500=1.5)
+    with pytest.raises(ValueError):
+        Simulator(token=TOKEN, meetings=["a", "a"])
+    sim = Simulator(token=TOKEN, auto=False)
+    with pytest.raises(ValueError):
+        sim.set_fault(sim.meeting_ids[0], "explode")
+    with pytest.raises(KeyError):
+        sim.set_participants("missing", 1)
+    with pytest.raises(RuntimeError):
+        _ = sim.base_url
+
+
+def _run_auto(seed: int, steps: int, meetings: int = 6) -> list[list[dict[str, Any] | None]]:
+    clock = FakeClock()
+    sim = Simulator(token=TOKEN, meetings=meetings, seed=seed, clock=clock, speed=2.0)
+    history = []
+    for _ in range(steps):
+        clock.advance(5)
+        history.append([sim.session(mid) for mid in sim.meeting_ids])
+    return history
+
+
+def test_auto_mode_is_reproducible_and_cycles() -> None:
+    one, two = _run_auto(42, 720), _run_auto(42, 720)  # 2 simulated hours
+    assert one == two
+    assert _run_auto(43, 20) != one[:20]
+    for m in range(6):
+        states = [None if h[m] is None else h[m]["status"] for h in one]  # type: ignore[index]
+        assert {None, "LIVE", "ENDED"} <= set(states), m
+        lives = {h[m]["live_participants"] for h in one if h[m] and h[m]["status"] == "LIVE"}  # type: ignore[index]
+        assert len(lives) >= 3 and min(lives) >= 1 and max(lives) <= 12
+    by_session: dict[str, list[dict[str, Any]]] = {}
+    for h in one:
+        for s in h:
+            if s is not None:
+                by_session.setdefault(s["id"], []).append(s)
+    for snaps in by_session.values():
+        minutes = [s["minutes_consumed"] for s in snaps]
+        assert minutes == sorted(minutes)
+        peaks = [s["max_concurrent_participants"] for s in snaps]
+        assert peaks == sorted(peaks)
+        assert all(s["max_concurrent_participants"] >= s["live_participants"] for s in snaps)
+    assert len(by_session) > 12  # several sessions per meeting over two hours
+
+
+def test_auto_starts_about_half_live() -> None:
+    sim = Simulator(token=TOKEN, meetings=40, seed=7, clock=FakeClock())
+    live = [mid for mid in sim.meeting_ids if sim.session(mid) is not None]
+    assert 10 <= len(live) <= 30
+    manual = Simulator(token=TOKEN, meetings=40, seed=7, auto=False, clock=FakeClock())
+    assert all(manual.session(mid) is None for mid in manual.meeting_ids)
+
+
+def test_keep_alive_throughput(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    sim.set_participants(sim.meeting_ids[0], 2)
+    started = time.monotonic()
+    with client(sim) as c:
+        for _ in range(300):
+            c.get(active(sim, sim.meeting_ids[0]))
+    # without keep-alive and a single send() per answer this takes ~40 ms per request
+    assert time.monotonic() - started < 3.0
+    assert sim.status_counts() == {200: 300}
+
+
+def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
+    env = {**os.environ, "CLOUDFLARE_API_TOKEN": "cli-secret-token"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    args = ["--listen", "127.0.0.1:0", "--meetings", "3", "--seed", "1", "--rate-limit", "100/60"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "exporter.simulator", *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert "cli-secret-token" not in line
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        meetings = fields["meetings"].split(",")
+        assert len(meetings) == 3
+        path = (
+            f"/accounts/{fields['account_id']}/realtime/kit/{fields['app_id']}"
+            f"/meetings/{meetings[0]}/active-session"
+        )
+        headers = {"Authorization": "Bearer cli-secret-token"}
+        r = httpx.get(fields["base_url"] + path, headers=headers, timeout=5)
+        assert r.status_code in (200, 404)
+        assert r.headers["ratelimit-policy"] == '"default";q=100;w=60'
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
