@@ -25,7 +25,7 @@ import httpx
 from exporter import __version__
 from exporter.config import MeetingKey
 from exporter.errors import ApiError
-from exporter.model import Answer, parse_active_session
+from exporter.model import Answer, Session, parse_active_session, parse_sessions_page
 
 #: Answers larger than this are not read to the end; they count as ``invalid_response``.
 MAX_BODY_BYTES: Final = 1 << 20
@@ -191,6 +191,26 @@ def make_http_client(
     )
 
 
+def _list_params(per_page: int, page_no: int) -> dict[str, str | int]:
+    return {
+        "status": "LIVE",
+        "per_page": per_page,
+        "page_no": page_no,
+        "sort_by": "createdAt",
+        "sort_order": "ASC",
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The live sessions of an app, read page by page."""
+
+    sessions: list[Session]  # each session once, in the API's order
+    total_count: int | None  # what the API said, when it said
+    pages: int  # requests it took
+    complete: bool  # False when it stopped at max_pages
+
+
 @dataclass(frozen=True, slots=True)
 class RawAnswer:
     status: int
@@ -231,6 +251,48 @@ class ApiClient:
         )
         raw = await self.get(path)
         return parse_active_session(raw.status, raw.content_type, raw.body)
+
+    async def list_live_sessions(
+        self, account_id: str, app_id: str, *, per_page: int, max_pages: int
+    ) -> Listing:
+        """``GET …/sessions?status=LIVE`` page by page, until a short page, ``end_offset >=
+        total_count``, an empty page, or ``max_pages``.
+
+        Pages are asked for from ``page_no=1``. Whether the API counts pages from 0 or 1 is not
+        documented: if page 1 does not start at the first item (``start_offset`` > 1), page 0 is
+        read too. Sessions are de-duplicated by id, so a session that moves across a page boundary
+        while we read (others starting or ending) is counted once.
+        """
+        path = f"/accounts/{account_id}/realtime/kit/{app_id}/sessions"
+        seen: dict[str, Session] = {}
+        total: int | None = None
+        pages = 0
+        page_no = 1
+        complete = False
+        read_page_zero = False
+        while pages < max_pages:
+            raw = await self.get(path, _list_params(per_page, page_no))
+            sessions, paging = parse_sessions_page(raw.status, raw.content_type, raw.body)
+            pages += 1
+            for session in sessions:
+                seen.setdefault(session.id, session)
+            if paging is not None:
+                total = paging.total_count
+                if page_no == 1 and paging.start_offset > 1 and not read_page_zero:
+                    read_page_zero = True
+            if len(sessions) < per_page or (
+                paging is not None and paging.end_offset >= paging.total_count
+            ):
+                complete = True
+                break
+            page_no += 1
+        if read_page_zero:
+            raw = await self.get(path, _list_params(per_page, 0))
+            sessions, _ = parse_sessions_page(raw.status, raw.content_type, raw.body)
+            pages += 1
+            for session in sessions:
+                seen.setdefault(session.id, session)
+        return Listing(list(seen.values()), total, pages, complete)
 
     async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> RawAnswer:
         """Wait for a slot of the token's budget, send one GET and read the answer (at most

@@ -31,6 +31,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from exporter.errors import ConfigError
@@ -84,11 +85,47 @@ class RateLimit(_Model):
     reserve_fraction: float = Field(default=0.0, ge=0, lt=1)
 
 
-class ApiConfig(_Model):
-    allow_insecure_http: bool = False  # declared first: base_url's check reads it
-    base_url: str = DEFAULT_BASE_URL
+class _TokenFields(_Model):
+    """``token_env`` or ``token_file``: where a token comes from (never the token itself)."""
+
     token_env: str | None = None
     token_file: str | None = None
+
+    @field_validator("token_env")
+    @classmethod
+    def _token_env(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _one_token_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("token_env") is not None:
+            raise ValueError("set token_env or token_file, not both")
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRef:
+    """Where one token comes from; ``key`` is the config path that named it, for messages."""
+
+    env: str | None
+    file: str | None
+    key: str
+
+    def __str__(self) -> str:
+        return self.file if self.file is not None else "$" + (self.env or DEFAULT_TOKEN_ENV)
+
+    @property
+    def source(self) -> tuple[str | None, str | None]:
+        """Identity of the token: apps naming the same variable or file share one budget."""
+        return (None, self.file) if self.file is not None else (self.env or DEFAULT_TOKEN_ENV, None)
+
+
+class ApiConfig(_TokenFields):
+    allow_insecure_http: bool = False  # declared first: base_url's check reads it
+    base_url: str = DEFAULT_BASE_URL
     timeout_seconds: float = Field(default=10.0, gt=0)
     rate_limit: RateLimit = RateLimit()
 
@@ -107,27 +144,6 @@ class ApiConfig(_Model):
                 "use https or set api.allow_insecure_http: true"
             )
         return value.rstrip("/")
-
-    @field_validator("token_env")
-    @classmethod
-    def _token_env(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
-
-    @field_validator("token_file")
-    @classmethod
-    def _one_token_source(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("token_env") is not None:
-            raise ValueError("set token_env or token_file, not both")
-        return value
-
-    @property
-    def token_source(self) -> str:
-        """Where the token comes from, for messages: ``$VAR`` or the file path (never the token)."""
-        if self.token_file is not None:
-            return self.token_file
-        return "$" + (self.token_env or DEFAULT_TOKEN_ENV)
 
 
 def _is_loopback(host: str) -> bool:
@@ -170,18 +186,67 @@ class Meeting(_Model):
     @field_validator("labels")
     @classmethod
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        for name in value:
-            if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
-                raise ValueError(f"invalid label name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*")
-            if name in RESERVED_LABELS:
-                raise ValueError(f"label name {name!r} clashes with a label of the exporter")
+        return _check_labels(value)
+
+
+def _check_labels(value: dict[str, str]) -> dict[str, str]:
+    for name in value:
+        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
+            raise ValueError(f"invalid label name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*")
+        if name in RESERVED_LABELS:
+            raise ValueError(f"label name {name!r} clashes with a label of the exporter")
+    return value
+
+
+class Discover(_Model):
+    """Find an app's live meetings by listing its sessions (one request per page)."""
+
+    enabled: bool = False
+    per_page: int = Field(default=100, gt=0, le=1000)
+    max_meetings: int = Field(default=5000, gt=0)
+    include: list[str] = Field(default_factory=list)  # only these meeting ids (when not empty)
+    exclude: list[str] = Field(default_factory=list)
+    name_regex: str | None = None  # re.search on the meeting's display name
+    labels: dict[str, str] = Field(default_factory=dict)  # static labels of discovered meetings
+
+    @field_validator("include", "exclude")
+    @classmethod
+    def _ids(cls, value: list[str]) -> list[str]:
+        return [_check_id(v, 128) for v in value]
+
+    @field_validator("name_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"invalid regular expression {value!r}: {err}") from None
         return value
 
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        return _check_labels(value)
 
-class App(_Model):
+
+class App(_TokenFields):
     account_id: str
     app_id: str
-    meetings: list[Annotated[Meeting, BeforeValidator(_meeting_from_str)]] = Field(min_length=1)
+    meetings: list[Annotated[Meeting, BeforeValidator(_meeting_from_str)]] = Field(
+        default_factory=list
+    )
+    discover: Discover = Discover()
+
+    @model_validator(mode="after")
+    def _something_to_watch(self) -> App:
+        if not self.meetings and not self.discover.enabled:
+            raise ValueError("meetings must list at least one entry (or enable discover)")
+        return self
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account_id, self.app_id)
 
     @field_validator("account_id", "app_id")
     @classmethod
@@ -215,6 +280,13 @@ class Config(_Model):
             seen.add(key)
         return value
 
+    def token_ref(self, app: App) -> TokenRef:
+        """The token an app uses: its own ``token_env``/``token_file``, else ``api``'s."""
+        if app.token_env is not None or app.token_file is not None:
+            index = self.apps.index(app)
+            return TokenRef(app.token_env, app.token_file, f"apps[{index}]")
+        return TokenRef(self.api.token_env, self.api.token_file, "api")
+
     def targets(self) -> dict[MeetingKey, tuple[tuple[str, str], ...]]:
         """Every configured meeting with its static labels, in config order."""
         return {
@@ -247,6 +319,10 @@ class MeetingKey:
     account_id: str
     app_id: str
     meeting_id: str
+
+    @property
+    def app(self) -> tuple[str, str]:
+        return (self.account_id, self.app_id)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
@@ -315,25 +391,44 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return parse_config(data)
 
 
-def read_token(api: ApiConfig, environ: Mapping[str, str] | None = None) -> str:
-    """Fetch the API token from where ``api`` says. The message of a failure never holds it."""
-    if api.token_file is not None:
+def read_token(ref: TokenRef, environ: Mapping[str, str] | None = None) -> str:
+    """Fetch a token from where ``ref`` says. The message of a failure never holds it."""
+    if ref.file is not None:
+        key = f"{ref.key}.token_file"
         try:
-            token = Path(api.token_file).read_text(encoding="utf-8").strip()
+            token = Path(ref.file).read_text(encoding="utf-8").strip()
         except OSError as err:
-            raise ConfigError(
-                [f"api.token_file: cannot read {api.token_file!r}: {err.strerror}"]
-            ) from None
+            raise ConfigError([f"{key}: cannot read {ref.file!r}: {err.strerror}"]) from None
         if not token:
-            raise ConfigError([f"api.token_file: {api.token_file!r} is empty"])
-        key = "api.token_file"
+            raise ConfigError([f"{key}: {ref.file!r} is empty"])
     else:
+        key = f"{ref.key}.token_env"
         env = os.environ if environ is None else environ
-        name = api.token_env or DEFAULT_TOKEN_ENV
+        name = ref.env or DEFAULT_TOKEN_ENV
         token = env.get(name, "").strip()
         if not token:
-            raise ConfigError([f"api.token_env: environment variable {name} is not set or empty"])
-        key = "api.token_env"
+            raise ConfigError([f"{key}: environment variable {name} is not set or empty"])
     if any(c.isspace() or not c.isprintable() for c in token):
         raise ConfigError([f"{key}: the token contains whitespace or control characters"])
     return token
+
+
+def read_tokens(
+    config: Config, environ: Mapping[str, str] | None = None
+) -> dict[tuple[str | None, str | None], str]:
+    """Every token the config names, by :attr:`TokenRef.source`; all problems at once."""
+    tokens: dict[tuple[str | None, str | None], str] = {}
+    problems: list[str] = []
+    tried = set()
+    for app in config.apps:
+        ref = config.token_ref(app)
+        if ref.source in tried:
+            continue
+        tried.add(ref.source)
+        try:
+            tokens[ref.source] = read_token(ref, environ)
+        except ConfigError as err:
+            problems.extend(err.problems)
+    if problems:
+        raise ConfigError(problems)
+    return tokens

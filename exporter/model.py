@@ -173,19 +173,77 @@ def parse_active_session(status: int, content_type: str, body: bytes) -> Answer:
         if "data" not in doc:
             raise ApiError("invalid_response", "field data is missing")
         return parse_session(doc["data"])
-    try:
-        doc = decode_json(content_type, body)
-    except ApiError:
-        doc = None
+    doc = _error_doc(content_type, body)
     if status == 404 and is_no_active_session(doc):
         return NO_ACTIVE_SESSION
+    raise error_for_status(status, doc)
+
+
+def _error_doc(content_type: str, body: bytes) -> Any:
+    try:
+        return decode_json(content_type, body)
+    except ApiError:
+        return None
+
+
+def error_for_status(status: int, doc: Any) -> ApiError:
+    """The :class:`ApiError` for a non-200 answer whose (possibly absent) JSON body is ``doc``."""
     detail = error_message(doc) or "no error message"
     if status in (401, 403):
-        raise ApiError("auth", f"HTTP {status}: {detail}", status=status)
+        return ApiError("auth", f"HTTP {status}: {detail}", status=status)
     if status == 429:
-        raise ApiError("rate_limited", f"HTTP 429: {detail}", status=status)
+        return ApiError("rate_limited", f"HTTP 429: {detail}", status=status)
     if 400 <= status < 500:
-        raise ApiError("http_4xx", f"HTTP {status}: {detail}", status=status)
+        return ApiError("http_4xx", f"HTTP {status}: {detail}", status=status)
     if status >= 500:
-        raise ApiError("http_5xx", f"HTTP {status}: {detail}", status=status)
-    raise ApiError("invalid_response", f"unexpected HTTP {status}", status=status)
+        return ApiError("http_5xx", f"HTTP {status}: {detail}", status=status)
+    return ApiError("invalid_response", f"unexpected HTTP {status}", status=status)
+
+
+@dataclass(frozen=True, slots=True)
+class Paging:
+    total_count: int
+    start_offset: int
+    end_offset: int
+
+
+def _paging(doc: dict[str, Any]) -> Paging | None:
+    """``paging`` at the top level (``/sessions``) or inside ``data`` (participants); ``None``
+    when absent. Present but malformed is an error: a count we cannot read is not "no count"."""
+    raw = doc.get("paging")
+    if raw is None and isinstance(doc.get("data"), dict):
+        raw = doc["data"].get("paging")
+    if raw is None:
+        return None
+    fields = ("total_count", "start_offset", "end_offset")
+    if not isinstance(raw, dict) or not all(
+        isinstance(raw.get(f), int) and not isinstance(raw.get(f), bool) for f in fields
+    ):
+        raise ApiError("invalid_response", f"field paging is malformed: {str(raw)[:80]}")
+    return Paging(raw["total_count"], raw["start_offset"], raw["end_offset"])
+
+
+def parse_sessions_page(
+    status: int, content_type: str, body: bytes
+) -> tuple[list[Session], Paging | None]:
+    """Interpret one page of ``GET …/sessions``: its sessions and its paging (if any).
+
+    Any session that fails :func:`parse_session` makes the whole page ``invalid_response``: a
+    page we can only half read must not pass for "fewer meetings are live".
+    """
+    if status != 200:
+        raise error_for_status(status, _error_doc(content_type, body))
+    doc = decode_json(content_type, body)
+    if not isinstance(doc, dict) or doc.get("success") is False:
+        raise ApiError("invalid_response", "body is not a successful JSON object")
+    data = doc.get("data")
+    items = data.get("sessions") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        raise ApiError("invalid_response", "field data.sessions is missing or not a list")
+    sessions = []
+    for index, item in enumerate(items):
+        try:
+            sessions.append(parse_session(item))
+        except ApiError as err:
+            raise ApiError("invalid_response", f"data.sessions[{index}]: {err}") from None
+    return sessions, _paging(doc)

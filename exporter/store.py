@@ -9,7 +9,7 @@ so a scrape always sees a consistent picture. The store also decides what is sti
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -57,6 +57,24 @@ class Store:
                 for key, labels in targets.items()
             }
             self._version += 1
+
+    def add(self, key: MeetingKey, labels: Labels) -> None:
+        """Export one more meeting (a discovered one); no change if it is exported already."""
+        with self._lock:
+            if key not in self._states:
+                self._states[key] = MeetingState(labels=labels)
+                self._version += 1
+
+    def remove(self, keys: Iterable[MeetingKey]) -> None:
+        """Stop exporting these meetings; they vanish from the next scrape."""
+        with self._lock:
+            for key in keys:
+                self._states.pop(key, None)
+            self._version += 1
+
+    def get(self, key: MeetingKey) -> MeetingState | None:
+        with self._lock:
+            return self._states.get(key)
 
     def record(
         self, key: MeetingKey, outcome: Answer | ApiError | None, duration: float, now: float

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config, parse_config, read_token
+from exporter.config import ConfigError, load_config, parse_config, read_token, read_tokens
 
 from .conftest import TOKEN
 
@@ -19,7 +19,7 @@ CASES = {
     "unknown-key": ["poll.interval_secs: unknown key"],
     "wrong-type": ["poll.interval_seconds: must be a valid number (got a string)"],
     "negative-interval": ["poll.interval_seconds: must be greater than 0"],
-    "empty-meetings": ["apps[0].meetings: must list at least one entry"],
+    "empty-meetings": ["apps[0]: meetings must list at least one entry (or enable discover)"],
     "no-apps": ["apps: required key is missing"],
     "duplicate-meeting": ["apps[0].meetings: meeting 'm1' is listed more than once"],
     "account-too-long": [
@@ -121,29 +121,92 @@ def test_loopback_http_is_allowed_and_insecure_http_can_be_opted_into():
 
 
 def test_token_from_env_and_file(tmp_path: Path):
-    api = parse_config({"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}]}).api
-    assert read_token(api, {"CLOUDFLARE_API_TOKEN": f" {TOKEN}\n"}) == TOKEN
+    config = parse_config({"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}]})
+    ref = config.token_ref(config.apps[0])
+    assert read_token(ref, {"CLOUDFLARE_API_TOKEN": f" {TOKEN}\n"}) == TOKEN
     with pytest.raises(ConfigError) as info:
-        read_token(api, {})
+        read_token(ref, {})
     assert info.value.problems == [
         "api.token_env: environment variable CLOUDFLARE_API_TOKEN is not set or empty"
     ]
     secret = tmp_path / "token"
     secret.write_text(TOKEN + "\n")
-    api = parse_config(
+    config = parse_config(
         {
             "api": {"token_file": str(secret)},
             "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m"]}],
         }
-    ).api
-    assert read_token(api, {}) == TOKEN
+    )
+    ref = config.token_ref(config.apps[0])
+    assert read_token(ref, {}) == TOKEN
     secret.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
-        read_token(api, {})
+        read_token(ref, {})
     secret.write_text("two words")
     with pytest.raises(ConfigError) as info:
-        read_token(api, {})
+        read_token(ref, {})
     assert "two" not in str(info.value)
+
+
+def test_each_app_may_name_its_own_token():
+    config = parse_config(
+        {
+            "api": {"token_env": "MAIN_TOKEN"},
+            "apps": [
+                {"account_id": "a", "app_id": "b", "meetings": ["m"]},
+                {"account_id": "a", "app_id": "c", "meetings": ["m"], "token_env": "OTHER_TOKEN"},
+                {"account_id": "d", "app_id": "e", "meetings": ["m"], "token_env": "OTHER_TOKEN"},
+            ],
+        }
+    )
+    assert read_tokens(config, {"MAIN_TOKEN": "t1", "OTHER_TOKEN": "t2"}) == {
+        ("MAIN_TOKEN", None): "t1",
+        ("OTHER_TOKEN", None): "t2",
+    }
+    with pytest.raises(ConfigError) as info:
+        read_tokens(config, {})
+    assert info.value.problems == [
+        "api.token_env: environment variable MAIN_TOKEN is not set or empty",
+        "apps[1].token_env: environment variable OTHER_TOKEN is not set or empty",
+    ]
+
+
+def test_discovery_config():
+    config = parse_config(
+        {
+            "apps": [
+                {
+                    "account_id": "a",
+                    "app_id": "b",
+                    "discover": {"enabled": True, "name_regex": "^Sales", "labels": {"team": "x"}},
+                }
+            ]
+        }
+    )
+    assert config.apps[0].discover.max_meetings == 5000
+    assert config.targets() == {}
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            {
+                "apps": [
+                    {
+                        "account_id": "a",
+                        "app_id": "b",
+                        "discover": {
+                            "enabled": True,
+                            "name_regex": "(",
+                            "per_page": 0,
+                            "exclude": ["a/b"],
+                        },
+                    }
+                ]
+            }
+        )
+    assert info.value.problems == [
+        "apps[0].discover.per_page: must be greater than 0",
+        "apps[0].discover.exclude: invalid id 'a/b': use only letters, digits, '-' and '_'",
+        "apps[0].discover.name_regex: invalid regular expression '(': missing ), unterminated subpattern at position 0",
+    ]
 
 
 def run_check(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

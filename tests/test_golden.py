@@ -18,7 +18,7 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.client import ApiClient, make_http_client
+from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.collector import MeetingCollector
 from exporter.config import MeetingKey
 from exporter.poller import Poller
@@ -94,14 +94,15 @@ ANSWERS: dict[str, list[tuple[int, Any]]] = {
 LABELS = {"m-live": (("team", "sales"),), "m-escape": (("floor", "3"), ("team", "eng"))}
 
 
-def handler(request: httpx.Request) -> httpx.Response:
-    meeting = request.url.path.split("/")[-2]
-    status, body = ANSWERS[meeting].pop(0)
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.Response(status, content=content, headers={"content-type": "application/json"})
-
-
 def render() -> str:
+    queues = {meeting: list(answers) for meeting, answers in ANSWERS.items()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        queue = queues[request.url.path.split("/")[-2]]
+        status, body = queue.pop(0) if len(queue) > 1 else queue[0]  # the last answer sticks
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.Response(status, content=content, headers={"content-type": "application/json"})
+
     now = [T0]
     ticks = iter(i * 0.125 for i in range(1000))
     store = Store()
@@ -112,7 +113,10 @@ def render() -> str:
         http = make_http_client(
             timeout_seconds=5, max_connections=4, transport=httpx.MockTransport(handler)
         )
-        client = ApiClient(http, base_url="https://api.test/client/v4", token=TOKEN)
+        unlimited = RateLimiter(10**9, 1)
+        client = ApiClient(
+            http, base_url="https://api.test/client/v4", token=TOKEN, limiter=unlimited
+        )
         poller = Poller(
             scheduler=AsyncIOScheduler(),
             client_for=lambda key: client,
@@ -125,7 +129,7 @@ def render() -> str:
         for when in (T0 - 100, T0 - 70):  # two rounds; meetings with one answer poll once
             now[0] = when
             for key in keys:
-                if ANSWERS[key.meeting_id]:
+                if when == T0 - 100 or len(ANSWERS[key.meeting_id]) > 1:
                     await poller.poll_meeting(key)
         await http.aclose()
 
