@@ -1,0 +1,290 @@
+"""Discovery: listing an app's live sessions page by page, with the network faked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.config import MeetingKey, parse_config
+from exporter.model import NO_ACTIVE_SESSION, Session
+from exporter.poller import Poller
+from exporter.store import Store
+
+from .conftest import TOKEN
+
+ACC, APP = "acc", "app"
+
+
+def session(meeting: str, live: int = 2, name: str = "Meeting") -> dict[str, Any]:
+    return {
+        "id": f"s-{meeting}",
+        "associated_id": meeting,
+        "status": "LIVE",
+        "live_participants": live,
+        "meeting_display_name": name,
+        "started_at": "2026-11-28T07:00:00Z",
+    }
+
+
+def page_body(items: list[dict[str, Any]], start: int, total: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"success": True, "data": {"sessions": items}}
+    if total is not None:
+        end = start + len(items) - 1 if items else 0
+        body["paging"] = {
+            "total_count": total,
+            "start_offset": start if items else 0,
+            "end_offset": end,
+        }
+    return body
+
+
+class FakeApi:
+    """Serves ``/sessions`` from a list of live sessions (1-based pages unless ``zero_based``),
+    and active-session from ``active``; records every request."""
+
+    def __init__(
+        self, live: list[dict[str, Any]], *, paging: bool = True, zero_based: bool = False
+    ):
+        self.live = live
+        self.paging = paging
+        self.zero_based = zero_based
+        self.requests: list[httpx.Request] = []
+        self.active: dict[str, dict[str, Any] | None] = {}
+        self.before_page: Callable[[int], None] = lambda page_no: None
+        self.fail_page: int | None = None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        if request.url.path.endswith("/active-session"):
+            meeting = request.url.path.split("/")[-2]
+            data = self.active.get(meeting)
+            if data is None:
+                return reply(404, {"success": False, "error": {"code": 404, "message": "none"}})
+            return reply(200, {"success": True, "data": data})
+        page_no = int(request.url.params["page_no"])
+        per_page = int(request.url.params["per_page"])
+        assert request.url.params["status"] == "LIVE"
+        self.before_page(page_no)
+        if page_no == self.fail_page:
+            return reply(502, b"<html>bad gateway</html>")
+        index = page_no if self.zero_based else max(page_no, 1) - 1
+        items = self.live[index * per_page : (index + 1) * per_page]
+        total = len(self.live) if self.paging else None
+        return reply(200, page_body(items, index * per_page + 1, total))
+
+    def pages(self) -> list[int]:
+        return [int(r.url.params["page_no"]) for r in self.requests if "page_no" in r.url.params]
+
+    def confirmations(self) -> list[str]:
+        return [
+            r.url.path.split("/")[-2]
+            for r in self.requests
+            if r.url.path.endswith("/active-session")
+        ]
+
+
+def reply(status: int, body: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    ctype = "text/html" if isinstance(body, bytes) else "application/json"
+    return httpx.Response(status, content=content, headers={"content-type": ctype})
+
+
+def setup(api: FakeApi, discover: dict[str, Any] | None = None, meetings: list[Any] | None = None):
+    config = parse_config(
+        {
+            "poll": {"interval_seconds": 10, "stale_after_seconds": 30},
+            "apps": [
+                {
+                    "account_id": ACC,
+                    "app_id": APP,
+                    "meetings": meetings or [],
+                    "discover": {"enabled": True, "per_page": 3, **(discover or {})},
+                }
+            ],
+        }
+    )
+    now = [1000.0]
+    store = Store()
+
+    async def make() -> Poller:
+        http = make_http_client(
+            timeout_seconds=1, max_connections=4, transport=httpx.MockTransport(api)
+        )
+        client = ApiClient(
+            http, base_url="https://api.test/v4", token=TOKEN, limiter=RateLimiter(10**9, 1)
+        )
+        poller = Poller(
+            scheduler=AsyncIOScheduler(),
+            client_for=lambda app: client,
+            store=store,
+            interval_seconds=10,
+            concurrency=4,
+            stale_after_seconds=30,
+            clock=lambda: now[0],
+        )
+        poller._scheduler.start(paused=True)
+        poller.apply(config)
+        return poller
+
+    loop = asyncio.new_event_loop()
+    poller = loop.run_until_complete(make())
+
+    def cycle(advance: float = 10) -> dict[MeetingKey, Any]:
+        loop.run_until_complete(poller.discover_app((ACC, APP)))
+        now[0] += advance
+        return {k: v for k, v in store.snapshot()[1].items()}
+
+    return poller, store, cycle
+
+
+def key(meeting: str) -> MeetingKey:
+    return MeetingKey(ACC, APP, meeting)
+
+
+def live_meetings(states: dict[MeetingKey, Any]) -> set[str]:
+    return {k.meeting_id for k, s in states.items() if isinstance(s.answer, Session) and s.up}
+
+
+def test_empty_app_is_one_request_and_configured_meetings_show_no_session():
+    api = FakeApi([])
+    poller, _, cycle = setup(api, meetings=[{"id": "conf", "labels": {"team": "a"}}])
+    states = cycle()
+    assert api.pages() == [1]
+    assert states[key("conf")].answer is NO_ACTIVE_SESSION
+    assert states[key("conf")].labels == (("team", "a"),)
+    stats = poller.stats().apps[(ACC, APP)]
+    assert (stats.up, stats.live_sessions, stats.live_participants, stats.pages) == (True, 0, 0, 1)
+
+
+def test_exactly_one_full_page_stops_on_end_offset():
+    api = FakeApi([session(f"m{i}") for i in range(3)])
+    _, _, cycle = setup(api)
+    assert live_meetings(cycle()) == {"m0", "m1", "m2"}
+    assert api.pages() == [1]
+
+
+def test_page_boundaries_without_paging_stop_on_a_short_or_empty_page():
+    api = FakeApi([session(f"m{i}") for i in range(7)], paging=False)
+    _, _, cycle = setup(api)
+    assert live_meetings(cycle()) == {f"m{i}" for i in range(7)}
+    assert api.pages() == [1, 2, 3]
+    api6 = FakeApi([session(f"m{i}") for i in range(6)], paging=False)
+    _, _, cycle6 = setup(api6)
+    assert len(live_meetings(cycle6())) == 6
+    assert api6.pages() == [1, 2, 3]  # the third page comes back empty
+
+
+def test_zero_based_pages_are_detected_and_nothing_is_missed():
+    api = FakeApi([session(f"m{i}") for i in range(7)], zero_based=True)
+    _, _, cycle = setup(api)
+    assert live_meetings(cycle()) == {f"m{i}" for i in range(7)}
+    assert sorted(api.pages()) == [0, 1, 2]
+
+
+def test_session_starting_between_pages_is_not_doubled():
+    api = FakeApi([session(f"m{i}") for i in range(6)])
+
+    def start_one(page_no: int) -> None:
+        if page_no == 2:  # a new session sorts first and shifts everything by one
+            api.live.insert(0, session("new"))
+
+    api.before_page = start_one
+    poller, _, cycle = setup(api)
+    states = cycle()
+    assert live_meetings(states) >= {f"m{i}" for i in range(6)}
+    assert poller.stats().apps[(ACC, APP)].live_participants == 2 * len(live_meetings(states))
+
+
+def test_session_ending_between_pages_loses_no_meeting():
+    api = FakeApi([session(f"m{i}") for i in range(6)])
+    _, _, cycle = setup(api)
+    assert live_meetings(cycle()) == {f"m{i}" for i in range(6)}
+
+    def end_one(page_no: int) -> None:
+        if page_no == 2 and api.live[0]["associated_id"] == "m0":
+            del api.live[0]  # m0 ends: m3 moves to page 1, which was already read
+
+    api.before_page = end_one
+    api.active = {"m3": session("m3"), "m0": None}
+    states = cycle()
+    # m0 was live when page 1 was read; m3 slipped from page 2 to page 1 and was not listed,
+    # but it was live at the last look, so one active-session call confirms it.
+    assert live_meetings(states) == {f"m{i}" for i in range(6)}
+    assert api.confirmations() == ["m3"]
+    states = cycle()  # next cycle: m0 is not listed any more and is confirmed gone
+    assert live_meetings(states) == {"m1", "m2", "m3", "m4", "m5"}
+    assert states[key("m0")].answer is NO_ACTIVE_SESSION and states[key("m0")].up
+    assert api.confirmations() == ["m3", "m0"]
+
+
+def test_unlisted_discovered_meeting_goes_to_zero_then_vanishes_after_stale():
+    api = FakeApi([session("m0"), session("m1")])
+    _, _, cycle = setup(api)
+    cycle()
+    api.live = [session("m1")]
+    states = cycle()
+    assert states[key("m0")].answer is NO_ACTIVE_SESSION
+    assert api.confirmations() == ["m0"]
+    for _ in range(3):
+        states = cycle()
+    assert key("m0") not in states  # unseen for more than stale_after (30 s)
+    assert key("m1") in states
+    assert api.confirmations() == ["m0"]  # confirmed once, not every cycle
+
+
+def test_failing_page_fails_the_cycle_and_keeps_last_good_values():
+    api = FakeApi([session(f"m{i}", live=i) for i in range(5)])
+    poller, store, cycle = setup(api, meetings=["conf"])
+    cycle()
+    api.fail_page = 2
+    states = cycle()
+    for k in (key("m0"), key("m4"), key("conf")):
+        assert states[k].up is False
+        assert states[k].errors[5] == 1  # REASONS[5] == "http_5xx"
+    assert states[key("m4")].fresh_answer(1015, 30).live_participants == 4  # kept until stale
+    stats = poller.stats().apps[(ACC, APP)]
+    assert stats.up is False and stats.errors == {"http_5xx": 1}
+
+
+def test_filters_cap_and_configured_meetings():
+    names = {
+        "m0": "Sales weekly",
+        "m1": "Sales daily",
+        "m2": "Eng sync",
+        "m3": "Sales QBR",
+        "m4": "Sales x",
+    }
+    api = FakeApi([session(m, name=n) for m, n in names.items()] + [session("conf", live=9)])
+    poller, _, cycle = setup(
+        api,
+        discover={
+            "name_regex": "^Sales",
+            "exclude": ["m1"],
+            "max_meetings": 2,
+            "labels": {"source": "discovered"},
+        },
+        meetings=[{"id": "conf", "labels": {"team": "ops"}}, "idle"],
+    )
+    states = cycle()
+    discovered = {k.meeting_id for k in states} - {"conf", "idle"}
+    assert discovered == {"m0", "m3"}  # m2 fails the regex, m1 is excluded, m4 is over the cap
+    assert states[key("m0")].labels == (("source", "discovered"),)
+    assert states[key("conf")].answer.live_participants == 9  # configured: answered by the list
+    assert states[key("conf")].labels == (("team", "ops"),)
+    assert states[key("idle")].answer is NO_ACTIVE_SESSION
+    stats = poller.stats().apps[(ACC, APP)]
+    assert stats.dropped == 1
+    assert stats.live_sessions == 6 and stats.live_participants == 5 * 2 + 9  # all listed
+    assert api.confirmations() == []  # nothing needed an extra request
+
+
+def test_include_list_limits_discovery():
+    api = FakeApi([session(f"m{i}") for i in range(4)])
+    _, _, cycle = setup(api, discover={"include": ["m1", "m3", "other"]})
+    assert set(k.meeting_id for k in cycle()) == {"m1", "m3"}
