@@ -229,6 +229,7 @@ class ApiClient:
         base_url: str,
         token: str,
         limiter: RateLimiter | None = None,
+        stats: ApiStats | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -238,7 +239,7 @@ class ApiClient:
         self._max_body = max_body_bytes
         self._timer = timer
         self.limiter = limiter or RateLimiter(1200, 300)
-        self.stats = ApiStats()
+        self.stats = stats or ApiStats()
 
     def __repr__(self) -> str:  # never show the token
         return f"ApiClient(base_url={self._base!r})"

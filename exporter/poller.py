@@ -115,12 +115,14 @@ class Poller:
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._scheduler = scheduler
-        self._client_for = client_for
         self._store = store
-        self._interval = interval_seconds
-        self._max_backoff = max(max_backoff_seconds, interval_seconds)
-        self._stale_after = stale_after_seconds or 3 * interval_seconds
-        self._semaphore = asyncio.Semaphore(concurrency)
+        self.configure(
+            client_for=client_for,
+            interval_seconds=interval_seconds,
+            concurrency=concurrency,
+            max_backoff_seconds=max_backoff_seconds,
+            stale_after_seconds=stale_after_seconds,
+        )
         self._clock = clock
         self._timer = timer
         self._lock = threading.Lock()  # guards what stats() reads from the HTTP thread
@@ -128,13 +130,30 @@ class Poller:
         self._skipped: Counter[str] = Counter()
         self._retries = 0
         self._clients: list[ApiClient] = []
-        self._failures: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
-        self._backoff_until: dict[MeetingKey, float] = {}
         self._down: dict[object, str] = {}  # meetings or apps whose last poll failed: reason
         self._apps: dict[tuple[str, str], App] = {}  # discovery apps
         self._app_stats: dict[tuple[str, str], AppStats] = {}
         self._seen: dict[tuple[str, str], dict[MeetingKey, float]] = {}  # discovered: last listed
         scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
+
+    def configure(
+        self,
+        *,
+        client_for: Callable[[tuple[str, str]], ApiClient],
+        interval_seconds: float,
+        concurrency: int,
+        max_backoff_seconds: float = 300.0,
+        stale_after_seconds: float | None = None,
+    ) -> None:
+        """Take new settings (a reload); :meth:`apply` then reschedules what they change.
+        Backoff starts afresh: the new settings (a rotated token, say) may cure the failures."""
+        self._failures: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
+        self._backoff_until: dict[MeetingKey, float] = {}
+        self._client_for = client_for
+        self._interval = interval_seconds
+        self._max_backoff = max(max_backoff_seconds, interval_seconds)
+        self._stale_after = stale_after_seconds or 3 * interval_seconds
+        self._semaphore = asyncio.Semaphore(concurrency)
 
     def help_interval(self) -> float:
         """The longest effective interval, for HELP texts."""
@@ -182,10 +201,11 @@ class Poller:
         self._apps = discovery
         with self._lock:
             self._app_stats = {k: self._app_stats.get(k, AppStats()) for k in discovery}
+        wanted_jobs = {f"{_DISCOVER_PREFIX}{a}/{b}" for a, b in discovery}
         for job in self._scheduler.get_jobs():
-            if job.id.startswith(_DISCOVER_PREFIX) and job.id[len(_DISCOVER_PREFIX) :] not in {
-                f"{a}/{b}" for a, b in discovery
-            }:
+            if job.id.startswith(_DISCOVER_PREFIX) and (
+                job.id not in wanted_jobs or job.trigger.interval_length != self._interval
+            ):
                 job.remove()
         existing = {job.id for job in self._scheduler.get_jobs()}
         start = datetime.now(UTC)
@@ -276,6 +296,12 @@ class Poller:
 
     async def poll_meeting(self, key: MeetingKey) -> None:
         """Poll one meeting (unless it is backed off) and record the outcome. Never raises."""
+        try:
+            await self._poll_meeting(key)
+        except asyncio.CancelledError:  # shutdown cancels what is still waiting: not an error
+            log.debug("poll of meeting %s cancelled", key.meeting_id)
+
+    async def _poll_meeting(self, key: MeetingKey) -> None:
         if self._clock() < self._backoff_until.get(key, 0.0):
             with self._lock:
                 self._skipped["backoff"] += 1
@@ -300,6 +326,12 @@ class Poller:
 
     async def discover_app(self, app_key: tuple[str, str]) -> None:
         """One discovery cycle of an app. Never raises."""
+        try:
+            await self._discover_app(app_key)
+        except asyncio.CancelledError:  # shutdown cancels what is still waiting: not an error
+            log.debug("discovery of app %s/%s cancelled", *app_key)
+
+    async def _discover_app(self, app_key: tuple[str, str]) -> None:
         app = self._apps.get(app_key)
         if app is None:  # removed by a reload while the job was due
             return

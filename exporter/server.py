@@ -2,27 +2,39 @@
 
 Metrics are rendered by prometheus_client's own WSGI app, so content negotiation (text or
 OpenMetrics), gzip and ``name[]`` filtering behave exactly as in every Python exporter.
+
+With a web config (:mod:`exporter.webconfig`) the server speaks TLS, asks for basic auth on every
+path and adds the configured headers to every answer. The TLS handshake runs in the connection's
+worker thread with a timeout, so a slow or silent client never holds up the accept loop.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import socket
+import ssl
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
 from exporter.errors import ConfigError
+from exporter.webconfig import WebSecurity
+
+log = logging.getLogger(__name__)
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 DEFAULT_PORT = 9877
+#: Seconds a client has to complete the TLS handshake.
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -40,8 +52,10 @@ def create_app(
     telemetry_path: str,
     ready: Callable[[], bool],
     summary: Callable[[], str],
+    reload: Callable[[], tuple[bool, str]] | None = None,
 ) -> WsgiApp:
-    """The exporter's WSGI app. ``summary`` describes what is polled for the landing page."""
+    """The exporter's WSGI app. ``summary`` describes what is polled for the landing page;
+    ``reload`` re-reads the config for ``POST /-/reload`` and says whether that worked."""
     metrics_app = make_wsgi_app(registry)
 
     def text(
@@ -57,13 +71,35 @@ def create_app(
     def app(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/-/reload" and reload is not None:
+            if method != "POST":
+                start("405 Method Not Allowed", [("Allow", "POST"), ("Content-Length", "0")])
+                return [b""]
+            ok, message = reload()
+            return text(start, "200 OK" if ok else "500 Internal Server Error", message + "\n")
         known = {telemetry_path, "/", "/-/healthy", "/-/ready"}
         if path in known and method not in ("GET", "HEAD"):
             start("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
             return [b""]
         if path == telemetry_path:
-            body: Iterable[bytes] = metrics_app(environ, start)
-            return body
+            # Per-meeting families from cached fragments (exporter.collector); HEAD and
+            # name[] filters go to prometheus_client's app.
+            from exporter.collector import metrics_response
+
+            fast = None
+            if method == "GET":
+                fast = metrics_response(
+                    registry,
+                    accept=environ.get("HTTP_ACCEPT"),
+                    accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
+                    query=environ.get("QUERY_STRING", ""),
+                )
+            if fast is None:
+                body: Iterable[bytes] = metrics_app(environ, start)
+                return body
+            headers, output = fast
+            start("200 OK", headers)
+            return [output]
         if path == "/-/healthy":
             return text(start, "200 OK", "Healthy\n")
         if path == "/-/ready":
@@ -92,23 +128,139 @@ _LANDING = """<!DOCTYPE html>
 """
 
 
+def protect(app: WsgiApp, web: WebSecurity) -> WsgiApp:
+    """Wrap ``app``: the web config's headers on every answer, and basic auth on every path."""
+
+    def protected(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        state = web.current()
+        extra = list(state.config.headers)
+
+        def start_with_headers(
+            status: str, headers: list[tuple[str, str]], exc_info: Any = None
+        ) -> Any:
+            return start(status, [*headers, *extra], exc_info)
+
+        if state.auth is not None and not state.auth.check_header(
+            environ.get("HTTP_AUTHORIZATION")
+        ):
+            body = b"Unauthorized\n"
+            start_with_headers(
+                "401 Unauthorized",
+                [
+                    ("WWW-Authenticate", "Basic"),
+                    ("Content-Type", "text/plain; charset=utf-8"),
+                    ("Content-Length", str(len(body))),
+                ],
+            )
+            return [body]
+        return app(environ, start_with_headers)
+
+    return protected
+
+
+# What Go's net/http answers to plain HTTP on a TLS port; clearer than a reset connection.
+_PLAIN_HTTP_ANSWER = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Connection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"
+)
+_TLS_HANDSHAKE_RECORD = b"\x16"
+
+
+def _tls_accept(
+    sock: socket.socket, context: ssl.SSLContext, timeout: float, peer: str
+) -> ssl.SSLSocket | None:
+    """Complete the TLS handshake on an accepted socket; None (and a log line) if it fails."""
+    sock.settimeout(timeout)
+    try:
+        first = sock.recv(1, socket.MSG_PEEK)
+        if not first:
+            return None
+        if first != _TLS_HANDSHAKE_RECORD:
+            sock.recv(65536)  # read the request, so that closing does not reset the connection
+            sock.sendall(_PLAIN_HTTP_ANSWER)
+            log.debug("plain HTTP request from %s on the TLS port", peer)
+            return None
+        conn = context.wrap_socket(sock, server_side=True)
+    except OSError as err:  # ssl.SSLError, timeouts and resets alike
+        log.info("TLS handshake with %s failed: %s", peer, err)
+        return None
+    conn.settimeout(None)
+    return conn
+
+
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], handler: type[WSGIRequestHandler], web: WebSecurity | None
+    ) -> None:
+        self.web = web
+        super().__init__(address, handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Runs in the connection's worker thread: TLS handshake first when TLS is on."""
+        context = self.web.current().ssl_context if self.web is not None else None
+        if context is None:
+            super().finish_request(request, client_address)
+            return
+        conn = _tls_accept(request, context, HANDSHAKE_TIMEOUT, str(client_address[0]))
+        if conn is None:
+            return  # process_request_thread closes the plain socket
+        try:
+            super().finish_request(conn, client_address)
+        finally:
+            conn.close()  # the plain socket was detached into conn; closing it is ours to do
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops or garbles its connection is no bug: no traceback for that."""
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            log.debug("connection from %s: %s", client_address[0], err)
+        else:
+            log.exception("error while serving %s", client_address[0])
 
 
 class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """No access log: a line per scrape is noise."""
 
+    def get_environ(self) -> dict[str, Any]:
+        environ = super().get_environ()
+        if isinstance(self.connection, ssl.SSLSocket):
+            environ["HTTPS"] = "on"  # so wsgi.url_scheme is https
+        return environ
 
-def serve(app: WsgiApp, host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Bind (raising ``OSError`` if the port is taken) and serve in a daemon thread."""
+
+def serve(
+    app: WsgiApp, host: str, port: int, *, web_config_file: str | None = None
+) -> tuple[WSGIServer, threading.Thread]:
+    """Bind (raising ``OSError`` if the port is taken) and serve in a daemon thread.
+
+    ``web_config_file`` turns on TLS, basic auth and extra headers as it says; a file that cannot
+    be used raises :class:`ConfigError` before anything is bound.
+    """
+    web: WebSecurity | None = None
+    if web_config_file:
+        try:
+            web = WebSecurity(web_config_file)
+        except ConfigError as err:
+            raise ConfigError([f"--web.config.file {web_config_file}: {err}"]) from None
+        app = protect(app, web)
+        state = web.state
+        log.info(
+            "web config %s: TLS %s, basic auth %s",
+            web_config_file,
+            "on" if state.ssl_context is not None else "off",
+            f"on for {len(state.config.basic_auth_users)} user(s)" if state.auth else "off",
+        )
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server_class = type("_Server", (_Server,), {"address_family": family})
-    server: WSGIServer = make_server(
-        host, port, app, server_class=server_class, handler_class=_QuietHandler
-    )
+
+    class Server(_Server):
+        address_family = family
+
+    server = Server((host, port), _QuietHandler, web)
+    server.set_app(app)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server, thread

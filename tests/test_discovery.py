@@ -240,7 +240,7 @@ def test_unlisted_discovered_meeting_goes_to_zero_then_vanishes_after_stale():
 
 def test_failing_page_fails_the_cycle_and_keeps_last_good_values():
     api = FakeApi([session(f"m{i}", live=i) for i in range(5)])
-    poller, store, cycle = setup(api, meetings=["conf"])
+    poller, _store, cycle = setup(api, meetings=["conf"])
     cycle()
     api.fail_page = 2
     states = cycle()
@@ -288,3 +288,62 @@ def test_include_list_limits_discovery():
     api = FakeApi([session(f"m{i}") for i in range(4)])
     _, _, cycle = setup(api, discover={"include": ["m1", "m3", "other"]})
     assert set(k.meeting_id for k in cycle()) == {"m1", "m3"}
+
+
+# --- the real exporter process against the simulator --------------------------------------------
+
+
+def test_discovery_end_to_end(start_exporter):
+    from exporter.simulator import Simulator
+
+    from .conftest import sim_config, value, wait_for
+
+    sim = Simulator(token=TOKEN, meetings=25, auto=False, seed=5)
+    sim.start("127.0.0.1", 0)
+    try:
+        live = sim.meeting_ids[:12]
+        for i, meeting in enumerate(live):
+            sim.set_participants(meeting, i + 1)
+        idle = sim.meeting_ids[20]
+        config = sim_config(
+            sim, meetings=[{"id": idle, "labels": {"team": "x"}}], stale_after_seconds=4
+        )
+        config["apps"][0]["discover"] = {"enabled": True, "per_page": 5, "labels": {"source": "d"}}
+        exporter = start_exporter(config)
+
+        def exported() -> dict[str, float]:
+            samples = exporter.scrape()
+            return {
+                dict(labels)["meeting_id"]: v
+                for (name, labels), v in samples.items()
+                if name == "realtimekit_session_live_participants"
+            }
+
+        wait_for(lambda: exported() == {**{m: i + 1 for i, m in enumerate(live)}, idle: 0})
+        samples = exporter.scrape()
+        assert value(samples, "realtimekit_app_live_sessions") == 12
+        assert value(samples, "realtimekit_app_live_participants") == sum(range(1, 13))
+        assert value(samples, "realtimekit_discovery_up") == 1
+        assert value(samples, "realtimekit_up", meeting_id=live[0], source="d") == 1
+        assert value(samples, "realtimekit_up", meeting_id=idle, team="x") == 1
+
+        # A handful of requests per cycle, not one per meeting: 12 live at 5 per page = 3 pages.
+        before = sim.request_count()
+        pages_before = value(samples, "realtimekit_discovery_pages_total")
+        wait_for(
+            lambda: (
+                value(exporter.scrape(), "realtimekit_discovery_pages_total") >= pages_before + 9
+            )
+        )
+        assert sim.request_count() - before <= 3 * 4  # at most a fourth cycle started meanwhile
+        assert all("/sessions" in path for _, path, _ in sim.request_log()[-9:])
+
+        # A session ends: confirmed with one call, shown as no session, then gone after stale_after.
+        sim.clear_session(live[0])
+        wait_for(lambda: exported().get(live[0]) == 0)
+        assert value(exporter.scrape(), "realtimekit_session_active", meeting_id=live[0]) == 0
+        wait_for(lambda: live[0] not in exported(), timeout=20)
+        assert idle in exported()  # listed meetings stay, whatever happens
+        assert TOKEN not in exporter.log()
+    finally:
+        sim.stop()

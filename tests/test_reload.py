@@ -1,0 +1,104 @@
+"""Hot reload (SIGHUP and POST /-/reload) of the real exporter process against the simulator."""
+
+from __future__ import annotations
+
+import signal
+
+import httpx
+
+from .conftest import TOKEN, sim_config, value, wait_for
+
+
+def meetings_exported(exporter) -> set[str]:
+    return {
+        dict(labels)["meeting_id"]
+        for (name, labels), _ in exporter.scrape().items()
+        if name == "realtimekit_up"
+    }
+
+
+def test_reload_adds_removes_relabels_and_keeps_state(simulator, start_exporter):
+    a, b, c, d = simulator.meeting_ids
+    simulator.set_participants(a, 3)
+    exporter = start_exporter(sim_config(simulator, meetings=[a, b]))
+    wait_for(lambda: meetings_exported(exporter) == {a, b})
+    wait_for(
+        lambda: value(exporter.scrape(), "realtimekit_session_live_participants", meeting_id=a) == 3
+    )
+    first_success = value(
+        exporter.scrape(), "realtimekit_last_success_timestamp_seconds", meeting_id=a
+    )
+
+    # Add c and d, drop b, relabel a, change the interval: via SIGHUP.
+    config = sim_config(
+        simulator, meetings=[{"id": a, "labels": {"team": "x"}}, c, d], interval_seconds=2
+    )
+    exporter.write_config(config)
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: meetings_exported(exporter) == {a, c, d}, timeout=10)
+    samples = exporter.scrape()
+    assert value(samples, "realtimekit_up", meeting_id=b) is None  # removed: gone at once
+    assert value(samples, "realtimekit_up", meeting_id=a, team="x") == 1  # kept its state...
+    assert (
+        value(samples, "realtimekit_last_success_timestamp_seconds", meeting_id=a) >= first_success
+    )
+    assert value(samples, "realtimekit_config_last_reload_successful") == 1
+    wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=d) == 1, timeout=10)
+    assert "Polled every 2 seconds" in exporter.metrics_text()
+    assert "config reloaded" in exporter.log()
+
+
+def test_invalid_reload_keeps_the_running_config(simulator, start_exporter):
+    a, b, *_ = simulator.meeting_ids
+    exporter = start_exporter(sim_config(simulator, meetings=[a, b]))
+    wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=b) == 1)
+    before = value(exporter.scrape(), "realtimekit_config_last_reload_success_timestamp_seconds")
+    exporter.config_path.write_text("apps:\n  - account_id: a/b\n    nonsense: [\n")
+    response = httpx.post(exporter.base + "/-/reload", timeout=10)
+    assert response.status_code == 500
+    assert "invalid YAML" in response.text
+    exporter.config_path.write_text("apps: []\n")
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "apps: must list at least one entry" in exporter.log())
+    samples = exporter.scrape()
+    assert value(samples, "realtimekit_config_last_reload_successful") == 0
+    assert value(samples, "realtimekit_config_last_reload_success_timestamp_seconds") == before
+    assert meetings_exported(exporter) == {a, b}
+    wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=a) == 1)
+    assert exporter.proc.poll() is None
+
+
+def test_reload_over_http(simulator, start_exporter):
+    a, b, *_ = simulator.meeting_ids
+    exporter = start_exporter(sim_config(simulator, meetings=[a]))
+    wait_for(lambda: meetings_exported(exporter) == {a})
+    assert exporter.get("/-/reload").status_code == 405
+    exporter.write_config(sim_config(simulator, meetings=[b]))
+    response = httpx.post(exporter.base + "/-/reload", timeout=10)
+    assert response.status_code == 200, response.text
+    assert "config reloaded" in response.text
+    wait_for(lambda: meetings_exported(exporter) == {b}, timeout=5)  # polled right away
+
+
+def test_token_file_rotation_is_picked_up_on_reload(simulator, start_exporter, tmp_path):
+    a = simulator.meeting_ids[0]
+    token_file = tmp_path / "token"
+    token_file.write_text("wrong-token\n")
+    config = sim_config(simulator, meetings=[a])
+    config["api"]["token_file"] = str(token_file)
+    exporter = start_exporter(config, env={"CLOUDFLARE_API_TOKEN": ""})
+    wait_for(
+        lambda: (
+            (
+                value(
+                    exporter.scrape(), "realtimekit_poll_errors_total", meeting_id=a, reason="auth"
+                )
+                or 0
+            )
+            >= 1
+        )
+    )
+    token_file.write_text(TOKEN + "\n")
+    exporter.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=a) == 1, timeout=15)
+    assert TOKEN not in exporter.log() + exporter.metrics_text()

@@ -1,0 +1,745 @@
+"""``--web.config.file``: TLS, mutual TLS, basic auth, headers, rotation; checked against promtool.
+
+Certificates are made here with ``cryptography``: a CA, server certificates for 127.0.0.1 (an IP
+SAN, as Go's verifier wants), a client certificate from the CA and one from a foreign CA.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import bcrypt
+import httpx
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from exporter.errors import ConfigError
+from exporter.webconfig import BasicAuth, load_web_config
+
+from .conftest import TOKEN, parse_metrics, require_binary, sim_config, value, wait_for
+
+PASSWORD = "s3cret-Scrape"
+
+
+# --- certificates -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server: Pair
+    server2: Pair  # same CA and SAN, another name: for rotation
+    client: Pair
+    foreign_client: Pair  # signed by a CA the exporter does not trust
+
+
+def _issue(
+    name: str,
+    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
+    *,
+    ca: bool = False,
+    server: bool = False,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    if issuer:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
+            critical=False,
+        )
+    if ca:
+        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
+        builder = builder.add_extension(usage, critical=True)
+    else:
+        purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
+    if server:
+        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
+    return builder.sign(signing_key, hashes.SHA256()), key
+
+
+def _write(folder: Path, name: str, cert: x509.Certificate, key: Any) -> Pair:
+    pair = Pair(folder / f"{name}.crt", folder / f"{name}.key")
+    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pair.key.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return pair
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca = _issue("rtk test CA", None, ca=True)
+    foreign_ca = _issue("foreign CA", None, ca=True)
+    ca_pair = _write(folder, "ca", *ca)
+    return Pki(
+        ca=ca_pair.cert,
+        server=_write(folder, "server", *_issue("rtk-server-1", ca, server=True)),
+        server2=_write(folder, "server2", *_issue("rtk-server-2", ca, server=True)),
+        client=_write(folder, "client", *_issue("prometheus", ca)),
+        foreign_client=_write(folder, "foreign", *_issue("intruder", foreign_ca)),
+    )
+
+
+@pytest.fixture(scope="module")
+def password_hash() -> str:
+    return bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def write_web_config(tmp_path: Path, data: Any, name: str = "web.yml") -> Path:
+    path = tmp_path / name
+    # Write then rename, as a config manager would: a reader never sees half a file.
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    os.replace(tmp, path)
+    return path
+
+
+def tls_config(pki: Pki, **extra: Any) -> dict[str, Any]:
+    return {"cert_file": str(pki.server.cert), "key_file": str(pki.server.key), **extra}
+
+
+def client_context(pki: Pki, client: Pair | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if client is not None:
+        context.load_cert_chain(client.cert, client.key)
+    return context
+
+
+def https_get(port: int, path: str, context: ssl.SSLContext, **kw: Any) -> httpx.Response:
+    with httpx.Client(verify=context, timeout=10) as client:
+        return client.get(f"https://127.0.0.1:{port}{path}", **kw)
+
+
+def status(port: int, path: str, context: ssl.SSLContext) -> int | None:
+    """The HTTP status, or None when the connection fails (e.g. the TLS handshake)."""
+    try:
+        return https_get(port, path, context).status_code
+    except httpx.TransportError:
+        return None
+
+
+def served_common_name(port: int, pki: Pki) -> str:
+    """The CN of the certificate the exporter presents to a new connection."""
+    context = client_context(pki)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
+        cert = conn.getpeercert()
+    assert cert is not None
+    return str(dict(pair[0] for pair in cert["subject"])["commonName"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def assert_clean_stop(exporter: Any) -> None:
+    assert exporter.stop() == 0
+    assert "Traceback" not in exporter.log()
+
+
+# --- the running exporter -----------------------------------------------------------------------
+
+
+def test_tls_with_basic_auth_serves_metrics_and_refuses_plain_http(
+    simulator, start_exporter, pki, password_hash, tmp_path
+):
+    web = write_web_config(
+        tmp_path,
+        {"tls_server_config": tls_config(pki), "basic_auth_users": {"prometheus": password_hash}},
+    )
+    exporter = start_exporter(sim_config(simulator), "--web.config.file", str(web))
+    context = client_context(pki)
+    auth = ("prometheus", PASSWORD)
+
+    wait_for(lambda: https_get(exporter.port, "/-/ready", context, auth=auth).status_code == 200)
+    response = https_get(exporter.port, "/metrics", context, auth=auth)
+    assert response.status_code == 200
+    assert value(parse_metrics(response.text), "realtimekit_exporter_build_info") == 1
+    # Content negotiation and compression still work behind TLS and auth.
+    gz = https_get(
+        exporter.port, "/metrics", context, auth=auth, headers={"Accept-Encoding": "gzip"}
+    )
+    assert gz.headers.get("content-encoding") == "gzip"
+    om = https_get(
+        exporter.port,
+        "/metrics",
+        context,
+        auth=auth,
+        headers={"Accept": "application/openmetrics-text"},
+    )
+    assert om.headers["content-type"].startswith("application/openmetrics-text")
+    assert om.text.rstrip().endswith("# EOF")
+    assert https_get(exporter.port, "/-/healthy", context).status_code == 401
+
+    # Plain HTTP to the TLS port gets what Go's servers answer, and no metrics.
+    plain = httpx.get(f"http://127.0.0.1:{exporter.port}/metrics", auth=auth, timeout=10)
+    assert plain.status_code == 400
+    assert "HTTP request to an HTTPS server" in plain.text
+    assert "realtimekit" not in plain.text
+    # A client that does not trust the CA refuses the exporter's certificate.
+    with pytest.raises(httpx.ConnectError):
+        https_get(exporter.port, "/metrics", ssl.create_default_context(), auth=auth)
+    assert "TLS on, basic auth on for 1 user(s)" in exporter.log()
+    assert_clean_stop(exporter)
+
+
+def test_mutual_tls(simulator, start_exporter, pki, tmp_path):
+    required = tls_config(
+        pki, client_ca_file=str(pki.ca), client_auth_type="RequireAndVerifyClientCert"
+    )
+    web = write_web_config(tmp_path, {"tls_server_config": required})
+    exporter = start_exporter(sim_config(simulator), "--web.config.file", str(web))
+
+    good_client = client_context(pki, pki.client)
+    wait_for(lambda: https_get(exporter.port, "/-/ready", good_client).status_code == 200)
+    good = https_get(exporter.port, "/metrics", good_client)
+    assert good.status_code == 200 and "realtimekit_exporter_build_info" in good.text
+    for context in (client_context(pki), client_context(pki, pki.foreign_client)):
+        with pytest.raises(httpx.TransportError):
+            https_get(exporter.port, "/metrics", context)
+    assert "TLS handshake with 127.0.0.1 failed" in exporter.log()
+
+    # The same file, re-read while running: a certificate becomes optional, but one that is
+    # shown must still verify.
+    optional = {**required, "client_auth_type": "VerifyClientCertIfGiven"}
+    write_web_config(tmp_path, {"tls_server_config": optional})
+    wait_for(lambda: status(exporter.port, "/-/healthy", client_context(pki)) == 200, timeout=10)
+    assert https_get(exporter.port, "/", client_context(pki, pki.client)).status_code == 200
+    with pytest.raises(httpx.TransportError):
+        https_get(exporter.port, "/metrics", client_context(pki, pki.foreign_client))
+    assert_clean_stop(exporter)
+
+
+def test_basic_auth_and_headers(simulator, start_exporter, password_hash, tmp_path):
+    headers = {"X-Frame-Options": "deny", "Content-Security-Policy": "default-src 'none'"}
+    web = write_web_config(
+        tmp_path,
+        {
+            "basic_auth_users": {"prometheus": password_hash},
+            "http_server_config": {"headers": headers, "http2": True},
+        },
+    )
+    exporter = start_exporter(sim_config(simulator), "--web.config.file", str(web))
+
+    def get(path: str, auth: tuple[str, str] | None) -> httpx.Response:
+        return exporter.get(path, auth=auth)
+
+    wait_for(lambda: get("/-/ready", ("prometheus", PASSWORD)).status_code == 200)
+    right = get("/metrics", ("prometheus", PASSWORD))
+    assert right.status_code == 200 and "realtimekit_exporter_build_info" in right.text
+    # Second request with the same credentials: answered (from the cache of good checks).
+    assert get("/metrics", ("prometheus", PASSWORD)).status_code == 200
+    for path, auth in [
+        ("/metrics", ("prometheus", "wrong")),
+        ("/metrics", ("someone", PASSWORD)),
+        ("/metrics", None),
+        ("/", None),  # every path is protected, as with exporter-toolkit
+        ("/-/healthy", None),
+    ]:
+        denied = get(path, auth)
+        assert denied.status_code == 401, (path, auth)
+        assert denied.headers["www-authenticate"] == "Basic"
+        assert denied.headers["x-frame-options"] == "deny"
+    garbled = exporter.get("/metrics", headers={"Authorization": "Basic !!notbase64"})
+    assert garbled.status_code == 401
+
+    # The configured headers are on every answer.
+    for response in (right, get("/nope", ("prometheus", PASSWORD))):
+        for name, expected in headers.items():
+            assert response.headers[name] == expected
+
+    # A changed password: the old one (cached as good) fails, the new one works.
+    new_hash = bcrypt.hashpw(b"rotated-password", bcrypt.gensalt(rounds=4)).decode()
+    write_web_config(tmp_path, {"basic_auth_users": {"prometheus": new_hash}})
+    wait_for(lambda: get("/metrics", ("prometheus", PASSWORD)).status_code == 401, timeout=10)
+    assert get("/metrics", ("prometheus", "rotated-password")).status_code == 200
+    assert (
+        get("/metrics", ("prometheus", "rotated-password")).headers.get("x-frame-options") is None
+    )
+    assert_clean_stop(exporter)
+
+
+def test_certificate_rotation(simulator, start_exporter, pki, tmp_path):
+    live = Pair(tmp_path / "live.crt", tmp_path / "live.key")
+    shutil.copy(pki.server.cert, live.cert)
+    shutil.copy(pki.server.key, live.key)
+    web = write_web_config(
+        tmp_path, {"tls_server_config": {"cert_file": "live.crt", "key_file": "live.key"}}
+    )
+    exporter = start_exporter(sim_config(simulator), "--web.config.file", str(web))
+    assert served_common_name(exporter.port, pki) == "rtk-server-1"
+
+    # Replace certificate and key (each atomically, one after the other, as cert-manager does).
+    for source, target in ((pki.server2.cert, live.cert), (pki.server2.key, live.key)):
+        shutil.copy(source, target.with_suffix(".new"))
+        os.replace(target.with_suffix(".new"), target)
+    wait_for(lambda: served_common_name(exporter.port, pki) == "rtk-server-2", timeout=10)
+    assert https_get(exporter.port, "/metrics", client_context(pki)).status_code == 200
+
+    # A broken key is logged and the last good pair kept.
+    live.key.write_text("not a key\n")
+    # (The files are checked on new connections, at most once a second.)
+    wait_for(
+        lambda: (
+            served_common_name(exporter.port, pki) == "rtk-server-2"
+            and "not reloaded, keeping the previous one" in exporter.log()
+        ),
+        timeout=10,
+    )
+    assert "tls_server_config.key_file" in exporter.log()
+    assert served_common_name(exporter.port, pki) == "rtk-server-2"
+    assert_clean_stop(exporter)
+
+
+def test_bad_web_config_is_one_clear_line_at_startup(simulator, pki, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(sim_config(simulator)))
+    web = write_web_config(tmp_path, {"tls_server_config": tls_config(pki, foo=1)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "exporter",
+            "--config.file",
+            str(config),
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--web.config.file",
+            str(web),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN},
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr == (
+        f"realtimekit-exporter: error: --web.config.file {web}: "
+        "tls_server_config.foo: unknown key\n"
+    )
+    assert "listening" not in proc.stdout + proc.stderr
+
+
+def test_prometheus_scrapes_over_tls_with_basic_auth(
+    simulator, start_exporter, pki, password_hash, tmp_path
+):
+    prometheus = require_binary("prometheus")
+    web = write_web_config(
+        tmp_path,
+        {"tls_server_config": tls_config(pki), "basic_auth_users": {"prometheus": password_hash}},
+    )
+    exporter = start_exporter(sim_config(simulator), "--web.config.file", str(web))
+    port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "scrape_configs": [
+                    {
+                        "job_name": "rtk",
+                        "scheme": "https",
+                        "tls_config": {"ca_file": str(pki.ca)},
+                        "basic_auth": {"username": "prometheus", "password": PASSWORD},
+                        "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"]}],
+                    }
+                ],
+            }
+        )
+    )
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                prometheus,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
+    api = f"http://127.0.0.1:{port}/api/v1"
+
+    def query(expr: str) -> list[Any]:
+        try:
+            response = httpx.get(f"{api}/query", params={"query": expr}, timeout=2)
+        except httpx.TransportError:
+            return []
+        return list(response.json().get("data", {}).get("result", []))
+
+    try:
+        up = wait_for(lambda: [r for r in query('up{job="rtk"}') if r["value"][1] == "1"], 30, 0.5)
+        assert up[0]["metric"]["instance"] == f"127.0.0.1:{exporter.port}"
+        build = wait_for(lambda: query('realtimekit_exporter_build_info{job="rtk"}'), 10, 0.5)
+        assert build[0]["value"][1] == "1"
+        targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+        assert targets[0]["health"] == "up" and targets[0]["lastError"] == ""
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- prometheus log:\n{log_path.read_text()}") from None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    assert_clean_stop(exporter)
+
+
+# --- the file format, against promtool ----------------------------------------------------------
+
+Builder = Callable[[Pki, str, Path], Any]
+
+
+def _hash(prefix: str) -> Builder:
+    return lambda pki, hashed, folder: {"basic_auth_users": {"prometheus": prefix + hashed[4:]}}
+
+
+def _tls(**extra: Any) -> Builder:
+    return lambda pki, hashed, folder: {"tls_server_config": tls_config(pki, **extra)}
+
+
+def _mtls(**extra: Any) -> Builder:
+    return _tls(client_ca_file="{ca}", client_auth_type="RequireAndVerifyClientCert", **extra)
+
+
+def _relative(pki: Pki, hashed: str, folder: Path) -> Any:
+    shutil.copy(pki.server.cert, folder / "server.crt")
+    shutil.copy(pki.server.key, folder / "server.key")
+    return {"tls_server_config": {"cert_file": "server.crt", "key_file": "server.key"}}
+
+
+ACCEPTED: dict[str, Builder] = {
+    "empty-file": lambda pki, hashed, folder: "",
+    "empty-sections": lambda pki, hashed, folder: {
+        "tls_server_config": None,
+        "http_server_config": None,
+        "basic_auth_users": None,
+    },
+    "basic-auth-2b": _hash("$2b$"),
+    "basic-auth-2y-htpasswd": _hash("$2y$"),
+    "basic-auth-2a": _hash("$2a$"),
+    "tls-minimal": _tls(),
+    "tls-relative-paths": _relative,
+    "mtls-full": _mtls(
+        min_version="TLS12",
+        max_version="TLS13",
+        cipher_suites=[
+            "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+            "TLS_AES_128_GCM_SHA256",
+        ],
+        curve_preferences=["CurveP256"],
+        prefer_server_cipher_suites=False,
+    ),
+    "mtls-system-roots": _tls(client_auth_type="RequireAndVerifyClientCert"),
+    "verify-if-given": _tls(client_ca_file="{ca}", client_auth_type="VerifyClientCertIfGiven"),
+    "no-client-cert": _tls(client_auth_type="NoClientCert"),
+    "tls13-only": _tls(min_version="TLS13", cipher_suites=["TLS_AES_256_GCM_SHA384"]),
+    "tls10-and-up": _tls(min_version="TLS10", curve_preferences=["X25519"]),
+    "headers": lambda pki, hashed, folder: {
+        "http_server_config": {
+            "headers": {
+                "X-Frame-Options": "sameorigin",
+                "X-Content-Type-Options": "nosniff",
+                "X-XSS-Protection": 0,
+                "Strict-Transport-Security": "max-age=31536000",
+                "Content-Security-Policy": "default-src 'self'",
+            }
+        }
+    },
+    "http2-off": lambda pki, hashed, folder: {"http_server_config": {"http2": False}},
+    "everything": lambda pki, hashed, folder: {
+        "tls_server_config": tls_config(pki),
+        "basic_auth_users": {"prometheus": hashed, "grafana": hashed},
+        "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
+    },
+}
+
+# name → (config, what our message says)
+REJECTED: dict[str, tuple[Builder, str]] = {
+    "unknown-top-key": (lambda pki, hashed, folder: {"foo": 1}, "foo: unknown key"),
+    "unknown-tls-key": (_tls(foo="bar"), "tls_server_config.foo: unknown key"),
+    "unknown-http-key": (
+        lambda pki, hashed, folder: {"http_server_config": {"http3": True}},
+        "http_server_config.http3: unknown key",
+    ),
+    "newer-upstream-key": (
+        lambda pki, hashed, folder: {"rate_limit": {"burst": 1}},
+        "rate_limit: not supported by this exporter",
+    ),
+    "not-a-mapping": (
+        lambda pki, hashed, folder: [1, 2],
+        "(top level): the web config must be a mapping",
+    ),
+    "cert-without-key": (
+        lambda pki, hashed, folder: {"tls_server_config": {"cert_file": str(pki.server.cert)}},
+        "tls_server_config.key_file: required key is missing",
+    ),
+    "key-without-cert": (
+        lambda pki, hashed, folder: {"tls_server_config": {"key_file": str(pki.server.key)}},
+        "tls_server_config.cert_file: required key is missing",
+    ),
+    "client-auth-without-cert": (
+        lambda pki, hashed, folder: {
+            "tls_server_config": {"client_auth_type": "RequireAndVerifyClientCert"}
+        },
+        "tls_server_config: cert_file and key_file are required",
+    ),
+    "invalid-client-auth-type": (
+        _tls(client_auth_type="Sometimes"),
+        "tls_server_config.client_auth_type: unknown value 'Sometimes'",
+    ),
+    "client-ca-without-client-auth": (
+        _tls(client_ca_file="{ca}"),
+        "tls_server_config.client_ca_file: set, but client_auth_type is NoClientCert",
+    ),
+    "missing-cert-file": (
+        _tls(cert_file="/nonexistent/server.crt"),
+        "tls_server_config.cert_file: cannot read '/nonexistent/server.crt'",
+    ),
+    "certificate-as-key": (
+        lambda pki, hashed, folder: {
+            "tls_server_config": {
+                "cert_file": str(pki.server.cert),
+                "key_file": str(pki.server.cert),
+            }
+        },
+        "tls_server_config.key_file: no PEM private key",
+    ),
+    "key-of-another-cert": (
+        lambda pki, hashed, folder: {
+            "tls_server_config": {
+                "cert_file": str(pki.server.cert),
+                "key_file": str(pki.server2.key),
+            }
+        },
+        "tls_server_config.key_file: cannot use",
+    ),
+    "unknown-tls-version": (
+        _tls(min_version="TLS14"),
+        "tls_server_config.min_version: unknown value 'TLS14'",
+    ),
+    "unknown-cipher": (
+        _tls(cipher_suites=["TLS_FANCY_WITH_ROT13"]),
+        "tls_server_config.cipher_suites[0]: unknown cipher suite",
+    ),
+    "insecure-cipher": (
+        _tls(cipher_suites=["TLS_RSA_WITH_3DES_EDE_CBC_SHA"]),
+        "tls_server_config.cipher_suites[0]: unknown cipher suite",
+    ),
+    "unknown-curve": (
+        _tls(curve_preferences=["CurveP224"]),
+        "tls_server_config.curve_preferences[0]: unknown curve 'CurveP224'",
+    ),
+    "wrong-type": (
+        _tls(prefer_server_cipher_suites="yes"),
+        "tls_server_config.prefer_server_cipher_suites: must be true or false (got a string)",
+    ),
+    "header-not-allowed": (
+        lambda pki, hashed, folder: {
+            "http_server_config": {"headers": {"Content-Type": "text/html"}}
+        },
+        "http_server_config.headers.Content-Type: this header cannot be configured",
+    ),
+    "header-bad-value": (
+        lambda pki, hashed, folder: {
+            "http_server_config": {"headers": {"X-Frame-Options": "allow"}}
+        },
+        "http_server_config.headers.X-Frame-Options: invalid value 'allow'",
+    ),
+    "bcrypt-not-a-hash": (
+        lambda pki, hashed, folder: {"basic_auth_users": {"prometheus": "s3cret"}},
+        "basic_auth_users.prometheus: not a bcrypt hash",
+    ),
+    "bcrypt-truncated": (
+        lambda pki, hashed, folder: {"basic_auth_users": {"prometheus": hashed[:40]}},
+        "basic_auth_users.prometheus: not a bcrypt hash",
+    ),
+    "bcrypt-cost-too-low": (
+        lambda pki, hashed, folder: {
+            "basic_auth_users": {"prometheus": hashed[:4] + "03" + hashed[6:]}
+        },
+        "basic_auth_users.prometheus: bcrypt cost 3 is outside 4..31",
+    ),
+    "bcrypt-empty": (
+        lambda pki, hashed, folder: {"basic_auth_users": {"prometheus": None}},
+        "basic_auth_users.prometheus: not a bcrypt hash",
+    ),
+}
+
+# promtool accepts these, we refuse them on purpose: Python's ssl module cannot do what they ask
+# for, or they silently leave TLS off.
+STRICTER: dict[str, tuple[Builder, str]] = {
+    "request-client-cert": (
+        _tls(client_auth_type="RequestClientCert"),
+        "RequestClientCert accepts client certificates without verifying them",
+    ),
+    "require-any-client-cert": (
+        _tls(client_ca_file="{ca}", client_auth_type="RequireAnyClientCert"),
+        "RequireAnyClientCert accepts client certificates without verifying them",
+    ),
+    "several-curves": (
+        _tls(curve_preferences=["X25519", "CurveP256"]),
+        "tls_server_config.curve_preferences: Python's ssl module can restrict the handshake to one curve",
+    ),
+    "min-above-max": (
+        _tls(min_version="TLS13", max_version="TLS12"),
+        "tls_server_config.min_version: TLS13 is above max_version TLS12",
+    ),
+    "tls-keys-without-cert": (
+        lambda pki, hashed, folder: {"tls_server_config": {"min_version": "TLS13"}},
+        "tls_server_config: cert_file and key_file are required to turn TLS on",
+    ),
+}
+
+
+def _fixture(builder: Builder, pki: Pki, hashed: str, folder: Path) -> Path:
+    data = builder(pki, hashed, folder)
+    if isinstance(data, dict):
+        data = yaml.safe_dump(data).replace("'{ca}'", str(pki.ca)).replace("{ca}", str(pki.ca))
+    return write_web_config(folder, data)
+
+
+def promtool_accepts(path: Path) -> tuple[bool, str]:
+    proc = subprocess.run(
+        [require_binary("promtool"), "check", "web-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(ACCEPTED))
+def test_configs_promtool_accepts_are_accepted(name, pki, password_hash, tmp_path):
+    path = _fixture(ACCEPTED[name], pki, password_hash, tmp_path)
+    ok, output = promtool_accepts(path)
+    assert ok, f"promtool rejects the {name} fixture: {output}"
+    config = load_web_config(path)
+    assert config.path == path.absolute()
+
+
+@pytest.mark.parametrize("name", sorted(REJECTED))
+def test_configs_promtool_rejects_are_rejected(name, pki, password_hash, tmp_path):
+    builder, message = REJECTED[name]
+    path = _fixture(builder, pki, password_hash, tmp_path)
+    ok, output = promtool_accepts(path)
+    assert not ok, f"promtool accepts the {name} fixture: {output}"
+    with pytest.raises(ConfigError) as err:
+        load_web_config(path)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("name", sorted(STRICTER))
+def test_deliberately_stricter_than_promtool(name, pki, password_hash, tmp_path):
+    builder, message = STRICTER[name]
+    path = _fixture(builder, pki, password_hash, tmp_path)
+    ok, output = promtool_accepts(path)
+    assert ok, f"promtool now rejects the {name} fixture too: {output}"
+    with pytest.raises(ConfigError) as err:
+        load_web_config(path)
+    assert message in str(err.value)
+
+
+def test_loaded_config_is_what_the_file_says(pki, password_hash, tmp_path):
+    path = _fixture(ACCEPTED["mtls-full"], pki, password_hash, tmp_path)
+    config = load_web_config(path)
+    assert config.tls is not None
+    assert config.tls.cert_file == pki.server.cert
+    assert config.tls.client_ca_file == pki.ca
+    assert config.tls.client_auth_type == "RequireAndVerifyClientCert"
+    assert config.tls.curve_preferences == ("CurveP256",)
+    assert config.tls.prefer_server_cipher_suites is False
+    relative = load_web_config(_fixture(_relative, pki, password_hash, tmp_path))
+    assert relative.tls is not None and relative.tls.cert_file == tmp_path / "server.crt"
+    headers = load_web_config(_fixture(ACCEPTED["headers"], pki, password_hash, tmp_path))
+    assert ("X-XSS-Protection", "0") in headers.headers
+    assert (
+        load_web_config(_fixture(ACCEPTED["empty-file"], pki, password_hash, tmp_path)).tls is None
+    )
+
+
+def test_every_problem_is_listed(pki, tmp_path):
+    path = write_web_config(
+        tmp_path,
+        {
+            "tls_server_config": tls_config(pki, min_version="TLS9", bogus=1),
+            "basic_auth_users": {"a": "x"},
+            "extra": True,
+        },
+    )
+    with pytest.raises(ConfigError) as err:
+        load_web_config(path)
+    assert sorted(err.value.problems) == sorted(
+        [
+            "extra: unknown key",
+            "tls_server_config.bogus: unknown key",
+            "tls_server_config.min_version: unknown value 'TLS9' (use one of TLS10, TLS11, TLS12, TLS13)",
+            "basic_auth_users.a: not a bcrypt hash (expected $2y$<cost>$ and 53 characters; "
+            "make one with: htpasswd -nBC 10 '' | tr -d ':\\n')",
+        ]
+    )
+
+
+def test_basic_auth_checks(password_hash):
+    auth = BasicAuth({"prometheus": password_hash})
+    assert auth.check(b"prometheus", PASSWORD.encode())
+    assert auth.check(b"prometheus", PASSWORD.encode())  # now from the cache
+    assert not auth.check(b"prometheus", b"wrong")
+    assert not auth.check(b"nobody", PASSWORD.encode())
+    assert not auth.check(b"prometheus", b"x" * 100)  # longer than bcrypt takes
+    assert not auth.check_header(None)
+    assert not auth.check_header("Bearer abc")
+    assert not auth.check_header("Basic cHJvbWV0aGV1cw==")  # no colon
