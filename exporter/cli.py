@@ -30,6 +30,7 @@ from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.poller import Poller
 from exporter.server import DEFAULT_PORT, create_app, parse_listen_address, serve
 from exporter.store import Store
+from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
 
@@ -161,6 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as err:
             problems = err.problems
     redact.secrets.update((runtime.tokens or {}).values())
+    if args.config_check and args.web_config_file:
+        try:
+            load_web_config(args.web_config_file)
+        except ConfigError as err:
+            problems += [f"--web.config.file {args.web_config_file}: {p}" for p in err.problems]
     if args.config_check:
         if problems:
             print(f"config invalid: {args.config_file}", file=sys.stderr)

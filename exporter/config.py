@@ -335,7 +335,7 @@ def _path(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _yaml_type(value: Any) -> str:
+def yaml_type(value: Any) -> str:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
     names |= {list: "a list", dict: "a mapping", type(None): "nothing"}
     return names.get(type(value), type(value).__name__)
@@ -356,7 +356,7 @@ def _messages(err: ValidationError) -> list[str]:
         else:
             msg = msg.replace("Input should be", "must be")
             if kind.endswith("_type"):
-                msg += f" (got {_yaml_type(e.get('input'))})"
+                msg += f" (got {yaml_type(e.get('input'))})"
         lines.append(f"{_path(e['loc'])}: {msg}")
     return lines
 
@@ -373,14 +373,14 @@ def parse_config(data: Any) -> Config:
         raise ConfigError(_messages(err)) from None
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate a YAML config file."""
+def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
+    """Parse a YAML file; a missing file or bad syntax is a :class:`ConfigError` with the place."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError([f"cannot read config file {str(path)!r}: {err.strerror}"]) from None
+        raise ConfigError([f"cannot read {what} {str(path)!r}: {err.strerror}"]) from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         where = ""
         mark = getattr(err, "problem_mark", None)
@@ -388,7 +388,11 @@ def load_config(path: str | os.PathLike[str]) -> Config:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(err, "problem", None) or "syntax error"
         raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
-    return parse_config(data)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate a YAML config file."""
+    return parse_config(read_yaml(path))
 
 
 def read_token(ref: TokenRef, environ: Mapping[str, str] | None = None) -> str:

@@ -55,6 +55,8 @@ _SAFE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 MAX_CONFIRMATIONS = 100
 #: Failures worth one immediate retry: the next attempt may well succeed.
 TRANSIENT = frozenset({"timeout", "connect", "http_5xx"})
+#: How often a line sums up the repeated failures that were not logged one by one.
+SUPPRESSED_LOG_SECONDS = 60.0
 #: Stretched intervals leave this much of the budget free for retries and jitter.
 HEADROOM = 1.05
 
@@ -130,6 +132,8 @@ class Poller:
         self._skipped: Counter[str] = Counter()
         self._retries = 0
         self._clients: list[ApiClient] = []
+        self._suppressed: Counter[object] = Counter()  # repeated failures not logged, by key
+        self._suppressed_since = clock()
         self._down: dict[object, str] = {}  # meetings or apps whose last poll failed: reason
         self._apps: dict[tuple[str, str], App] = {}  # discovery apps
         self._app_stats: dict[tuple[str, str], AppStats] = {}
@@ -476,8 +480,8 @@ class Poller:
 
     def _log_transition(self, key: object, where: str, outcome: object) -> None:
         """One line when a meeting (or an app's discovery) starts failing or changes failure
-        reason, one when it recovers; repeated identical failures go to debug so that a dead API
-        cannot flood the log."""
+        reason, one when it recovers. Repeated identical failures go to debug so that a dead API
+        cannot flood the log; at most once a minute one line says how many were held back."""
         if isinstance(outcome, ApiError):
             status = "" if outcome.status is None else f" status={outcome.status}"
             line = f"poll failed {where} reason={outcome.reason}{status}: {outcome}"
@@ -486,8 +490,21 @@ class Poller:
                 log.warning(line)
             else:
                 log.debug(line)
+                self._suppressed[key] += 1
         elif outcome is not None and self._down.pop(key, None) is not None:
-            log.info("poll recovered %s", where)
+            repeats = self._suppressed.pop(key, 0)
+            log.info("poll recovered %s after %d more failed poll(s)", where, repeats)
+        now = self._clock()
+        if self._suppressed and now - self._suppressed_since >= SUPPRESSED_LOG_SECONDS:
+            log.warning(
+                "%d repeated poll failure(s) of %d meeting(s)/app(s) not logged in the last %.0fs "
+                "(each first failure was; --log.level debug shows all)",
+                sum(self._suppressed.values()), len(self._suppressed), now - self._suppressed_since,
+            )  # fmt: skip
+            self._suppressed.clear()
+            self._suppressed_since = now
+        elif not self._suppressed:
+            self._suppressed_since = now
 
     def _on_overrun(self, event: JobSubmissionEvent) -> None:
         with self._lock:

@@ -49,8 +49,9 @@ from types import MappingProxyType
 from typing import Any, Final
 
 import bcrypt
-import yaml
 
+from exporter.config import read_yaml
+from exporter.config import yaml_type as _yaml_type
 from exporter.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -434,12 +435,6 @@ def _parse_users(value: Any, problems: list[str]) -> dict[str, str]:
     return users
 
 
-def _yaml_type(value: Any) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
-    names |= {list: "a list", dict: "a mapping", type(None): "nothing"}
-    return names.get(type(value), type(value).__name__)
-
-
 def build_ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
     """The server-side SSL context for ``tls``; reads the certificate, key and client CA files.
 
@@ -593,19 +588,7 @@ def _load(path: Path, previous: WebState | None = None) -> tuple[WebState, tuple
     Each file is stamped before it is read, so a change made while loading shows up later.
     """
     stamp = _stamp(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError([f"cannot read web config file {str(path)!r}: {err.strerror}"]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        where = ""
-        mark = getattr(err, "problem_mark", None)
-        if mark is not None:
-            where = f" at line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(err, "problem", None) or "syntax error"
-        raise ConfigError([f"invalid YAML{where}: {problem}"]) from None
+    data = read_yaml(path, "web config file")
     config = parse_web_config(data, path.absolute())
     stamps = (stamp, *(_stamp(f) for f in config.files[1:]))
     context = build_ssl_context(config.tls) if config.tls is not None else None

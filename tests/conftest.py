@@ -121,6 +121,17 @@ def value(
     return found[0] if found else None
 
 
+def max_in_window(times: list[float], window: float) -> int:
+    """The most of ``times`` that fall in any half-open window of ``window`` seconds."""
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 15, interval: float = 0.1) -> Any:
     """Call ``check`` until it returns a truthy value or raises nothing; bounded in time."""
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ from exporter.errors import ApiError
 from exporter.poller import Poller
 from exporter.store import Store
 
-from .conftest import TOKEN
+from .conftest import TOKEN, max_in_window
 
 
 class FakeTime:
@@ -41,16 +41,6 @@ class FakeTime:
 
 def limiter(t: FakeTime, requests: int = 30, period: float = 10, **kw: float) -> RateLimiter:
     return RateLimiter(requests, period, clock=t.clock, wall=t.wall, sleep=t.sleep, **kw)
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def test_requests_are_spaced_evenly_and_never_exceed_the_budget_in_any_window():

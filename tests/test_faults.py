@@ -8,7 +8,7 @@ import pytest
 
 from exporter.simulator import Simulator
 
-from .conftest import TOKEN, sim_config, value, wait_for
+from .conftest import TOKEN, max_in_window, sim_config, value, wait_for
 
 # Forced fault of the simulator -> the reason the exporter must report.
 FAULT_REASONS = {
@@ -20,16 +20,6 @@ FAULT_REASONS = {
     "wrong_types": "invalid_response",
     "401": "auth",
 }
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 @pytest.fixture

@@ -147,3 +147,41 @@ def test_port_in_use_is_one_clear_line(simulator, start_exporter, tmp_path):
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert "cannot listen on" in proc.stderr and "in use" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_not_ready_until_first_poll_then_ready(start_exporter):
+    from exporter.simulator import FaultConfig, Simulator
+
+    sim = Simulator(token=TOKEN, meetings=2, auto=False, faults=FaultConfig(latency_seconds=2))
+    sim.start("127.0.0.1", 0)
+    try:
+        config = sim_config(sim)
+        config["api"]["timeout_seconds"] = 5
+        exporter = start_exporter(config)
+        assert exporter.get("/-/ready").status_code == 503  # the first answers take 2 s
+        assert exporter.get("/-/healthy").status_code == 200
+        wait_for(lambda: exporter.get("/-/ready").status_code == 200, timeout=15)
+    finally:
+        sim.stop()
+
+
+def test_sigterm_with_requests_in_flight_exits_within_bound(start_exporter):
+    from exporter.simulator import FaultConfig, Simulator
+
+    sim = Simulator(token=TOKEN, meetings=3, auto=False, faults=FaultConfig(slow_seconds=30))
+    sim.start("127.0.0.1", 0)
+    try:
+        for meeting in sim.meeting_ids:
+            sim.set_fault(meeting, "timeout")  # every answer takes 30 s
+        config = sim_config(sim)
+        config["api"]["timeout_seconds"] = 20
+        exporter = start_exporter(config)
+        wait_for(lambda: value(exporter.scrape(), "realtimekit_api_requests_in_flight") >= 2)
+        started = time.monotonic()
+        exporter.proc.send_signal(signal.SIGTERM)
+        assert exporter.proc.wait(15) == 0
+        assert time.monotonic() - started < 6  # in-flight polls cancelled after ~3 s
+        assert "Traceback" not in exporter.log()
+        assert "level=error" not in exporter.log()
+    finally:
+        sim.stop()
