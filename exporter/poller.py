@@ -61,6 +61,11 @@ SUPPRESSED_LOG_SECONDS = 60.0
 HEADROOM = 1.05
 
 
+def _same(seconds: float, other: float) -> bool:
+    """Equal as trigger intervals (which keep microseconds only)."""
+    return abs(seconds - other) < 1e-3
+
+
 def _where(key: MeetingKey) -> str:
     return f"account_id={key.account_id} app_id={key.app_id} meeting_id={key.meeting_id}"
 
@@ -208,7 +213,7 @@ class Poller:
         wanted_jobs = {f"{_DISCOVER_PREFIX}{a}/{b}" for a, b in discovery}
         for job in self._scheduler.get_jobs():
             if job.id.startswith(_DISCOVER_PREFIX) and (
-                job.id not in wanted_jobs or job.trigger.interval_length != self._interval
+                job.id not in wanted_jobs or not _same(job.trigger.interval_length, self._interval)
             ):
                 job.remove()
         existing = {job.id for job in self._scheduler.get_jobs()}
@@ -277,7 +282,7 @@ class Poller:
         kept: set[str] = set()
         for job_id, job in jobs.items():
             stays = wanted.get(job_id)
-            if stays is None or job.trigger.interval_length != interval_of[stays]:
+            if stays is None or not _same(job.trigger.interval_length, interval_of[stays]):
                 job.remove()
             else:
                 kept.add(job_id)

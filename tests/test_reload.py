@@ -102,3 +102,48 @@ def test_token_file_rotation_is_picked_up_on_reload(simulator, start_exporter, t
     exporter.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=a) == 1, timeout=15)
     assert TOKEN not in exporter.log() + exporter.metrics_text()
+
+
+def test_applying_the_same_config_again_keeps_every_job_and_its_phase():
+    import asyncio
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from exporter.client import ApiClient, RateLimiter
+    from exporter.config import parse_config
+    from exporter.poller import Poller
+    from exporter.store import Store
+
+    config = parse_config(
+        {
+            "api": {"rate_limit": {"requests": 30, "period_seconds": 10}},  # forces stretching
+            "poll": {"interval_seconds": 3},
+            "apps": [
+                {"account_id": "a", "app_id": "b", "meetings": [f"m{i}" for i in range(40)]},
+                {"account_id": "a", "app_id": "c", "discover": {"enabled": True}},
+            ],
+        }
+    )
+
+    async def go() -> None:
+        client = ApiClient(
+            httpx.AsyncClient(), base_url="https://x.test", token=TOKEN, limiter=RateLimiter(30, 10)
+        )
+        scheduler = AsyncIOScheduler()
+        scheduler.start(paused=True)
+        poller = Poller(
+            scheduler=scheduler,
+            client_for=lambda app: client,
+            store=Store(),
+            interval_seconds=3,
+            concurrency=2,
+        )
+        poller.apply(config)
+        before = {job.id: job.next_run_time for job in scheduler.get_jobs()}
+        poller.apply(config)
+        after = {job.id: job.next_run_time for job in scheduler.get_jobs()}
+        scheduler.shutdown(wait=False)
+        assert len(before) == 41
+        assert after == before
+
+    asyncio.run(go())
