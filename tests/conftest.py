@@ -86,6 +86,7 @@ class ExporterProcess:
     def metrics_text(self) -> str:
         response = self.get("/metrics")
         assert response.status_code == 200
+        assert TOKEN not in response.text, "the API token leaked into /metrics"
         return response.text
 
     def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -171,6 +172,8 @@ def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
     yield start
     for proc in started:
         proc.stop()
+    for proc in started:  # every log line of every exporter the tests ran
+        assert TOKEN not in proc.log(), "the API token leaked into the log"
 
 
 def sim_config(sim: Any, meetings: list[Any] | None = None, **poll: Any) -> dict[str, Any]:
