@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web.listen-address",
         dest="listen_address",
-        default=f":{DEFAULT_PORT}",
+        default=None,
         metavar="HOST:PORT",
-        help=f"address to serve on (default: :{DEFAULT_PORT})",
+        help=f"address to serve on (default: :{DEFAULT_PORT}, or 127.0.0.1:{DEFAULT_PORT} in demo)",
     )
     p.add_argument(
         "--web.telemetry-path",
@@ -134,6 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact = RedactingFilter()
     setup_logging(args.log_level, args.log_format, redact=redact)
     try:
+        if args.listen_address is None:  # the demo stays on loopback unless told otherwise
+            args.listen_address = f"{'127.0.0.1' if args.demo else ''}:{DEFAULT_PORT}"
         host, port = parse_listen_address(args.listen_address)
         if not args.telemetry_path.startswith("/") or args.telemetry_path.startswith("/-/"):
             raise ConfigError(
