@@ -3,26 +3,30 @@
 ``collect()`` reads one snapshot of the store and never does I/O, so a scrape is fast and cannot
 hang on the API; a meeting that left the store is simply not in the next scrape.
 
-At 10,000 meetings (~100k samples) prometheus_client's generic rendering of those families takes
-over a second, so ``/metrics`` uses :func:`exposition` instead: the same bytes, with the
-per-meeting families written by :meth:`MeetingCollector.render` from per-meeting fragments that are
-cached on the (immutable) :class:`~exporter.store.MeetingState` they were made from, and every
-other collector (``process_*``, ``python_*``, ``realtimekit_api_*``) rendered by prometheus_client
-as before::
+At 10,000 meetings (~85k samples) prometheus_client's generic rendering of those families takes
+over a second, so ``/metrics`` is served by :func:`metrics_response` instead: the same bytes (in
+the format prometheus_client negotiates), with the per-meeting families written by
+:meth:`MeetingCollector.render_parts` from per-meeting fragments cached on the (immutable)
+:class:`~exporter.store.MeetingState` they were made from, and every other collector
+(``process_*``, ``python_*``, ``realtimekit_api_*``, …) rendered by prometheus_client as before::
 
-    >>> body, content_type = exposition(registry, "application/openmetrics-text")
+    >>> parts, content_type = exposition(registry, "application/openmetrics-text")
     >>> content_type
     'application/openmetrics-text; version=1.0.0; charset=utf-8'
+    >>> b"".join(parts).endswith(b"# EOF\n")
+    True
 
-``collect()`` stays the reference: tests check that ``render()`` equals prometheus_client's
-rendering of it byte for byte.
+Rendering stays a pure function of the store snapshot and the clock; the caches only remember
+what an earlier call made. ``collect()`` stays the reference: tests check that ``render()`` equals
+prometheus_client's rendering of it byte for byte. Figures and design notes: BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import gzip
+import struct
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from operator import itemgetter
 from typing import Final, NamedTuple
@@ -90,7 +94,8 @@ _BUILD_INFO: Final = (
 #: Sample names: a counter's samples end in ``_total``.
 _SAMPLE_NAMES: Final = tuple(n + "_total" if t == "counter" else n for n, t, _ in _FAMILIES)
 _OM_EOF: Final = b"# EOF\n"
-#: gzip level of /metrics answers.
+#: gzip level of /metrics answers: 1, not prometheus_client's 9 (BENCHMARKS.md: on 16 MB, a
+#: quarter of the time for 17 % more bytes).
 GZIP_LEVEL: Final = 1
 #: How prometheus_client writes a sample value.
 _go_float: Final[Callable[[float], str]] = floatToGoString
@@ -114,6 +119,10 @@ class MeetingCollector(Collector):
         self._render_lock = threading.Lock()  # concurrent scrapes take turns with the caches
         self._cache: dict[int, _Entry] = {}  # id(state) -> its fragment
         self._texts: dict[MeetingKey, _LabelText] = {}
+        self._order: list[_Entry] = []  # the fragments of the last render, in store order
+        self._blocks: list[bytes] = []  # the body of each family in the last render
+        #: gzip for /metrics that compresses each family's body once, not once per scrape.
+        self.gzip = PartsGzip()
 
     def collect(self) -> Iterator[Metric]:
         _, states = self._store.snapshot()
@@ -206,16 +215,22 @@ class MeetingCollector(Collector):
         return b"".join(self.render_parts(openmetrics=openmetrics))
 
     def render_parts(self, *, openmetrics: bool = False) -> list[bytes]:
-        """:meth:`render` as a list of parts to join (one copy of a big body less)."""
+        """:meth:`render` as parts to send one after the other. A family's body is joined again
+        only when one of its lines changed (most polls change only the time of the last answer,
+        the poll duration and the consumed time), and the parts are never copied into one."""
         with self._render_lock:
             _, states = self._store.snapshot()
             now = self._clock()
             stale_after = self._stale_after()
             interval = self._interval()
-            old, texts = self._cache, self._texts
+            old, texts, before = self._cache, self._texts, self._order
             cache: dict[int, _Entry] = {}
-            columns: list[tuple[bytes, ...]] = []
-            for key, state in states.items():
+            order: list[_Entry] = []
+            # A family is joined again when a line at some place differs from the last render's
+            # (a poll changed it, or meetings moved); all of them when meetings came or went.
+            everything = len(before) != len(states) or not self._blocks
+            dirty = [everything] * len(_FAMILIES)
+            for pos, (key, state) in enumerate(states.items()):
                 # Keyed by id(state): cheap to hash, and safe because the entry holds the state.
                 entry = old.get(id(state))
                 answer = state.fresh_answer(now, stale_after)
@@ -228,33 +243,51 @@ class MeetingCollector(Collector):
                     text = texts.get(key)
                     if text is None or text.labels != state.labels:
                         text = texts[key] = _LabelText(key, state.labels)
-                    lines = _fragment(text, state, answer)
-                    entry = _Entry(key, state, answer is not None, lines)
+                    entry = _fragment(text, key, state, answer)
+                if not everything and before[pos] is not entry:  # polled, or moved
+                    _mark_changed(dirty, before[pos], entry)
                 cache[id(state)] = entry
-                columns.append(entry.lines)
-            self._cache = cache  # meetings gone from the store leave the cache here
+                order.append(entry)
+            blocks = list(self._blocks) or [b""] * len(_FAMILIES)
+            for i, changed in enumerate(dirty):
+                if changed or everything:
+                    # Not zip(*order): its 10,000 iterators would wake the garbage collector.
+                    blocks[i] = b"".join(map(itemgetter(_FIRST_LINE + i), order))
+            self._cache, self._order, self._blocks = cache, order, blocks
             if len(texts) > len(states):
                 self._texts = {key: text for key, text in texts.items() if key in states}
         every = f" Polled every {interval:g} seconds."
         out: list[bytes] = []
-        for i, (name, kind, doc) in enumerate(_FAMILIES):
+        for (name, kind, doc), block in zip(_FAMILIES, blocks, strict=True):
             out.append(_header(name, kind, doc + every, openmetrics))
-            # Not zip(*columns): its 10,000 iterators would wake the garbage collector, whose
-            # full passes over a big exporter's heap cost more than the whole render.
-            out.extend(map(itemgetter(i), columns))
+            out.append(block)
         name, kind, doc = _BUILD_INFO
         out.append(_header(name, kind, doc, openmetrics))
         out.append(_line(name, {"version": __version__}, 1.0))
         return out
 
 
-def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str] | None:
+def _mark_changed(dirty: list[bool], before: _Entry, after: _Entry) -> None:
+    """Mark the families whose lines at this place differ from the last render's."""
+    for i in range(len(dirty)):
+        if not dirty[i] and before[_FIRST_LINE + i] != after[_FIRST_LINE + i]:
+            dirty[i] = True
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[list[bytes], str] | None:
     """The registry rendered for an HTTP ``Accept`` header, as prometheus_client would render it
-    (same format negotiation, same bytes), with the per-meeting families of every
-    :class:`MeetingCollector` from :meth:`MeetingCollector.render`. Returns the body and its
-    content type, or ``None`` when only prometheus_client's own path can serve it (an escaping
-    scheme other than ``underscores``/``allow-utf-8``, a target-info registry, no
-    MeetingCollector)."""
+    (same format negotiation, same bytes once joined), with the per-meeting families of every
+    :class:`MeetingCollector` from :meth:`MeetingCollector.render_parts`. Returns the parts of
+    the body and its content type, or ``None`` when only prometheus_client's own path can serve
+    it (an escaping scheme other than ``underscores``/``allow-utf-8``, a target-info registry,
+    no MeetingCollector)."""
+    rendered = _exposition(registry, accept)
+    return None if rendered is None else rendered[:2]
+
+
+def _exposition(
+    registry: CollectorRegistry, accept: str | None
+) -> tuple[list[bytes], str, MeetingCollector] | None:
     encoder, content_type = choose_encoder(accept or "")
     media, *params = (part.strip() for part in content_type.split(";"))
     escaping = dict(p.split("=", 1) for p in params if "=" in p).get("escaping", "underscores")
@@ -263,7 +296,8 @@ def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, 
     if escaping not in ("underscores", "allow-utf-8"):
         return None
     collectors = _collectors(registry)
-    if collectors is None or not any(isinstance(c, MeetingCollector) for c in collectors):
+    meetings = [c for c in collectors or () if isinstance(c, MeetingCollector)]
+    if not meetings:
         return None
     openmetrics = media == "application/openmetrics-text"
     out: list[bytes] = []
@@ -275,7 +309,7 @@ def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, 
             out.append(text.removesuffix(_OM_EOF) if openmetrics else text)
             others.clear()
 
-    for collector in collectors:
+    for collector in collectors or ():
         if isinstance(collector, MeetingCollector):
             flush()
             out.extend(collector.render_parts(openmetrics=openmetrics))
@@ -284,28 +318,74 @@ def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, 
     flush()
     if openmetrics:
         out.append(_OM_EOF)
-    return b"".join(out), content_type
+    return out, content_type, meetings[0]
 
 
 def metrics_response(
     registry: CollectorRegistry, *, accept: str | None, accept_encoding: str | None, query: str
-) -> tuple[list[tuple[str, str]], bytes] | None:
-    """Headers and body of a ``GET /metrics`` answer, as prometheus_client's WSGI app would
-    send them (its negotiation, gzip when accepted), from :func:`exposition`. ``None`` when only
-    prometheus_client's app can answer: ``name[]`` filters, or :func:`exposition` declines."""
+) -> tuple[list[tuple[str, str]], list[bytes]] | None:
+    """Headers and body parts of a ``GET /metrics`` answer, as prometheus_client's WSGI app
+    would send them (its negotiation, gzip when accepted), from :func:`exposition`. ``None``
+    when only prometheus_client's app can answer: ``name[]`` filters, or :func:`exposition`
+    declines."""
     if "name[]" in parse_qs(query):
         return None
-    rendered = exposition(registry, accept)
+    rendered = _exposition(registry, accept)
     if rendered is None:
         return None
-    body, content_type = rendered
+    body, content_type, collector = rendered
     headers = [("Content-Type", content_type)]
     if gzip_accepted(accept_encoding or ""):
-        # Level 1, not prometheus_client's 9: at 10,000 meetings (16 MB) it takes a quarter of
-        # the time for 17 % more bytes (see BENCHMARKS.md).
-        body = gzip.compress(body, compresslevel=GZIP_LEVEL)
+        body = [collector.gzip.compress(body)]
         headers.append(("Content-Encoding", "gzip"))
+    headers.append(("Content-Length", str(sum(map(len, body)))))
     return headers, body
+
+
+class PartsGzip:
+    """gzip of a body given as parts, compressing each part on its own (raw deflate ending in a
+    sync flush: such streams can be concatenated) and remembering the result for as long as the
+    same part (the same bytes object) keeps coming back. A family whose lines did not change
+    since the last scrape is not compressed again; one gzip stream of the joined body would
+    compress all 16 MB of 10,000 meetings on every scrape.
+
+        >>> gzip.decompress(PartsGzip().compress([b"a", b"b"]))
+        b'ab'
+    """
+
+    #: Parts smaller than this are compressed every time (headers, other collectors).
+    MIN_CACHED = 4096
+    _HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, no mtime, unknown OS
+    _LAST_BLOCK = b"\x03\x00"  # an empty final block
+
+    def __init__(self, level: int = GZIP_LEVEL) -> None:
+        self._level = level
+        self._lock = threading.Lock()
+        self._cache: dict[int, tuple[bytes, bytes]] = {}  # id(part) -> (part, deflated)
+
+    def compress(self, parts: Iterable[bytes]) -> bytes:
+        with self._lock:
+            old = self._cache
+        cache: dict[int, tuple[bytes, bytes]] = {}
+        out = [self._HEADER]
+        crc = size = 0
+        for part in parts:
+            if not part:
+                continue
+            hit = old.get(id(part))
+            if hit is None or hit[0] is not part:  # held in the cache, so its id is its own
+                compressor = zlib.compressobj(self._level, zlib.DEFLATED, -zlib.MAX_WBITS)
+                hit = (part, compressor.compress(part) + compressor.flush(zlib.Z_SYNC_FLUSH))
+            if len(part) >= self.MIN_CACHED:
+                cache[id(part)] = hit
+            out.append(hit[1])
+            crc = zlib.crc32(part, crc)
+            size += len(part)
+        out.append(self._LAST_BLOCK)
+        out.append(struct.pack("<II", crc, size & 0xFFFFFFFF))
+        with self._lock:
+            self._cache = cache  # parts gone from the body leave the cache here
+        return b"".join(out)
 
 
 def _collectors(registry: CollectorRegistry) -> list[Collector] | None:
@@ -342,8 +422,8 @@ class _LabelText:
         self.labels = labels
         self.base = "{" + _label_text(self.with_labels()) + "} "
         self.status: dict[str | None, bytes] = {}  # current status (None: another) -> lines
-        # (id, type, display name, started_at) -> the info and start-time lines
-        self.session: tuple[tuple[object, ...], bytes, bytes] | None = None
+        # The last session seen, with its info and start-time lines.
+        self.session: tuple[Session, bytes, bytes] | None = None
 
     def with_labels(self, **extra: str) -> dict[str, str]:
         """The meeting's labels as collect() builds them, plus ``extra``."""
@@ -355,10 +435,27 @@ class _LabelText:
 
 
 class _Entry(NamedTuple):
+    """A meeting's lines of each family of _FAMILIES (b"" for none), and what they were made
+    from. One flat tuple: at 10,000 meetings every extra object per poll feeds the garbage
+    collector."""
+
     key: MeetingKey
     state: MeetingState
     fresh: bool  # the state's answer was not stale
-    lines: tuple[bytes, ...]  # the meeting's lines of each family of _FAMILIES
+    up: bytes
+    last_ok: bytes
+    duration: bytes
+    errors: bytes
+    active: bytes
+    live: bytes
+    peak: bytes
+    consumed: bytes
+    status: bytes
+    info: bytes
+    started: bytes
+
+
+_FIRST_LINE: Final = _Entry._fields.index("up")
 
 
 def _escape(value: str) -> str:
@@ -378,6 +475,8 @@ def _line(name: str, labels: dict[str, str], value: float) -> bytes:
 _INF: Final = float("inf")
 #: Whole numbers (participant counts) are common; their text is their repr.
 _WHOLE: Final = {float(n): repr(float(n)) for n in range(1, 1001)}
+#: Go's exponent for a number whose repr has its dot at this index (7 to 16).
+_EXPONENTS: Final = tuple(f"e+{dot - 1:02d}" for dot in range(17))
 
 
 def _value(value: float) -> str:
@@ -389,8 +488,8 @@ def _value(value: float) -> str:
         text = repr(value)
         dot = text.find(".")
         digits = (text[:dot] + text[dot + 1 :]).rstrip("0")
-        mantissa = f"{digits[0]}.{digits[1:]}" if len(digits) > 1 else digits
-        return f"{mantissa}e+{dot - 1:02d}"
+        mantissa = digits[0] + "." + digits[1:] if len(digits) > 1 else digits
+        return mantissa + _EXPONENTS[dot]
     if -_INF < value < _INF:
         return repr(value)
     return _go_float(value)  # infinities and NaN
@@ -401,7 +500,9 @@ _UP, _LAST_OK, _DURATION, _ACTIVE, _LIVE, _PEAK, _CONSUMED, _STARTED = (
 )
 
 
-def _fragment(text: _LabelText, state: MeetingState, answer: Answer | None) -> tuple[bytes, ...]:
+def _fragment(
+    text: _LabelText, key: MeetingKey, state: MeetingState, answer: Answer | None
+) -> _Entry:
     """The meeting's lines of each family, exactly as collect() + prometheus_client write them.
     (The hot path of a scrape when most meetings were polled since the last one.)"""
     base = text.base
@@ -438,8 +539,7 @@ def _fragment(text: _LabelText, state: MeetingState, answer: Answer | None) -> t
                 )
                 for value in SESSION_STATUSES
             )
-        identity = (s.id, s.type, s.meeting_display_name, s.started_at)
-        if text.session is None or text.session[0] != identity:
+        if text.session is None or not _same_session(text.session[0], s):
             info_labels = text.with_labels(
                 session_id=s.id,
                 type=s.type or "",
@@ -448,12 +548,25 @@ def _fragment(text: _LabelText, state: MeetingState, answer: Answer | None) -> t
             info = _line(_SAMPLE_NAMES[INFO], info_labels, 1.0)
             if s.started_at is not None:
                 started = f"{_STARTED}{base}{_value(s.started_at)}\n".encode()
-            text.session = (identity, info, started)
+            text.session = (s, info, started)
         _, info, started = text.session
     elif answer is not None:  # no active session
         active = f"{_ACTIVE}{base}0.0\n".encode()
         live = f"{_LIVE}{base}0.0\n".encode()
-    return (up, last_ok, duration, errors, active, live, peak, consumed, status, info, started)
+    return _Entry(
+        key, state, answer is not None,
+        up, last_ok, duration, errors, active, live, peak, consumed, status, info, started,
+    )  # fmt: skip
+
+
+def _same_session(a: Session, b: Session) -> bool:
+    """Same info and start-time lines (the rest of a session changes with every poll)."""
+    return a is b or (
+        a.id == b.id
+        and a.type == b.type
+        and a.meeting_display_name == b.meeting_display_name
+        and a.started_at == b.started_at
+    )
 
 
 def _header(name: str, kind: str, doc: str, openmetrics: bool) -> bytes:

@@ -97,9 +97,9 @@ def create_app(
             if fast is None:
                 body: Iterable[bytes] = metrics_app(environ, start)
                 return body
-            headers, output = fast
+            headers, parts = fast
             start("200 OK", headers)
-            return [output]
+            return parts  # sent one after the other, never copied into one body
         if path == "/-/healthy":
             return text(start, "200 OK", "Healthy\n")
         if path == "/-/ready":
