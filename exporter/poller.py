@@ -422,7 +422,8 @@ class Poller:
                 self._log_transition(key, _where(key), listed[key])
                 continue
             state = self._store.get(key)
-            if state is not None and isinstance(state.answer, Session) and state.up is not False:
+            last = state.answer if state is not None and state.up is not False else None
+            if isinstance(last, Session) and last.status == "LIVE":
                 to_confirm.append(key)  # was live at the last look: ended, or missed by paging?
             else:
                 self._store.record(key, NO_ACTIVE_SESSION, duration, now)

@@ -347,3 +347,17 @@ def test_discovery_end_to_end(start_exporter):
         assert TOKEN not in exporter.log()
     finally:
         sim.stop()
+
+
+def test_an_ended_session_is_confirmed_once_not_every_cycle():
+    api = FakeApi([session("m0"), session("m1")])
+    _, _, cycle = setup(api, meetings=["m0"])
+    cycle()
+    api.live = [session("m1")]
+    api.active = {"m0": {**session("m0", live=0), "status": "ENDED"}}
+    states = cycle()
+    assert states[key("m0")].answer.status == "ENDED"  # what the confirmation said
+    states = cycle()
+    states = cycle()
+    assert api.confirmations() == ["m0"]
+    assert states[key("m0")].answer is NO_ACTIVE_SESSION

@@ -383,7 +383,7 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
     config.write_text(
         yaml.safe_dump(
             {
-                "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                "global": {"scrape_interval": "2s", "scrape_timeout": "2s"},
                 "scrape_configs": [
                     {
                         "job_name": "rtk",
