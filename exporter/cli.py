@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web.listen-address",
         dest="listen_address",
-        default=None,
+        default=f":{DEFAULT_PORT}",
         metavar="HOST:PORT",
         help=f"address to serve on (default: :{DEFAULT_PORT}, or 127.0.0.1:{DEFAULT_PORT} in demo)",
     )
@@ -134,8 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     redact = RedactingFilter()
     setup_logging(args.log_level, args.log_format, redact=redact)
     try:
-        if args.listen_address is None:  # the demo stays on loopback unless told otherwise
-            args.listen_address = f"{'127.0.0.1' if args.demo else ''}:{DEFAULT_PORT}"
+        given = sys.argv[1:] if argv is None else argv
+        if args.demo and not any(a.startswith("--web.listen-address") for a in given):
+            args.listen_address = f"127.0.0.1:{DEFAULT_PORT}"  # the demo stays on loopback
         host, port = parse_listen_address(args.listen_address)
         if not args.telemetry_path.startswith("/") or args.telemetry_path.startswith("/-/"):
             raise ConfigError(
