@@ -61,6 +61,12 @@ SUPPRESSED_LOG_SECONDS = 60.0
 HEADROOM = 1.05
 
 
+def _soon() -> datetime:
+    """The first run time of new jobs. A trigger whose start is already past when the job is
+    added first fires one interval later, so the meeting due "now" would wait a whole interval."""
+    return datetime.now(UTC) + timedelta(milliseconds=50)
+
+
 def _same(seconds: float, other: float) -> bool:
     """Equal as trigger intervals (which keep microseconds only)."""
     return abs(seconds - other) < 1e-3
@@ -217,7 +223,7 @@ class Poller:
             ):
                 job.remove()
         existing = {job.id for job in self._scheduler.get_jobs()}
-        start = datetime.now(UTC)
+        start = _soon()
         for i, app_key in enumerate(discovery):
             job_id = f"{_DISCOVER_PREFIX}{app_key[0]}/{app_key[1]}"
             if job_id in existing:
@@ -287,7 +293,7 @@ class Poller:
             else:
                 kept.add(job_id)
         new = [key for job_id, key in wanted.items() if job_id not in kept]
-        start = datetime.now(UTC)
+        start = _soon()
         for i, key in enumerate(new):
             interval = interval_of[key]
             self._scheduler.add_job(

@@ -51,7 +51,7 @@ def test_reload_adds_removes_relabels_and_keeps_state(simulator, start_exporter)
 def test_invalid_reload_keeps_the_running_config(simulator, start_exporter):
     a, b, *_ = simulator.meeting_ids
     exporter = start_exporter(sim_config(simulator, meetings=[a, b]))
-    wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=b) == 1)
+    wait_for(lambda: meetings_exported(exporter) == {a, b})
     before = value(exporter.scrape(), "realtimekit_config_last_reload_success_timestamp_seconds")
     exporter.config_path.write_text("apps:\n  - account_id: a/b\n    nonsense: [\n")
     response = httpx.post(exporter.base + "/-/reload", timeout=10)
