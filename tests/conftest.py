@@ -77,6 +77,10 @@ class ExporterProcess:
             time.sleep(0.05)
         raise AssertionError(f"exporter did not start:\n{self.log()}")
 
+    def wait_ready(self, timeout: float = 20) -> None:
+        """Until every meeting has been polled once (``/-/ready`` answers 200)."""
+        wait_for(lambda: self.get("/-/ready").status_code == 200, timeout=timeout)
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

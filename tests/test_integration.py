@@ -21,6 +21,7 @@ def test_values_follow_the_simulator(simulator, start_exporter):
             value(samples, "realtimekit_session_live_participants", meeting_id=meeting) == expected
         )
 
+    exporter.wait_ready()
     wait_for(lambda: live(a, 3))
     samples = exporter.scrape()
     assert value(samples, "realtimekit_up", meeting_id=a, team="sales") == 1
