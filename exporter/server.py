@@ -1,7 +1,9 @@
 """The HTTP side: a small WSGI app (landing page, health, readiness, metrics) and its server.
 
-Metrics are rendered by prometheus_client's own WSGI app, so content negotiation (text or
-OpenMetrics), gzip and ``name[]`` filtering behave exactly as in every Python exporter.
+Metrics come from :func:`exporter.collector.metrics_response` (the per-meeting families from
+cached fragments, byte-identical to prometheus_client's rendering, with its format negotiation
+and gzip); ``HEAD``, ``name[]`` filters and rare negotiations fall back to prometheus_client's own
+WSGI app.
 
 With a web config (:mod:`exporter.webconfig`) the server speaks TLS, asks for basic auth on every
 path and adds the configured headers to every answer. The TLS handshake runs in the connection's
@@ -24,6 +26,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 from exporter import __version__
+from exporter.collector import metrics_response
 from exporter.errors import ConfigError
 from exporter.webconfig import WebSecurity
 
@@ -84,8 +87,6 @@ def create_app(
         if path == telemetry_path:
             # Per-meeting families from cached fragments (exporter.collector); HEAD and
             # name[] filters go to prometheus_client's app.
-            from exporter.collector import metrics_response
-
             fast = None
             if method == "GET":
                 fast = metrics_response(
