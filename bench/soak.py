@@ -23,16 +23,10 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench._common import rss_mib
 from exporter.simulator import FaultConfig, Simulator
 
 TOKEN = "soak-token-" + os.urandom(8).hex()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def max_in_window(times: list[float], window: float) -> int:

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from exporter import __version__
 from exporter.client import ApiClient, RateLimiter, make_http_client
-from exporter.collector import AppCollector, ExporterCollector, MeetingCollector
+from exporter.collector import ExporterCollector, MeetingCollector
 from exporter.config import Config, load_config, parse_config, read_tokens
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
@@ -381,8 +381,7 @@ async def run(
             stale_after_seconds=lambda: service.config.poll.stale_after,
         )
     )
-    registry.register(ExporterCollector(service.poller.stats))
-    registry.register(AppCollector(service.poller.stats, service.reload_stats))
+    registry.register(ExporterCollector(service.poller.stats, service.reload_stats))
 
     def reload_from_http() -> tuple[bool, str]:
         future = asyncio.run_coroutine_threadsafe(_call(service.reload_logged), loop)

@@ -43,7 +43,7 @@ from exporter.client import DURATION_BUCKETS
 from exporter.config import MeetingKey
 from exporter.errors import REASONS
 from exporter.model import SESSION_STATUSES, Answer, Session
-from exporter.poller import PollerStats
+from exporter.poller import AppStats, PollerStats
 from exporter.store import Labels, MeetingState, Store
 
 #: The per-meeting families in output order: name, type, HELP (the polling note is added).
@@ -580,13 +580,21 @@ def _header(name: str, kind: str, doc: str, openmetrics: bool) -> bytes:
 
 
 class ExporterCollector(Collector):
-    """The exporter's own health: API requests, budget, rate limiting, skipped polls."""
+    """The exporter's own health: API requests, budget, rate limiting, skipped polls, the
+    config's reload status and each discovering app's numbers."""
 
-    def __init__(self, stats: Callable[[], PollerStats]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], PollerStats],
+        reload_status: Callable[[], tuple[bool, float]],
+    ) -> None:
         self._stats = stats
+        self._reload_status = reload_status
 
     def collect(self) -> Iterator[Metric]:
         st = self._stats()
+        yield from _reload_metrics(*self._reload_status())
+        yield from _app_metrics(st.apps)
 
         def single(name: str, kind: str, doc: str, val: float) -> Metric:
             metric = Metric(name, doc, kind)
@@ -674,68 +682,60 @@ class ExporterCollector(Collector):
         yield effective
 
 
-class AppCollector(Collector):
-    """Per-app discovery numbers and the config's reload status."""
+def _reload_metrics(ok: bool, when: float) -> Iterator[Metric]:
+    """The config's reload status."""
+    for name, doc, val in (
+        (
+            "realtimekit_config_last_reload_successful",
+            "1 if the last config reload (or the start) succeeded, 0 if the running config "
+            "was kept because the new one was invalid.",
+            1.0 if ok else 0.0,
+        ),
+        (
+            "realtimekit_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+            when,
+        ),
+    ):
+        metric = Metric(name, doc, "gauge")
+        metric.samples.append(Sample(name, {}, val))
+        yield metric
 
-    def __init__(
-        self,
-        stats: Callable[[], PollerStats],
-        reload_status: Callable[[], tuple[bool, float]],
-    ) -> None:
-        self._stats = stats
-        self._reload_status = reload_status
 
-    def collect(self) -> Iterator[Metric]:
-        ok, when = self._reload_status()
-        for name, doc, val in (
-            (
-                "realtimekit_config_last_reload_successful",
-                "1 if the last config reload (or the start) succeeded, 0 if the running config "
-                "was kept because the new one was invalid.",
-                1.0 if ok else 0.0,
-            ),
-            (
-                "realtimekit_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load.",
-                when,
-            ),
-        ):
-            metric = Metric(name, doc, "gauge")
-            metric.samples.append(Sample(name, {}, val))
-            yield metric
-        apps = self._stats().apps
-        families = (
-            ("realtimekit_discovery_up", "gauge", "1 if the app's last discovery cycle succeeded."),
-            ("realtimekit_app_live_sessions", "gauge", "Live sessions of the app, as the API "
-             "reported them (all of them, not only the exported ones)."),
-            ("realtimekit_app_live_participants", "gauge", "Participants in all live sessions "
-             "the discovery listing returned."),
-            ("realtimekit_discovery_duration_seconds", "gauge", "Duration of the app's last "
-             "discovery cycle."),
-            ("realtimekit_discovery_pages", "counter", "Pages of sessions read by discovery."),
-            ("realtimekit_discovery_confirmations", "counter", "Active-session calls made to "
-             "confirm a meeting that was live and is not listed any more."),
-            ("realtimekit_discovery_dropped_meetings", "counter", "Listed meetings not exported "
-             "because of discover.max_meetings, summed over cycles."),
-            ("realtimekit_discovery_errors", "counter", "Failed discovery cycles, by reason."),
-        )  # fmt: skip
-        metrics = {name: Metric(name, doc, kind) for name, kind, doc in families}
+def _app_metrics(apps: dict[tuple[str, str], AppStats]) -> Iterator[Metric]:
+    """Per-app discovery numbers."""
+    families = (
+        ("realtimekit_discovery_up", "gauge", "1 if the app's last discovery cycle succeeded."),
+        ("realtimekit_app_live_sessions", "gauge", "Live sessions of the app, as the API "
+         "reported them (all of them, not only the exported ones)."),
+        ("realtimekit_app_live_participants", "gauge", "Participants in all live sessions "
+         "the discovery listing returned."),
+        ("realtimekit_discovery_duration_seconds", "gauge", "Duration of the app's last "
+         "discovery cycle."),
+        ("realtimekit_discovery_pages", "counter", "Pages of sessions read by discovery."),
+        ("realtimekit_discovery_confirmations", "counter", "Active-session calls made to "
+         "confirm a meeting that was live and is not listed any more."),
+        ("realtimekit_discovery_dropped_meetings", "counter", "Listed meetings not exported "
+         "because of discover.max_meetings, summed over cycles."),
+        ("realtimekit_discovery_errors", "counter", "Failed discovery cycles, by reason."),
+    )  # fmt: skip
+    metrics = {name: Metric(name, doc, kind) for name, kind, doc in families}
 
-        def add(name: str, labels: dict[str, str], val: float) -> None:
-            suffix = "_total" if metrics[name].type == "counter" else ""
-            metrics[name].samples.append(Sample(name + suffix, labels, val))
+    def add(name: str, labels: dict[str, str], val: float) -> None:
+        suffix = "_total" if metrics[name].type == "counter" else ""
+        metrics[name].samples.append(Sample(name + suffix, labels, val))
 
-        for (account_id, app_id), app in sorted(apps.items()):
-            labels = {"account_id": account_id, "app_id": app_id}
-            if app.up is not None:
-                add("realtimekit_discovery_up", labels, 1.0 if app.up else 0.0)
-                add("realtimekit_discovery_duration_seconds", labels, app.duration)
-            if app.up:
-                add("realtimekit_app_live_sessions", labels, app.live_sessions)
-                add("realtimekit_app_live_participants", labels, app.live_participants)
-            add("realtimekit_discovery_pages", labels, app.pages)
-            add("realtimekit_discovery_confirmations", labels, app.confirmations)
-            add("realtimekit_discovery_dropped_meetings", labels, app.dropped)
-            for reason, count in sorted(app.errors.items()):
-                add("realtimekit_discovery_errors", {**labels, "reason": reason}, count)
-        yield from metrics.values()
+    for (account_id, app_id), app in sorted(apps.items()):
+        labels = {"account_id": account_id, "app_id": app_id}
+        if app.up is not None:
+            add("realtimekit_discovery_up", labels, 1.0 if app.up else 0.0)
+            add("realtimekit_discovery_duration_seconds", labels, app.duration)
+        if app.up:
+            add("realtimekit_app_live_sessions", labels, app.live_sessions)
+            add("realtimekit_app_live_participants", labels, app.live_participants)
+        add("realtimekit_discovery_pages", labels, app.pages)
+        add("realtimekit_discovery_confirmations", labels, app.confirmations)
+        add("realtimekit_discovery_dropped_meetings", labels, app.dropped)
+        for reason, count in sorted(app.errors.items()):
+            add("realtimekit_discovery_errors", {**labels, "reason": reason}, count)
+    yield from metrics.values()

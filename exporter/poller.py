@@ -279,7 +279,6 @@ class Poller:
                 effective[(key.account_id, key.app_id)] = interval
         with self._lock:
             self._effective = effective
-            self._clients = list(clients.values())
         wanted = {_job_id(key): key for key in keys}
         for state in (self._failures, self._backoff_until):
             for gone in [key for key in state if _job_id(key) not in wanted]:
