@@ -38,7 +38,7 @@ from bench._common import (
     tmpdir,
 )
 from exporter.client import ApiClient, RateLimiter, make_http_client
-from exporter.config import MeetingKey
+from exporter.model import MeetingKey
 from exporter.poller import Poller
 from exporter.store import Store
 

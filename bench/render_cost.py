@@ -28,9 +28,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import ACCOUNT_ID, APP_ID, machine, median, table
 from exporter.collector import MeetingCollector, exposition, metrics_response
-from exporter.config import MeetingKey
 from exporter.errors import ApiError
-from exporter.model import NO_ACTIVE_SESSION, Session
+from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
 
 NOW = 1795849800.0

@@ -2,20 +2,18 @@
 through the token's :class:`RateLimiter`, and hands back parsed answers or
 :class:`~exporter.errors.ApiError`.
 
-It knows nothing about Prometheus: what it counts (:class:`ApiStats`) is plain numbers that the
-collector exports. Every network or protocol failure of httpx is translated here into an
-``ApiError`` whose ``reason`` is one of :data:`~exporter.errors.REASONS`.
+It knows nothing about Prometheus: what it counts goes into a
+:class:`~exporter.health.RequestStats` that the collector exports. Every network or protocol
+failure of httpx is translated here into an ``ApiError`` whose ``reason`` is one of
+:data:`~exporter.errors.REASONS`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import email.utils
 import re
-import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Final
@@ -23,15 +21,19 @@ from typing import Final
 import httpx
 
 from exporter import __version__
-from exporter.config import MeetingKey
 from exporter.errors import ApiError
-from exporter.model import Answer, Session, parse_active_session, parse_sessions_page
+from exporter.health import RequestStats
+from exporter.model import (
+    Answer,
+    MeetingKey,
+    Session,
+    parse_active_session,
+    parse_sessions_page,
+)
 
 #: Answers larger than this are not read to the end; they count as ``invalid_response``.
 MAX_BODY_BYTES: Final = 1 << 20
 USER_AGENT: Final = f"realtimekit-exporter/{__version__}"
-#: Upper bounds of the request-duration histogram, in seconds.
-DURATION_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class RateLimiter:
@@ -147,32 +149,6 @@ def _quota_wait(headers: Mapping[str, str]) -> float | None:
     return max(0.0, reset - time.time()) if reset > 1e9 else reset
 
 
-class ApiStats:
-    """Counts of the requests one client sent, for the collector. Thread-safe."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: Counter[str] = Counter()  # by HTTP status, or failure kind without one
-        self.buckets = [0] * (len(DURATION_BUCKETS) + 1)  # the last one is +Inf
-        self.duration_sum = 0.0
-        self.in_flight = 0
-
-    def started(self) -> None:
-        with self._lock:
-            self.in_flight += 1
-
-    def finished(self, code: str, seconds: float) -> None:
-        with self._lock:
-            self.in_flight -= 1
-            self.requests[code] += 1
-            self.buckets[bisect.bisect_left(DURATION_BUCKETS, seconds)] += 1
-            self.duration_sum += seconds
-
-    def snapshot(self) -> tuple[dict[str, int], list[int], float, int]:
-        with self._lock:
-            return dict(self.requests), list(self.buckets), self.duration_sum, self.in_flight
-
-
 def make_http_client(
     *,
     timeout_seconds: float,
@@ -229,7 +205,7 @@ class ApiClient:
         base_url: str,
         token: str,
         limiter: RateLimiter | None = None,
-        stats: ApiStats | None = None,
+        stats: RequestStats | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
         timer: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -239,7 +215,7 @@ class ApiClient:
         self._max_body = max_body_bytes
         self._timer = timer
         self.limiter = limiter or RateLimiter(1200, 300)
-        self.stats = stats or ApiStats()
+        self.stats = stats or RequestStats()
 
     def __repr__(self) -> str:  # never show the token
         return f"ApiClient(base_url={self._base!r})"

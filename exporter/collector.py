@@ -39,10 +39,9 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from exporter import __version__
-from exporter.client import DURATION_BUCKETS
-from exporter.config import MeetingKey
 from exporter.errors import REASONS
-from exporter.model import SESSION_STATUSES, Answer, Session
+from exporter.health import DURATION_BUCKETS
+from exporter.model import SESSION_STATUSES, Answer, MeetingKey, Session
 from exporter.poller import AppStats, PollerStats
 from exporter.store import Labels, MeetingState, Store
 

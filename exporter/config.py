@@ -35,6 +35,7 @@ from pydantic import (
 )
 
 from exporter.errors import ConfigError
+from exporter.model import MeetingKey
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
@@ -312,17 +313,6 @@ class Config(_Model):
             )
         # Demand above the request budget is reported by the poller, which stretches the interval.
         return out
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class MeetingKey:
-    account_id: str
-    app_id: str
-    meeting_id: str
-
-    @property
-    def app(self) -> tuple[str, str]:
-        return (self.account_id, self.app_id)
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

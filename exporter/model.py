@@ -25,6 +25,19 @@ from exporter.errors import ApiError
 SESSION_STATUSES: Final = ("LIVE", "ENDED")
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class MeetingKey:
+    """One exported meeting: the ids that place it in the API and on every series."""
+
+    account_id: str
+    app_id: str
+    meeting_id: str
+
+    @property
+    def app(self) -> tuple[str, str]:
+        return (self.account_id, self.app_id)
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     """The parts of an active-session answer the exporter uses. Optional fields may be ``None``."""

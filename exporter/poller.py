@@ -40,10 +40,11 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from exporter.client import DURATION_BUCKETS, ApiClient, Listing
-from exporter.config import App, Config, MeetingKey
+from exporter.client import ApiClient, Listing
+from exporter.config import App, Config
 from exporter.errors import ApiError
-from exporter.model import NO_ACTIVE_SESSION, Answer, Session
+from exporter.health import DURATION_BUCKETS
+from exporter.model import NO_ACTIVE_SESSION, Answer, MeetingKey, Session
 from exporter.store import Store
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Final
 
-from exporter.config import MeetingKey
 from exporter.errors import REASONS, ApiError
-from exporter.model import Answer
+from exporter.model import Answer, MeetingKey
 
 Labels = tuple[tuple[str, str], ...]
 _NO_ERRORS: Final = (0,) * len(REASONS)

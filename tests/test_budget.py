@@ -13,8 +13,8 @@ import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
-from exporter.config import MeetingKey
 from exporter.errors import ApiError
+from exporter.model import MeetingKey
 from exporter.poller import Poller
 from exporter.store import Store
 

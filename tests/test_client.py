@@ -11,9 +11,8 @@ import httpx
 import pytest
 
 from exporter.client import ApiClient, make_http_client
-from exporter.config import MeetingKey
 from exporter.errors import ApiError
-from exporter.model import NO_ACTIVE_SESSION, Session, parse_timestamp
+from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session, parse_timestamp
 
 from .conftest import TOKEN
 

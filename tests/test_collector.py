@@ -22,9 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
 from exporter.collector import MeetingCollector, _value, exposition, metrics_response
-from exporter.config import MeetingKey
 from exporter.errors import ApiError
-from exporter.model import NO_ACTIVE_SESSION, Session
+from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
 
 from .conftest import require_binary

@@ -11,8 +11,8 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
-from exporter.config import MeetingKey, parse_config
-from exporter.model import NO_ACTIVE_SESSION, Session
+from exporter.config import parse_config
+from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.poller import Poller
 from exporter.store import Store
 

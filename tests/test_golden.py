@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.collector import MeetingCollector
-from exporter.config import MeetingKey
+from exporter.model import MeetingKey
 from exporter.poller import Poller
 from exporter.store import Store
 
