@@ -38,8 +38,10 @@ from bench._common import (
     tmpdir,
 )
 from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.health import Health
+from exporter.logs import FailureLog
 from exporter.model import MeetingKey
-from exporter.poller import Poller
+from exporter.poller import Poller, PollPlan
 from exporter.store import Store
 
 
@@ -51,12 +53,10 @@ async def exporter_round(base_url: str, keys: list[MeetingKey], concurrency: int
         http, base_url=base_url, token=TOKEN, limiter=RateLimiter(1_000_000_000, 1.0)
     )
     poller = Poller(
-        scheduler=AsyncIOScheduler(),
-        client_for=lambda _: client,
-        store=store,
-        interval_seconds=30,
-        concurrency=concurrency,
+        scheduler=AsyncIOScheduler(), store=store, health=Health(), failures=FailureLog()
     )
+    slots = asyncio.Semaphore(concurrency)
+    poller.apply(PollPlan(dict.fromkeys(keys, client), 30, 300, slots))
     try:
         started = time.perf_counter()
         await asyncio.gather(*(poller.poll_meeting(key) for key in keys))

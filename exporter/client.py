@@ -15,7 +15,7 @@ import email.utils
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import httpx
@@ -25,6 +25,7 @@ from exporter.errors import ApiError
 from exporter.health import RequestStats
 from exporter.model import (
     Answer,
+    InvalidSession,
     MeetingKey,
     Session,
     parse_active_session,
@@ -185,6 +186,7 @@ class Listing:
     total_count: int | None  # what the API said, when it said
     pages: int  # requests it took
     complete: bool  # False when it stopped at max_pages
+    invalid: list[InvalidSession] = field(default_factory=list)  # sessions that could not be read
 
 
 @dataclass(frozen=True, slots=True)

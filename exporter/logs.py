@@ -1,4 +1,5 @@
-"""Log setup: ``logfmt`` or ``json`` lines on stderr, with secrets scrubbed from every record.
+"""Log setup: ``logfmt`` or ``json`` lines on stderr, with secrets scrubbed from every record;
+and :class:`FailureLog`, which turns the outcomes of polls into a few lines worth reading.
 
 ts=2026-11-28T08:00:00.123Z level=warning logger=exporter.poller msg="poll failed ..."
 """
@@ -9,12 +10,20 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable
-from typing import Final, TextIO
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
+from typing import TYPE_CHECKING, Final, TextIO
+
+from exporter.errors import ApiError
+
+if TYPE_CHECKING:
+    from exporter.model import MeetingKey
 
 LEVELS: Final = ("debug", "info", "warning", "error")
 FORMATS: Final = ("logfmt", "json")
 REDACTED: Final = "<redacted>"
+#: How often a line sums up the repeated failures that were not logged one by one.
+SUPPRESSED_LOG_SECONDS: Final = 60.0
 
 
 def _timestamp(record: logging.LogRecord) -> str:
@@ -96,3 +105,69 @@ def setup_logging(
     for name in ("httpx", "httpcore", "apscheduler"):
         logging.getLogger(name).setLevel(quiet)
     return handler
+
+
+def where(key: MeetingKey) -> str:
+    """A meeting's ids as they appear in log lines."""
+    return f"account_id={key.account_id} app_id={key.app_id} meeting_id={key.meeting_id}"
+
+
+class FailureLog:
+    """One line when a meeting (or an app's discovery) starts failing or changes failure
+    reason, one when it recovers. Repeated identical failures go to debug so that a dead API
+    cannot flood the log; at most once a minute one line says how many were held back."""
+
+    def __init__(
+        self,
+        logger: logging.Logger | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._log = logger or logging.getLogger("exporter.poller")
+        self._clock = clock
+        self._down: dict[Hashable, str] = {}  # what failed last time: its reason
+        self._suppressed: Counter[Hashable] = Counter()  # repeated failures not logged, by key
+        self._suppressed_since = clock()
+
+    def outcome(self, key: Hashable, where: str, outcome: object) -> None:
+        """Log what one poll's ``outcome`` (an answer, an ApiError, or None: not the API's
+        fault, already logged) changes for ``key``."""
+        if isinstance(outcome, ApiError):
+            status = "" if outcome.status is None else f" status={outcome.status}"
+            line = f"poll failed {where} reason={outcome.reason}{status}: {outcome}"
+            if self._down.get(key) != outcome.reason:
+                self._down[key] = outcome.reason
+                self._log.warning(line)
+            else:
+                self._log.debug(line)
+                self._suppressed[key] += 1
+        elif outcome is not None and key in self._down:
+            del self._down[key]
+            repeats = self._suppressed.pop(key, 0)
+            self._log.info("poll recovered %s after %d more failed poll(s)", where, repeats)
+        self._summarize()
+
+    def recovered(self, keys: Iterable[MeetingKey]) -> None:
+        """Many meetings got a valid answer at once (a discovery listing): only those that were
+        failing cost more than a lookup."""
+        down = self._down
+        for key in keys:
+            if key in down:
+                self.outcome(key, where(key), True)
+
+    def keep_only(self, keep: Callable[[Hashable], bool]) -> None:
+        """Forget what is not polled any more (a reload removed it)."""
+        self._down = {k: v for k, v in self._down.items() if keep(k)}
+
+    def _summarize(self) -> None:
+        now = self._clock()
+        if self._suppressed and now - self._suppressed_since >= SUPPRESSED_LOG_SECONDS:
+            self._log.warning(
+                "%d repeated poll failure(s) of %d meeting(s)/app(s) not logged in the last %.0fs "
+                "(each first failure was; --log.level debug shows all)",
+                sum(self._suppressed.values()), len(self._suppressed), now - self._suppressed_since,
+            )  # fmt: skip
+            self._suppressed.clear()
+            self._suppressed_since = now
+        elif not self._suppressed:
+            self._suppressed_since = now

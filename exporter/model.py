@@ -53,6 +53,16 @@ class Session:
     associated_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidSession:
+    """A session of a listing that could not be read: where it was, and what was wrong."""
+
+    index: int  # position in its page
+    page: int  # page_no
+    meeting_id: str | None  # its associated_id, when readable and a safe id
+    message: str  # names the field
+
+
 class _NoActiveSession(Enum):
     NO_ACTIVE_SESSION = "NO_ACTIVE_SESSION"
 

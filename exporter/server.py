@@ -1,9 +1,9 @@
 """The HTTP side: a small WSGI app (landing page, health, readiness, metrics) and its server.
 
-Metrics come from :func:`exporter.collector.metrics_response` (the per-meeting families from
-cached fragments, byte-identical to prometheus_client's rendering, with its format negotiation
-and gzip); ``HEAD``, ``name[]`` filters and rare negotiations fall back to prometheus_client's own
-WSGI app.
+The server owns HTTP: it negotiates the format (as prometheus_client does), gzip (honouring
+q-values), ``name[]`` filters and ``HEAD``, and hands the collectors to
+:func:`exporter.exposition.render` for the body; only escaping schemes that would change our
+names fall back to prometheus_client's own WSGI app.
 
 With a web config (:mod:`exporter.webconfig`) the server speaks TLS, asks for basic auth on every
 path and adds the configured headers to every answer. The TLS handshake runs in the connection's
@@ -18,16 +18,19 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
+from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.collector import metrics_response
 from exporter.errors import ConfigError
+from exporter.exposition import PartsGzip, render
 from exporter.webconfig import WebSecurity
 
 log = logging.getLogger(__name__)
@@ -49,17 +52,78 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def accepts_gzip(header: str | None) -> bool:
+    """Whether an ``Accept-Encoding`` header admits gzip: ``gzip`` or ``*`` with a q-value above 0
+    (``gzip;q=0`` refuses it, whatever prometheus_client's own check says)."""
+    verdict: bool | None = None
+    for item in (header or "").split(","):
+        coding, *params = (part.strip() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        coding = coding.lower()
+        if coding == "gzip":
+            return q > 0
+        if coding == "*":
+            verdict = q > 0
+    return bool(verdict)
+
+
+def metrics_response(
+    collectors: Sequence[Collector],
+    gzip: PartsGzip,
+    *,
+    accept: str | None,
+    accept_encoding: str | None,
+    query: str,
+) -> tuple[list[tuple[str, str]], list[bytes]] | None:
+    """Headers and body parts of a ``/metrics`` answer: the format prometheus_client would
+    negotiate for ``accept``, gzip when accepted, ``name[]`` filters applied. ``None`` when only
+    prometheus_client's own app can serve it (an escaping scheme other than ``underscores`` or
+    ``allow-utf-8``, which would change names we export)."""
+    encoder, content_type = choose_encoder(accept or "")
+    media, *params = (part.strip() for part in content_type.split(";"))
+    escaping = dict(p.split("=", 1) for p in params if "=" in p).get("escaping", "underscores")
+    # Our metric and label names are legacy-valid (config.py checks static label names), and
+    # for such names these two schemes change nothing; "dots" and "values" would.
+    if escaping not in ("underscores", "allow-utf-8"):
+        return None
+    selected = parse_qs(query).get("name[]")
+    body = render(
+        collectors,
+        encoder,
+        openmetrics=media == "application/openmetrics-text",
+        names=frozenset(selected) if selected else None,
+    )
+    headers = [("Content-Type", content_type)]
+    if accepts_gzip(accept_encoding):
+        body = [gzip.compress(body)]
+        headers.append(("Content-Encoding", "gzip"))
+    headers.append(("Content-Length", str(sum(map(len, body)))))
+    return headers, body
+
+
 def create_app(
     *,
-    registry: CollectorRegistry,
+    collectors: Sequence[Collector],
     telemetry_path: str,
     ready: Callable[[], bool],
     summary: Callable[[], str],
     reload: Callable[[], tuple[bool, str]] | None = None,
 ) -> WsgiApp:
-    """The exporter's WSGI app. ``summary`` describes what is polled for the landing page;
-    ``reload`` re-reads the config for ``POST /-/reload`` and says whether that worked."""
-    metrics_app = make_wsgi_app(registry)
+    """The exporter's WSGI app. ``collectors`` are exported in that order; ``summary``
+    describes what is polled for the landing page; ``reload`` re-reads the config for
+    ``POST /-/reload`` and says whether that worked."""
+    registry = CollectorRegistry(auto_describe=False)  # for the rare negotiations only
+    for collector in collectors:
+        registry.register(collector)
+    fallback = make_wsgi_app(registry)
+    gzip = PartsGzip()
 
     def text(
         start: StartResponse, status: str, body: str, ctype: str = "text/plain"
@@ -70,6 +134,22 @@ def create_app(
             [("Content-Type", f"{ctype}; charset=utf-8"), ("Content-Length", str(len(data)))],
         )
         return [data]
+
+    def metrics(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        answer = metrics_response(
+            collectors,
+            gzip,
+            accept=environ.get("HTTP_ACCEPT"),
+            accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
+            query=environ.get("QUERY_STRING", ""),
+        )
+        if answer is None:
+            return fallback(environ, start)  # type: ignore[no-any-return]
+        headers, parts = answer
+        start("200 OK", headers)
+        # Parts are sent one after the other, never copied into one body; HEAD gets the
+        # headers (Content-Length included) of the same answer.
+        return [] if environ.get("REQUEST_METHOD") == "HEAD" else parts
 
     def app(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -85,22 +165,7 @@ def create_app(
             start("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
             return [b""]
         if path == telemetry_path:
-            # Per-meeting families from cached fragments (exporter.collector); HEAD and
-            # name[] filters go to prometheus_client's app.
-            fast = None
-            if method == "GET":
-                fast = metrics_response(
-                    registry,
-                    accept=environ.get("HTTP_ACCEPT"),
-                    accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
-                    query=environ.get("QUERY_STRING", ""),
-                )
-            if fast is None:
-                body: Iterable[bytes] = metrics_app(environ, start)
-                return body
-            headers, parts = fast
-            start("200 OK", headers)
-            return parts  # sent one after the other, never copied into one body
+            return metrics(environ, start)
         if path == "/-/healthy":
             return text(start, "200 OK", "Healthy\n")
         if path == "/-/ready":

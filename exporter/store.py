@@ -14,9 +14,10 @@ from dataclasses import dataclass, field, replace
 from typing import Final
 
 from exporter.errors import REASONS, ApiError
-from exporter.model import Answer, MeetingKey
+from exporter.model import Answer, MeetingKey, Session
 
 Labels = tuple[tuple[str, str], ...]
+Recorded = tuple[MeetingKey, "Answer | ApiError | None", float, float]  # key, outcome, seconds, now
 _NO_ERRORS: Final = (0,) * len(REASONS)
 
 
@@ -45,6 +46,7 @@ class Store:
         self._lock = threading.Lock()
         self._states: dict[MeetingKey, MeetingState] = {}
         self._version = 0
+        self.writes = 0  # write operations (each one lock, one version bump), for tests
 
     def set_targets(self, targets: Mapping[MeetingKey, Labels]) -> None:
         """Export exactly these meetings: new ones start empty, gone ones are dropped at once,
@@ -85,18 +87,51 @@ class Store:
             state = self._states.get(key)
             if state is None:
                 return
-            if isinstance(outcome, ApiError):
-                errors = list(state.errors)
-                errors[REASONS.index(outcome.reason)] += 1
-                new = replace(state, up=False, poll_duration=duration, errors=tuple(errors))
-            elif outcome is None:
-                new = replace(state, up=False, poll_duration=duration)
-            else:
-                new = replace(
-                    state, up=True, answer=outcome, last_success=now, poll_duration=duration
-                )
-            self._states[key] = new
+            self._states[key] = _recorded(state, outcome, duration, now)
             self._version += 1
+            self.writes += 1
+
+    def apply(
+        self,
+        *,
+        add: Mapping[MeetingKey, Labels] | None = None,
+        record: Iterable[Recorded] = (),
+        remove: Iterable[MeetingKey] = (),
+    ) -> None:
+        """A whole discovery cycle as one write: export the meetings of ``add`` (kept as they
+        are if exported already), store the outcomes of ``record``, stop exporting ``remove``.
+
+        The new states are built outside the lock (states are immutable, and only one writer
+        records a given meeting); the lock is held only to merge them, so a scrape or a poll
+        never waits for a large cycle. Meetings not named keep their state objects (and so
+        their cached render fragments)."""
+        states = self._states
+        new = {k: MeetingState(labels=v) for k, v in (add or {}).items() if k not in states}
+        for key, outcome, duration, now in record:
+            state = new.get(key) or states.get(key)
+            if state is not None:
+                new[key] = _recorded(state, outcome, duration, now)
+        gone = list(remove)
+        with self._lock:
+            states = self._states
+            kept = {k: v for k, v in new.items() if k in states or k in (add or {})}
+            states.update(kept)
+            for key in gone:
+                states.pop(key, None)
+            self._version += 1
+            self.writes += 1
+
+    def last_live(self, keys: Iterable[MeetingKey]) -> set[MeetingKey]:
+        """Those of ``keys`` whose last poll got a LIVE session (the meetings a listing that
+        misses them must not simply call idle)."""
+        out = set()
+        with self._lock:
+            states = self._states
+            for key in keys:
+                state = states.get(key)
+                if state is not None and state.up is not False and _is_live(state.answer):
+                    out.add(key)
+        return out
 
     def snapshot(self) -> tuple[int, dict[MeetingKey, MeetingState]]:
         """A consistent copy of every state, with a version number that changes on every write."""
@@ -107,3 +142,20 @@ class Store:
         """True once every exported meeting has been polled at least once."""
         with self._lock:
             return all(state.up is not None for state in self._states.values())
+
+
+def _recorded(
+    state: MeetingState, outcome: Answer | ApiError | None, duration: float, now: float
+) -> MeetingState:
+    """``state`` after a poll with this outcome."""
+    if isinstance(outcome, ApiError):
+        errors = list(state.errors)
+        errors[REASONS.index(outcome.reason)] += 1
+        return replace(state, up=False, poll_duration=duration, errors=tuple(errors))
+    if outcome is None:
+        return replace(state, up=False, poll_duration=duration)
+    return replace(state, up=True, answer=outcome, last_success=now, poll_duration=duration)
+
+
+def _is_live(answer: Answer | None) -> bool:
+    return isinstance(answer, Session) and answer.status == "LIVE"

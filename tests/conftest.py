@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +19,62 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 TOKEN = "test-token-Sn3lZJTBX6kkg7OdcBUAxOO963GEIyGQ"
+NO_SESSION_BODY = {
+    "success": False,
+    "error": {"code": 404, "message": "No active session found for meeting_id m"},
+}
+
+
+class FakeTime:
+    """One fake clock for every unit test: ``clock()`` (monotonic), ``wall()`` (Unix time),
+    calling it gives ``now``; ``sleep`` is an asyncio-compatible sleep that only moves it."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now + 1_700_000_000
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def reply(
+    status: int,
+    body: Any = None,
+    *,
+    content_type: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """One fake API answer: JSON for a dict or list (or None: no body), bytes as they are (HTML
+    unless ``content_type`` says otherwise)."""
+    if isinstance(body, bytes):
+        content, ctype = body, content_type or "text/html"
+    else:
+        content = b"" if body is None else json.dumps(body).encode()
+        ctype = content_type or "application/json"
+    return httpx.Response(
+        status, content=content, headers={"content-type": ctype, **(headers or {})}
+    )
+
+
+def replies(*items: tuple[int, Any]) -> Callable[[httpx.Request], httpx.Response]:
+    """A MockTransport handler answering ``items`` in turn, then the last one for ever."""
+    queue = list(items)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = queue.pop(0) if len(queue) > 1 else queue[0]
+        return reply(status, body)
+
+    return handler
 
 
 def require_binary(name: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 from collections.abc import Callable
 
@@ -14,29 +13,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.errors import ApiError
+from exporter.health import Health
+from exporter.logs import FailureLog
 from exporter.model import MeetingKey
-from exporter.poller import Poller
+from exporter.poller import Poller, PollPlan
 from exporter.store import Store
 
-from .conftest import TOKEN, max_in_window
-
-
-class FakeTime:
-    """A monotonic clock and an asyncio-compatible sleep that only moves it."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now + 1_700_000_000
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from .conftest import TOKEN, FakeTime, max_in_window, replies
 
 
 def limiter(t: FakeTime, requests: int = 30, period: float = 10, **kw: float) -> RateLimiter:
@@ -137,58 +120,53 @@ def make_poller(
     store: Store,
     budget: tuple[int, float] = (1200, 300),
     interval: float = 10,
-) -> tuple[Poller, ApiClient]:
+    keys: list[MeetingKey] | None = None,
+) -> tuple[Poller, ApiClient, Health]:
+    """A poller over one client with a fake clock; ``keys`` (default KEY) are planned but the
+    scheduler is not started, so tests drive polls themselves."""
     http = make_http_client(
         timeout_seconds=1, max_connections=4, transport=httpx.MockTransport(handler)
     )
     client = ApiClient(
         http, base_url="https://api.test/v4", token=TOKEN, limiter=limiter(t, *budget)
     )
+    health = Health()
     poller = Poller(
         scheduler=AsyncIOScheduler(),
-        client_for=lambda key: client,
         store=store,
-        interval_seconds=interval,
-        concurrency=4,
-        max_backoff_seconds=80,
+        health=health,
+        failures=FailureLog(clock=t.clock),
         clock=t.clock,
     )
-    return poller, client
+    planned = dict.fromkeys(keys or [KEY], client)
+    poller.apply(PollPlan(planned, interval, 80, asyncio.Semaphore(4)))
+    return poller, client, health
 
 
-def answers(*replies: tuple[int, object]) -> Callable[[httpx.Request], httpx.Response]:
-    queue = list(replies)
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        status, body = queue.pop(0) if len(queue) > 1 else queue[0]
-        return httpx.Response(
-            status, content=json.dumps(body).encode(), headers={"content-type": "application/json"}
-        )
-
-    return handler
+answers = replies
 
 
 def test_one_quick_retry_for_a_transient_failure():
     t, store = FakeTime(), Store()
     store.set_targets({KEY: ()})
-    poller, client = make_poller(answers((503, {}), (200, LIVE)), t=t, store=store)
+    poller, client, health = make_poller(answers((503, {}), (200, LIVE)), t=t, store=store)
     asyncio.run(poller.poll_meeting(KEY))
     _, states = store.snapshot()
     assert states[KEY].up is True
-    assert poller.stats().retries == 1
+    assert health.snapshot().retries == 1
     assert client.stats.snapshot()[0] == {"503": 1, "200": 1}
 
 
 def test_no_retry_for_a_permanent_failure_or_without_spare_budget():
     t, store = FakeTime(), Store()
     store.set_targets({KEY: ()})
-    poller, client = make_poller(answers((401, {}), (200, LIVE)), t=t, store=store)
+    poller, client, _health = make_poller(answers((401, {}), (200, LIVE)), t=t, store=store)
     asyncio.run(poller.poll_meeting(KEY))
     assert client.stats.snapshot()[0] == {"401": 1}
     # Budget exhausted (the next slot is in the future): the transient failure is not retried.
     t2, store2 = FakeTime(), Store()
     store2.set_targets({KEY: ()})
-    poller2, client2 = make_poller(
+    poller2, client2, _ = make_poller(
         answers((500, {}), (200, LIVE)), t=t2, store=store2, budget=(1, 100)
     )
     asyncio.run(poller2.poll_meeting(KEY))
@@ -200,7 +178,7 @@ def test_a_meeting_that_keeps_failing_backs_off_exponentially_and_recovers():
     t, store = FakeTime(), Store()
     store.set_targets({KEY: ()})
     replies = [(404, {"success": False, "errors": [{"code": 7003, "message": "no route"}]})]
-    poller, client = make_poller(answers(*replies), t=t, store=store, interval=10)
+    poller, client, health = make_poller(answers(*replies), t=t, store=store, interval=10)
     polled_at = []
     for _ in range(40):  # the job fires every 10 s for 400 s
         before = sum(client.stats.snapshot()[0].values())
@@ -211,13 +189,13 @@ def test_a_meeting_that_keeps_failing_backs_off_exponentially_and_recovers():
     gaps = [round(b - a) for a, b in itertools.pairwise(polled_at)]
     assert gaps[:4] == [10, 20, 40, 80]  # doubling...
     assert set(gaps[4:]) == {80}  # ...up to max_backoff_seconds
-    assert poller.stats().skipped["backoff"] == 40 - len(polled_at)
+    assert health.snapshot().skipped["backoff"] == 40 - len(polled_at)
 
 
 def test_rate_limiting_fails_fast_without_sending_and_does_not_back_off_the_meeting():
     t, store = FakeTime(), Store()
     store.set_targets({KEY: ()})
-    poller, client = make_poller(answers((200, LIVE)), t=t, store=store)
+    poller, client, _health = make_poller(answers((200, LIVE)), t=t, store=store)
     client.limiter.pause(60)
     for _ in range(3):
         asyncio.run(poller.poll_meeting(KEY))
@@ -236,13 +214,12 @@ def test_demand_above_budget_stretches_the_interval_and_says_so(caplog: pytest.L
     store.set_targets({k: () for k in keys})
 
     async def go() -> Poller:
-        poller, client = make_poller(
-            answers((200, LIVE)), t=t, store=store, budget=(30, 10), interval=5
-        )
+        with caplog.at_level(logging.WARNING, logger="exporter.poller"):
+            poller, client, health = make_poller(
+                answers((200, LIVE)), t=t, store=store, budget=(30, 10), interval=5, keys=keys
+            )
         scheduler = poller._scheduler
         scheduler.start(paused=True)
-        with caplog.at_level(logging.WARNING, logger="exporter.poller"):
-            poller.schedule(keys)
         jobs = scheduler.get_jobs()
         assert len(jobs) == 100
         intervals = {job.trigger.interval_length for job in jobs}
@@ -251,7 +228,7 @@ def test_demand_above_budget_stretches_the_interval_and_says_so(caplog: pytest.L
         (interval,) = intervals
         # 100 meetings at < 3 requests/s cannot be polled every 5 s: at least 100 / 3 s apart.
         assert interval >= 100 * client.limiter.spacing
-        assert poller.stats().effective_intervals == {("acc", "app"): interval}
+        assert health.snapshot().effective_intervals == {("acc", "app"): interval}
         return poller
 
     asyncio.run(go())

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,9 +22,12 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from exporter.collector import MeetingCollector, _value, exposition, metrics_response
+from exporter.collector import MeetingCollector
 from exporter.errors import ApiError
+from exporter.exposition import PartsGzip
+from exporter.exposition import go_float as _value
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
+from exporter.server import metrics_response
 from exporter.store import Store
 
 from .conftest import require_binary
@@ -122,6 +126,17 @@ def collector(store: Store, clock: Clock, interval: float = 30) -> MeetingCollec
         stale_after_seconds=lambda: STALE_AFTER,
         clock=clock,
     )
+
+
+def exposition(collectors: list[Any], accept: str | None) -> tuple[list[bytes], str] | None:
+    """The body parts and content type /metrics serves for ``accept`` (no gzip, no filter)."""
+    answer = metrics_response(
+        collectors, PartsGzip(), accept=accept, accept_encoding=None, query=""
+    )
+    if answer is None:
+        return None
+    headers, parts = answer
+    return parts, dict(headers)["Content-Type"]
 
 
 def reference(mc: MeetingCollector, openmetrics: bool = False) -> bytes:
@@ -375,12 +390,12 @@ ACCEPTS = [
 def test_exposition_matches_prometheus_client_for_every_accept_header(
     store: Store, clock: Clock, accept: str | None
 ):
+    collectors = [Other(), collector(store, clock), Other2()]
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(Other())
-    registry.register(collector(store, clock))
-    registry.register(Other2())
+    for c in collectors:
+        registry.register(c)
     encoder, content_type = choose_encoder(accept or "")
-    rendered = exposition(registry, accept)
+    rendered = exposition(collectors, accept)
     assert rendered is not None
     parts, rendered_type = rendered
     assert (b"".join(parts), rendered_type) == (encoder(registry), content_type)
@@ -394,41 +409,79 @@ class Other2(Other):
 
 
 def test_exposition_declines_what_only_prometheus_client_does(store: Store, clock: Clock):
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector(store, clock))
-    assert exposition(registry, "text/plain;version=1.0.0;escaping=dots") is None
+    collectors = [collector(store, clock)]
+    assert exposition(collectors, "text/plain;version=1.0.0;escaping=dots") is None
     assert (
-        exposition(registry, "application/openmetrics-text;version=1.0.0;escaping=values") is None
+        exposition(collectors, "application/openmetrics-text;version=1.0.0;escaping=values") is None
     )
-    assert exposition(CollectorRegistry(), None) is None  # no MeetingCollector: nothing to gain
-    info = CollectorRegistry(target_info={"a": "b"})
-    info.register(collector(store, clock))
-    assert exposition(info, None) is None
-    assert metrics_response(registry, accept=None, accept_encoding=None, query="name[]=x") is None
 
 
-def test_metrics_response_gzips_when_asked(store: Store, clock: Clock):
-    registry = CollectorRegistry(auto_describe=False)
+def family_names(body: bytes) -> list[str]:
+    return [line.split()[2] for line in body.decode().splitlines() if line.startswith("# TYPE")]
+
+
+@pytest.mark.parametrize(
+    ("query", "families"),
+    [
+        ("name[]=realtimekit_up", ["realtimekit_up"]),
+        ("name[]=realtimekit_poll_errors_total", ["realtimekit_poll_errors_total"]),
+        ("name[]=realtimekit_poll_errors", ["realtimekit_poll_errors_total"]),
+        (
+            "name[]=other_last&name[]=realtimekit_session_info",
+            ["realtimekit_session_info", "other_last"],
+        ),
+        ("name[]=nothing_like_it", []),
+    ],
+)
+def test_name_filters_select_families(store: Store, clock: Clock, query: str, families: list[str]):
     mc = collector(store, clock)
-    registry.register(mc)
-    plain = metrics_response(registry, accept=None, accept_encoding=None, query="")
-    zipped = metrics_response(registry, accept=None, accept_encoding="br, gzip;q=0.9", query="")
-    assert plain is not None and zipped is not None
-    assert ("Content-Encoding", "gzip") in zipped[0]
-    assert ("Content-Encoding", "gzip") not in plain[0]
-    for headers, parts in (plain, zipped):
-        assert ("Content-Length", str(sum(map(len, parts)))) in headers
-    assert gzip.decompress(b"".join(zipped[1])) == b"".join(plain[1]) == reference(mc)
+    answer = metrics_response(
+        [Other(), mc, Other2()], PartsGzip(), accept=None, accept_encoding=None, query=query
+    )
+    assert answer is not None
+    body = b"".join(answer[1])
+    assert family_names(body) == families
+    full = reference(mc).decode().splitlines()
+    for line in body.decode().splitlines():  # the lines themselves are the unfiltered ones
+        if line.startswith("realtimekit_"):
+            assert line in full
+
+
+@pytest.mark.parametrize(
+    ("accept_encoding", "zipped"),
+    [
+        (None, False),
+        ("br, gzip;q=0.9", True),
+        ("gzip", True),
+        ("gzip;q=0", False),
+        ("gzip; q=0.0, br", False),
+        ("*", True),
+        ("*;q=0", False),
+        ("identity", False),
+    ],
+)
+def test_metrics_response_gzips_when_asked(
+    store: Store, clock: Clock, accept_encoding: str | None, zipped: bool
+):
+    mc = collector(store, clock)
+    answer = metrics_response(
+        [mc], PartsGzip(), accept=None, accept_encoding=accept_encoding, query=""
+    )
+    assert answer is not None
+    headers, parts = answer
+    assert (("Content-Encoding", "gzip") in headers) is zipped
+    assert ("Content-Length", str(sum(map(len, parts)))) in headers
+    body = b"".join(parts)
+    assert (gzip.decompress(body) if zipped else body) == reference(mc)
 
 
 def test_gzip_parts_stay_right_while_the_store_changes(store: Store, clock: Clock):
-    registry = CollectorRegistry(auto_describe=False)
     mc = collector(store, clock)
-    registry.register(mc)
-    mc.gzip.MIN_CACHED = 1  # cache every part, even the small ones of this store
+    parts_gzip = PartsGzip()
+    parts_gzip.MIN_CACHED = 1  # cache every part, even the small ones of this store
 
     def scrape() -> bytes:
-        answer = metrics_response(registry, accept=None, accept_encoding="gzip", query="")
+        answer = metrics_response([mc], parts_gzip, accept=None, accept_encoding="gzip", query="")
         assert answer is not None
         (body,) = answer[1]
         if shutil.which("gzip"):  # the stream itself (CRC, length, blocks) as gzip sees it

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -12,11 +11,13 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.config import parse_config
+from exporter.discovery import Discovery, DiscoveryPlan
+from exporter.health import Health
+from exporter.logs import FailureLog
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
-from exporter.poller import Poller
 from exporter.store import Store
 
-from .conftest import TOKEN
+from .conftest import NO_SESSION_BODY, TOKEN, reply
 
 ACC, APP = "acc", "app"
 
@@ -65,7 +66,7 @@ class FakeApi:
             meeting = request.url.path.split("/")[-2]
             data = self.active.get(meeting)
             if data is None:
-                return reply(404, {"success": False, "error": {"code": 404, "message": "none"}})
+                return reply(404, NO_SESSION_BODY)
             return reply(200, {"success": True, "data": data})
         page_no = int(request.url.params["page_no"])
         per_page = int(request.url.params["per_page"])
@@ -89,12 +90,6 @@ class FakeApi:
         ]
 
 
-def reply(status: int, body: Any) -> httpx.Response:
-    content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    ctype = "text/html" if isinstance(body, bytes) else "application/json"
-    return httpx.Response(status, content=content, headers={"content-type": ctype})
-
-
 def setup(api: FakeApi, discover: dict[str, Any] | None = None, meetings: list[Any] | None = None):
     config = parse_config(
         {
@@ -111,36 +106,36 @@ def setup(api: FakeApi, discover: dict[str, Any] | None = None, meetings: list[A
     )
     now = [1000.0]
     store = Store()
+    health = Health()
 
-    async def make() -> Poller:
+    async def make() -> Discovery:
         http = make_http_client(
             timeout_seconds=1, max_connections=4, transport=httpx.MockTransport(api)
         )
         client = ApiClient(
             http, base_url="https://api.test/v4", token=TOKEN, limiter=RateLimiter(10**9, 1)
         )
-        poller = Poller(
+        discovery = Discovery(
             scheduler=AsyncIOScheduler(),
-            client_for=lambda app: client,
             store=store,
-            interval_seconds=10,
-            concurrency=4,
-            stale_after_seconds=30,
+            health=health,
+            failures=FailureLog(clock=lambda: now[0]),
             clock=lambda: now[0],
         )
-        poller._scheduler.start(paused=True)
-        poller.apply(config)
-        return poller
+        apps = {app.key: (app, client) for app in config.apps}
+        discovered = discovery.apply(DiscoveryPlan(apps, 10, 30, asyncio.Semaphore(4)))
+        store.set_targets({**config.targets(), **discovered})
+        return discovery
 
     loop = asyncio.new_event_loop()
-    poller = loop.run_until_complete(make())
+    discovery = loop.run_until_complete(make())
 
     def cycle(advance: float = 10) -> dict[MeetingKey, Any]:
-        loop.run_until_complete(poller.discover_app((ACC, APP)))
+        loop.run_until_complete(discovery.discover_app((ACC, APP)))
         now[0] += advance
         return {k: v for k, v in store.snapshot()[1].items()}
 
-    return poller, store, cycle
+    return health, store, cycle
 
 
 def key(meeting: str) -> MeetingKey:
@@ -153,12 +148,12 @@ def live_meetings(states: dict[MeetingKey, Any]) -> set[str]:
 
 def test_empty_app_is_one_request_and_configured_meetings_show_no_session():
     api = FakeApi([])
-    poller, _, cycle = setup(api, meetings=[{"id": "conf", "labels": {"team": "a"}}])
+    health, _, cycle = setup(api, meetings=[{"id": "conf", "labels": {"team": "a"}}])
     states = cycle()
     assert api.pages() == [1]
     assert states[key("conf")].answer is NO_ACTIVE_SESSION
     assert states[key("conf")].labels == (("team", "a"),)
-    stats = poller.stats().apps[(ACC, APP)]
+    stats = health.snapshot().apps[(ACC, APP)]
     assert (stats.up, stats.live_sessions, stats.live_participants, stats.pages) == (True, 0, 0, 1)
 
 
@@ -195,10 +190,10 @@ def test_session_starting_between_pages_is_not_doubled():
             api.live.insert(0, session("new"))
 
     api.before_page = start_one
-    poller, _, cycle = setup(api)
+    health, _, cycle = setup(api)
     states = cycle()
     assert live_meetings(states) >= {f"m{i}" for i in range(6)}
-    assert poller.stats().apps[(ACC, APP)].live_participants == 2 * len(live_meetings(states))
+    assert health.snapshot().apps[(ACC, APP)].live_participants == 2 * len(live_meetings(states))
 
 
 def test_session_ending_between_pages_loses_no_meeting():
@@ -240,7 +235,7 @@ def test_unlisted_discovered_meeting_goes_to_zero_then_vanishes_after_stale():
 
 def test_failing_page_fails_the_cycle_and_keeps_last_good_values():
     api = FakeApi([session(f"m{i}", live=i) for i in range(5)])
-    poller, _store, cycle = setup(api, meetings=["conf"])
+    health, _store, cycle = setup(api, meetings=["conf"])
     cycle()
     api.fail_page = 2
     states = cycle()
@@ -248,7 +243,7 @@ def test_failing_page_fails_the_cycle_and_keeps_last_good_values():
         assert states[k].up is False
         assert states[k].errors[5] == 1  # REASONS[5] == "http_5xx"
     assert states[key("m4")].fresh_answer(1015, 30).live_participants == 4  # kept until stale
-    stats = poller.stats().apps[(ACC, APP)]
+    stats = health.snapshot().apps[(ACC, APP)]
     assert stats.up is False and stats.errors == {"http_5xx": 1}
 
 
@@ -261,7 +256,7 @@ def test_filters_cap_and_configured_meetings():
         "m4": "Sales x",
     }
     api = FakeApi([session(m, name=n) for m, n in names.items()] + [session("conf", live=9)])
-    poller, _, cycle = setup(
+    health, _, cycle = setup(
         api,
         discover={
             "name_regex": "^Sales",
@@ -278,7 +273,7 @@ def test_filters_cap_and_configured_meetings():
     assert states[key("conf")].answer.live_participants == 9  # configured: answered by the list
     assert states[key("conf")].labels == (("team", "ops"),)
     assert states[key("idle")].answer is NO_ACTIVE_SESSION
-    stats = poller.stats().apps[(ACC, APP)]
+    stats = health.snapshot().apps[(ACC, APP)]
     assert stats.dropped == 1
     assert stats.live_sessions == 6 and stats.live_participants == 5 * 2 + 9  # all listed
     assert api.confirmations() == []  # nothing needed an extra request

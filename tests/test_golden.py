@@ -20,8 +20,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.collector import MeetingCollector
+from exporter.health import Health
+from exporter.logs import FailureLog
 from exporter.model import MeetingKey
-from exporter.poller import Poller
+from exporter.poller import Poller, PollPlan
 from exporter.store import Store
 
 from .conftest import TOKEN, require_binary
@@ -119,13 +121,13 @@ def render() -> str:
         )
         poller = Poller(
             scheduler=AsyncIOScheduler(),
-            client_for=lambda key: client,
             store=store,
-            interval_seconds=30,
-            concurrency=1,
+            health=Health(),
+            failures=FailureLog(clock=lambda: now[0]),
             clock=lambda: now[0],
             timer=lambda: next(ticks),
         )
+        poller.apply(PollPlan(dict.fromkeys(keys, client), 30, 300, asyncio.Semaphore(1)))
         for when in (T0 - 100, T0 - 70):  # two rounds; meetings with one answer poll once
             now[0] = when
             for key in keys:

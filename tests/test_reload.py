@@ -107,12 +107,9 @@ def test_token_file_rotation_is_picked_up_on_reload(simulator, start_exporter, t
 def test_applying_the_same_config_again_keeps_every_job_and_its_phase():
     import asyncio
 
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-    from exporter.client import ApiClient, RateLimiter
     from exporter.config import parse_config
-    from exporter.poller import Poller
-    from exporter.store import Store
+    from exporter.logs import RedactingFilter
+    from exporter.runtime import build_runtime
 
     config = parse_config(
         {
@@ -126,24 +123,25 @@ def test_applying_the_same_config_again_keeps_every_job_and_its_phase():
     )
 
     async def go() -> None:
-        client = ApiClient(
-            httpx.AsyncClient(), base_url="https://x.test", token=TOKEN, limiter=RateLimiter(30, 10)
+        from exporter.runtime import Service
+
+        service = Service(
+            config,
+            {("CLOUDFLARE_API_TOKEN", None): TOKEN},
+            config_path=None,
+            redact=RedactingFilter(),
         )
-        scheduler = AsyncIOScheduler()
+        scheduler = service.scheduler
         scheduler.start(paused=True)
-        poller = Poller(
-            scheduler=scheduler,
-            client_for=lambda app: client,
-            store=Store(),
-            interval_seconds=3,
-            concurrency=2,
-        )
-        poller.apply(config)
+        service.swap(service.runtime)
         before = {job.id: job.next_run_time for job in scheduler.get_jobs()}
-        poller.apply(config)
+        rebuilt = build_runtime(config, service.runtime.tokens, health=service.health,
+                                previous=service.runtime)  # fmt: skip
+        service.swap(rebuilt)
         after = {job.id: job.next_run_time for job in scheduler.get_jobs()}
         scheduler.shutdown(wait=False)
         assert len(before) == 41
         assert after == before
+        await service.runtime.http.aclose()
 
     asyncio.run(go())

@@ -1,0 +1,276 @@
+"""The running exporter: one immutable :class:`Runtime` (config, tokens, API clients, what to poll)
+and the :class:`Service` that starts it, swaps in a new one on reload, and stops it.
+
+A reload reads and validates everything (config file, tokens) in a worker thread, off the event
+loop, builds a complete new Runtime, and only then swaps it in, in one step on the loop: the store's
+targets, the discovery jobs and the poll jobs all follow the same Runtime. Reload requests that
+arrive while one runs are coalesced: a storm of SIGHUPs or ``POST /-/reload`` becomes one more
+reload, not fifty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.config import Config, load_config, read_tokens
+from exporter.discovery import Discovery, DiscoveryPlan
+from exporter.errors import ConfigError
+from exporter.health import AppKey, Health
+from exporter.logs import FailureLog, RedactingFilter
+from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
+from exporter.store import Store
+
+log = logging.getLogger("exporter")
+
+TokenSource = tuple[str | None, str | None]
+Tokens = dict[TokenSource, str]
+ClientKey = tuple[TokenSource, str]  # (token source, token)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Everything a config means at run time; replaced whole by a reload."""
+
+    config: Config
+    tokens: Tokens
+    http: httpx.AsyncClient
+    clients: Mapping[AppKey, ApiClient]  # one per token, shared by the apps using it
+    by_token: Mapping[ClientKey, ApiClient]
+    slots: asyncio.Semaphore  # requests in flight at once
+
+    def poll_plan(self) -> PollPlan:
+        discovering = {app.key for app in self.config.apps if app.discover.enabled}
+        meetings = {
+            key: self.clients[key.app]
+            for key in self.config.targets()
+            if key.app not in discovering
+        }
+        poll = self.config.poll
+        return PollPlan(meetings, poll.interval_seconds, poll.max_backoff_seconds, self.slots)
+
+    def discovery_plan(self) -> DiscoveryPlan:
+        apps = {
+            app.key: (app, self.clients[app.key])
+            for app in self.config.apps
+            if app.discover.enabled
+        }
+        poll = self.config.poll
+        return DiscoveryPlan(apps, poll.interval_seconds, poll.stale_after, self.slots)
+
+
+def build_runtime(
+    config: Config,
+    tokens: Tokens,
+    *,
+    health: Health,
+    previous: Runtime | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Runtime:
+    """A Runtime for ``config``. From ``previous``, what is still right is kept: the HTTP client
+    (same timeout and pool size), the concurrency bound, and each token's budget (a 429 pause
+    included) when the token and the budget did not change."""
+    api, poll = config.api, config.poll
+    same_http = previous is not None and (
+        previous.config.api.timeout_seconds,
+        previous.config.poll.concurrency,
+    ) == (api.timeout_seconds, poll.concurrency)
+    if previous is not None and same_http:
+        http, slots = previous.http, previous.slots
+    else:
+        http = make_http_client(
+            timeout_seconds=api.timeout_seconds,
+            max_connections=poll.concurrency,
+            transport=transport,
+        )
+        slots = asyncio.Semaphore(poll.concurrency)
+    by_token: dict[ClientKey, ApiClient] = {}
+    clients: dict[AppKey, ApiClient] = {}
+    budget = api.rate_limit
+    for app in config.apps:
+        source = config.token_ref(app).source
+        ident = (source, tokens[source])
+        if ident not in by_token:
+            limiter = RateLimiter(
+                budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
+            )
+            old = previous.by_token.get(ident) if previous is not None else None
+            if old is not None and old.limiter.spacing == limiter.spacing:
+                limiter = old.limiter
+            by_token[ident] = ApiClient(
+                http,
+                base_url=api.base_url,
+                token=tokens[source],
+                limiter=limiter,
+                stats=health.requests,
+            )
+        clients[app.key] = by_token[ident]
+    return Runtime(config, tokens, http, clients, by_token, slots)
+
+
+class Service:
+    """Owns the store, the health numbers, the scheduler and the jobs, and the current Runtime."""
+
+    def __init__(
+        self,
+        config: Config,
+        tokens: Tokens,
+        *,
+        config_path: str | None,
+        redact: RedactingFilter,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.config_path = config_path  # None: nothing to re-read (the demo)
+        self.redact = redact
+        self.store = Store()
+        self.health = Health()
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        failures = FailureLog()
+        parts = {"scheduler": self.scheduler, "store": self.store, "health": self.health}
+        self.poller = Poller(**parts, failures=failures)
+        self.discovery = Discovery(**parts, failures=failures)
+        self._failures = failures
+        self._transport = transport
+        self.runtime = build_runtime(config, tokens, health=self.health, transport=transport)
+        self._retired: list[httpx.AsyncClient] = []  # closed at exit: polls may still use them
+        self._reloading: asyncio.Future[tuple[bool, str]] | None = None
+        self._again = False
+
+    @property
+    def config(self) -> Config:
+        return self.runtime.config
+
+    def start(self) -> None:
+        self.scheduler.start()
+        self.swap(self.runtime)
+
+    def swap(self, runtime: Runtime) -> None:
+        """Make ``runtime`` the running one: the one place where what is polled changes."""
+        if runtime.http is not self.runtime.http:
+            self._retired.append(self.runtime.http)
+        self.runtime = runtime
+        self.redact.secrets.update(runtime.tokens.values())
+        discovered = self.discovery.apply(runtime.discovery_plan())
+        self.store.set_targets({**runtime.config.targets(), **discovered})
+        poll_plan = runtime.poll_plan()
+        self.poller.apply(poll_plan)
+        apps = {app.key for app in runtime.config.apps}
+        self._failures.keep_only(lambda k: k in apps or k in poll_plan.meetings or k in discovered)
+        self.health.set_budgets(
+            [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
+        )
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file and the tokens and swap them in if valid; the outcome is
+        logged and returned as ``(ok, message)``. Requests during a reload join one more."""
+        if self._reloading is not None:
+            self._again = True
+            return await asyncio.shield(self._reloading)
+        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        self._reloading = future
+        try:
+            outcome = await self._reload_once()
+            while self._again:  # requests that came during it: one more covers them all
+                self._again = False
+                outcome = await self._reload_once()
+            future.set_result(outcome)
+        finally:
+            self._reloading = None
+            if not future.done():  # cancelled (shutdown): the joiners are cancelled too
+                future.cancel()
+        return outcome
+
+    async def _reload_once(self) -> tuple[bool, str]:
+        if self.config_path is None:
+            message = "reload: the demo has no config file to re-read"
+            log.error("config reload failed, keeping the running config: %s", message)
+            return False, f"reload failed, running config kept: {message}"
+        path = self.config_path
+        try:
+            config, tokens = await off_loop(lambda: _read(path))
+            runtime = build_runtime(
+                config, tokens, health=self.health, previous=self.runtime, transport=self._transport
+            )
+            self.swap(runtime)
+        except ConfigError as err:
+            self.health.reloaded(False)
+            log.error("config reload failed, keeping the running config: %s", err)
+            return False, f"reload failed, running config kept: {err}"
+        except Exception:  # a bug: keep serving the old config, keep the traceback
+            self.health.reloaded(False)
+            log.exception("config reload failed, keeping the running config")
+            return False, "reload failed (internal error), running config kept"
+        self.health.reloaded(True)
+        for warning in config.warnings():
+            log.warning(warning)
+        message = (
+            f"config reloaded: {len(config.apps)} app(s), {len(config.targets())} listed "
+            f"meeting(s), poll every {config.poll.interval_seconds:g}s"
+        )
+        log.info(message)
+        return True, message
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload soon (coalesced with any reload under way)."""
+        task = asyncio.get_running_loop().create_task(self.reload())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def close(self) -> None:
+        """Stop scheduling, give in-flight polls :data:`SHUTDOWN_GRACE` seconds, cancel the
+        rest, close the HTTP clients."""
+        self.scheduler.pause()
+        await self.poller.drain(SHUTDOWN_GRACE)
+        self.scheduler.shutdown(wait=False)
+        current = asyncio.current_task()
+        pending = [t for t in asyncio.all_tasks() if t is not current]
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1)
+        for http in {id(h): h for h in (self.runtime.http, *self._retired)}.values():
+            await http.aclose()
+
+
+_background: set[asyncio.Task[tuple[bool, str]]] = set()
+
+
+def _read(path: str) -> tuple[Config, Tokens]:
+    config = load_config(path)
+    return config, read_tokens(config)
+
+
+async def off_loop(work: Callable[[], T]) -> T:
+    """Run ``work`` in a daemon thread and wait for it without blocking the loop. A daemon
+    thread, not the default executor: a read that hangs (a file that never ends) must never
+    keep the process from exiting on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as err:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="reload", daemon=True).start()
+    return await future
