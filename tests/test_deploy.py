@@ -676,6 +676,29 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
     )
 
 
+def readme_top_commands() -> list[str]:
+    """The commands of the README's first ``sh`` block (the demo, then the tests)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert block, "README.md has no sh block"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    demo, tests = readme_top_commands()
+    for command in (demo, tests):
+        # A venv inside the command: Debian's python3 refuses a system-wide pip install.
+        assert command.startswith("python3 -m venv .venv && .venv/bin/pip install -e "), command
+        assert not re.search(r"(^|&& )(pip|python3 -m pip) ", command), command
+    assert demo.endswith(" && .venv/bin/realtimekit-exporter --demo")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert tests in ci, ".ci/run must run the README's test command exactly"
+    exported = ci.index("export RTK_REQUIRE_PROMETHEUS=1 RTK_REQUIRE_TOOLS=1")
+    assert exported < ci.index(tests)
+    assert ".venv/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert dockerignored(".venv/lib/python3.11/site-packages/x.py", dockerignore_patterns())
+
+
 # -- the CLI flags used by the deployment files exist ---------------------------------------------
 
 
