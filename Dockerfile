@@ -1,11 +1,12 @@
 # realtimekit-exporter container image.
 #
-#   docker build -t realtimekit-exporter .
+#   docker build -t realtimekit-exporter .        # BuildKit or Debian's legacy builder
 #   docker run --rm -p 9877:9877 -e CLOUDFLARE_API_TOKEN \
-#     -v "$PWD/config.yaml:/etc/realtimekit-exporter/config.yaml:ro" realtimekit-exporter
+#     -v "$PWD/config.yaml:/etc/realtimekit-exporter/config.yaml:ro" realtimekit-exporter [FLAGS]
 #
-# No config and no token are baked in: mount the config at /etc/realtimekit-exporter/config.yaml
-# (or pass another --config.file) and give the token via CLOUDFLARE_API_TOKEN or api.token_file.
+# No config and no token are baked in: mount the config (readable by uid 65532) at
+# /etc/realtimekit-exporter/config.yaml (or pass another --config.file) and give the token via
+# CLOUDFLARE_API_TOKEN or api.token_file. FLAGS are appended to the entrypoint's.
 # For reproducible builds pin the base image by digest too (python:3.11-slim@sha256:…).
 
 # Stage 1: build the wheel from the sources (nothing of this stage ends up in the image).
@@ -19,20 +20,25 @@ COPY exporter/ ./exporter/
 RUN pip wheel --no-deps --wheel-dir /dist .
 
 # Stage 2: the runtime image, with only the installed wheel and its dependencies.
+# Plain Dockerfile syntax only (no RUN --mount, no heredocs): Debian's docker.io legacy builder
+# builds it as well as BuildKit does. The wheel copied in (a few dozen KiB) stays in its layer.
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The wheel is bind-mounted from the build stage, so it is not left behind in a layer.
-RUN --mount=type=bind,from=build,source=/dist,target=/tmp/dist \
-    pip install --no-cache-dir /tmp/dist/*.whl
+COPY --from=build /dist/ /tmp/dist/
+RUN pip install --no-cache-dir /tmp/dist/*.whl && rm -rf /tmp/dist
 # A fixed, unprivileged uid/gid (the "nonroot" id of distroless images); no home, no shell needed.
+# A mounted config must be readable by this uid.
 USER 65532:65532
 EXPOSE 9877
-# Liveness of the process; readiness (first poll cycle done) is at /-/ready.
-# Set HEALTHCHECK_URL if you change --web.listen-address.
+# Liveness of the process; readiness (first poll cycle done) is at /-/ready. The check reads the
+# exporter's --web.listen-address and --web.config.file from PID 1's command line, so it follows
+# them; it prints one line and exits 1 when the exporter does not answer.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ.get('HEALTHCHECK_URL', 'http://127.0.0.1:9877/-/healthy'), timeout=4)"]
-ENTRYPOINT ["realtimekit-exporter"]
-CMD ["--config.file=/etc/realtimekit-exporter/config.yaml"]
+    CMD ["python", "-m", "exporter.healthcheck"]
+# The config path is part of the entrypoint, so `docker run IMAGE --some.flag` keeps it; a later
+# --config.file on the command line overrides it.
+ENTRYPOINT ["realtimekit-exporter", "--config.file", "/etc/realtimekit-exporter/config.yaml"]
+CMD []

