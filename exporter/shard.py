@@ -49,17 +49,23 @@ def stable_hash64(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
 
 
-def jump_hash(key: str, buckets: int) -> int:
-    """The bucket in ``0 … buckets-1`` of ``key`` (Lamping & Veach, "A Fast, Minimal Memory,
-    Consistent Hash Algorithm", 2014), over :func:`stable_hash64` of the key."""
+def jump_bucket(key: int, buckets: int) -> int:
+    """Lamping & Veach's jump consistent hash ("A Fast, Minimal Memory, Consistent Hash
+    Algorithm", 2014): the bucket in ``0 … buckets-1`` of a 64-bit ``key``. Going from ``n`` to
+    ``n+1`` buckets moves a key only to the new bucket, and only with probability 1/(n+1)."""
     if buckets < 1:
         raise ValueError(f"buckets must be at least 1, got {buckets}")
-    k, b, j = stable_hash64(key), -1, 0
+    k, b, j = key & _MASK64, -1, 0
     while j < buckets:
         b = j
         k = (k * _JUMP_MULTIPLIER + 1) & _MASK64
         j = int((b + 1) * (float(1 << 31) / float((k >> 33) + 1)))
     return b
+
+
+def jump_hash(key: str, buckets: int) -> int:
+    """:func:`jump_bucket` of :func:`stable_hash64` of a string key."""
+    return jump_bucket(stable_hash64(key), buckets)
 
 
 def ordinal_from_pod(name: str) -> int:
@@ -171,10 +177,13 @@ def filter_config(config: Config, shard: int, total: int) -> Config | None:
     _check(shard, total)
     if total == 1:
         return config
-    mine = [u for u in units(config) if owner(u, total) == shard]
+    mine: dict[int, list[Unit]] = defaultdict(list)  # by id() of the App
+    for unit in units(config):
+        if owner(unit, total) == shard:
+            mine[id(unit.app)].append(unit)
     kept: list[App] = []
     for app in config.apps:
-        own = [u for u in mine if u.app is app]
+        own = mine.get(id(app))
         if not own:
             continue
         if app.discover.enabled:
