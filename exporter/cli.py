@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import secrets
 import signal
 import sys
@@ -23,8 +24,9 @@ from exporter.collector import ExporterCollector, MeetingCollector
 from exporter.config import Config, load_config, parse_config, read_tokens
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
-from exporter.runtime import Service, Tokens
+from exporter.runtime import Service, Sharding, Tokens
 from exporter.server import DEFAULT_PORT, create_app, parse_listen_address, serve
+from exporter.shard import describe_split, resolve_shard
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
@@ -69,6 +71,27 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="PATH",
         help="web config for TLS, basic auth and headers (exporter-toolkit format)",
+    )
+    p.add_argument(
+        "--shard",
+        type=int,
+        default=None,
+        metavar="N",
+        help="this process' shard, 0-based (default: from --pod when --total-shards > 1)",
+    )
+    p.add_argument(
+        "--total-shards",
+        dest="total_shards",
+        type=int,
+        default=1,
+        metavar="M",
+        help="split the work and each token's budget over M shards (default: 1, no sharding)",
+    )
+    p.add_argument(
+        "--pod",
+        default=os.environ.get("POD_NAME"),
+        metavar="NAME",
+        help="StatefulSet pod name whose trailing -<ordinal> is the shard (default: $POD_NAME)",
     )
     p.add_argument("--log.level", dest="log_level", choices=LEVELS, default="info")
     p.add_argument("--log.format", dest="log_format", choices=FORMATS, default="logfmt")
@@ -146,6 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         host, port = parse_listen_address(args.listen_address)
         _check_telemetry_path(args.telemetry_path)
+        sharding = Sharding(
+            resolve_shard(args.shard, args.total_shards, args.pod), args.total_shards
+        )
         launch = demo_launch() if args.demo else _file_launch(args.config_file)
     except ConfigError as err:
         if args.config_check:
@@ -159,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail("; ".join(problems))
         assert launch.tokens is not None
         server = Server(host, port, args.telemetry_path, args.web_config_file)
-        return asyncio.run(run(launch, server, redact))
+        return asyncio.run(run(launch, server, redact, sharding))
     except OSError as err:
         return fail(f"cannot listen on {args.listen_address}: {err.strerror or err}")
     except ExporterError as err:
@@ -214,6 +240,8 @@ def _config_ok(args: argparse.Namespace, launch: Launch) -> int:
         f"({discovering} discovering), {len(config.targets())} listed meeting(s), "
         f"poll every {config.poll.interval_seconds:g}s, token from {', '.join(sources)}"
     )
+    if args.total_shards > 1:
+        print(describe_split(config, args.total_shards))
     return 0
 
 
@@ -245,7 +273,12 @@ def collectors(service: Service) -> list[Collector]:
     ]
 
 
-async def run(launch: Launch, where: Server, redact: RedactingFilter | None = None) -> int:
+async def run(
+    launch: Launch,
+    where: Server,
+    redact: RedactingFilter | None = None,
+    sharding: Sharding | None = None,
+) -> int:
     """Serve and poll until SIGTERM or SIGINT; reload on SIGHUP or ``POST /-/reload``."""
     loop = asyncio.get_running_loop()
     assert launch.tokens is not None
@@ -254,16 +287,17 @@ async def run(launch: Launch, where: Server, redact: RedactingFilter | None = No
         launch.tokens,
         config_path=launch.config_path,
         redact=redact or RedactingFilter(),
+        sharding=sharding,
     )
 
     def reload_from_http() -> tuple[bool, str]:
         return asyncio.run_coroutine_threadsafe(service.reload(), loop).result(timeout=60)
 
     def summary() -> str:
-        config = service.config
+        config, runtime = service.config, service.runtime
         return (
-            f"Polling {len(service.store.snapshot()[1])} meeting(s) in {len(config.apps)} app(s) "
-            f"every {config.poll.interval_seconds:g} seconds."
+            f"Polling {len(service.store.snapshot()[1])} meeting(s) in {len(runtime.apps)} app(s) "
+            f"every {config.poll.interval_seconds:g} seconds.{_share(service)}"
         )
 
     app = create_app(
@@ -274,7 +308,7 @@ async def run(launch: Launch, where: Server, redact: RedactingFilter | None = No
         reload=reload_from_http,
     )
     server, thread = serve(app, where.host, where.port, web_config_file=where.web_config_file)
-    _started(launch, where, server.server_port)
+    _started(launch, where, server.server_port, _share(service))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -291,15 +325,30 @@ async def run(launch: Launch, where: Server, redact: RedactingFilter | None = No
     return 0
 
 
-def _started(launch: Launch, where: Server, port: int) -> None:
+def _share(service: Service) -> str:
+    """What this shard took, for the startup line and the landing page ("" unsharded)."""
+    sharding, runtime = service.sharding, service.runtime
+    if sharding.total == 1:
+        return ""
+    budgets = ", ".join(
+        f"{c.limiter.per_second * c.limiter.period:.0f} requests per {c.limiter.period:g}s"
+        for c in runtime.by_token.values()
+    )
+    return (
+        f" Shard {sharding.shard} of {sharding.total}: {len(runtime.targets())} listed "
+        f"meeting(s), {len(runtime.apps)} app(s); token budget share: {budgets or 'none'}."
+    )
+
+
+def _started(launch: Launch, where: Server, port: int, share: str) -> None:
     config = launch.config
     shown = f"[{where.host}]" if ":" in where.host else where.host
     log.info(
         "%s %s listening on %s:%d%s; %d app(s), %d listed meeting(s), poll every %gs, "
-        "budget %d requests per %gs per token; config %s",
+        "budget %d requests per %gs per token; config %s%s",
         PROG, __version__, shown, port, where.telemetry_path, len(config.apps),
         len(config.targets()), config.poll.interval_seconds, config.api.rate_limit.requests,
-        config.api.rate_limit.period_seconds, launch.source,
+        config.api.rate_limit.period_seconds, launch.source, share,
     )  # fmt: skip
     if launch.banner:
         print(launch.banner, flush=True)

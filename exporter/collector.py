@@ -376,6 +376,18 @@ class ExporterCollector(Collector):
         yield from _app_metrics(st.apps)
         yield from _request_metrics(st)
         yield from _poll_metrics(st)
+        yield _single(
+            "realtimekit_exporter_shard_ordinal",
+            "gauge",
+            "This process' shard (--shard), 0 when not sharded.",
+            st.shard,
+        )
+        yield _single(
+            "realtimekit_exporter_total_shards",
+            "gauge",
+            "Number of shards the work is split into (--total-shards).",
+            st.total_shards,
+        )
 
 
 def _single(name: str, kind: str, doc: str, value: float) -> Metric:

@@ -90,6 +90,8 @@ class HealthSnapshot:
     reload_ok: bool
     reload_success_time: float
     help_interval: float  # the longest effective interval, for HELP texts
+    shard: int  # this process' shard (0 when not sharded)
+    total_shards: int
 
 
 class Health:
@@ -108,6 +110,7 @@ class Health:
         self._reload_ok = True
         self._reload_time = clock()
         self._clock = clock
+        self._shard = (0, 1)
 
     # The runtime (start and reload).
     def set_budgets(self, budgets: Iterable[Budget], interval: float) -> None:
@@ -115,6 +118,10 @@ class Health:
         with self._lock:
             self._budgets = list(budgets)
             self._interval = interval
+
+    def set_shard(self, shard: int, total: int) -> None:
+        with self._lock:
+            self._shard = (shard, total)
 
     def reloaded(self, ok: bool) -> None:
         with self._lock:
@@ -156,6 +163,7 @@ class Health:
             skipped, retries, apps = dict(self._skipped), self._retries, dict(self._apps)
             budgets, interval = list(self._budgets), self._interval
             reload_ok, reload_time = self._reload_ok, self._reload_time
+            shard, total = self._shard
         codes, buckets, seconds, in_flight = self.requests.snapshot()
         return HealthSnapshot(
             effective_intervals=effective,
@@ -171,6 +179,8 @@ class Health:
             reload_ok=reload_ok,
             reload_success_time=reload_time,
             help_interval=max(effective.values(), default=interval),
+            shard=shard,
+            total_shards=total,
         )
 
 

@@ -21,13 +21,15 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
-from exporter.config import Config, load_config, read_tokens
+from exporter.config import App, Config, RateLimit, load_config, read_tokens
 from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ConfigError
 from exporter.health import AppKey, Health
 from exporter.logs import FailureLog, RedactingFilter
+from exporter.model import MeetingKey
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
-from exporter.store import Store
+from exporter.shard import filter_config, shard_rate_limits
+from exporter.store import Labels, Store
 
 log = logging.getLogger("exporter")
 
@@ -38,32 +40,52 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class Sharding:
+    """Which of ``total`` shards this process is (``--shard``/``--total-shards``)."""
+
+    shard: int = 0
+    total: int = 1
+
+    def split(self, config: Config) -> tuple[Config | None, dict[TokenSource, RateLimit]]:
+        """This shard's part of ``config`` (``None``: no work) and its part of each token's
+        budget (empty: the whole budget)."""
+        if self.total == 1:
+            return config, {}
+        return (
+            filter_config(config, self.shard, self.total),
+            shard_rate_limits(config, self.shard, self.total),
+        )
+
+
+@dataclass(frozen=True)
 class Runtime:
     """Everything a config means at run time; replaced whole by a reload."""
 
-    config: Config
+    config: Config  # the whole file, as every shard reads it
+    work: Config | None  # this shard's part of it (None: nothing to poll)
     tokens: Tokens
     http: httpx.AsyncClient
     clients: Mapping[AppKey, ApiClient]  # one per token, shared by the apps using it
     by_token: Mapping[ClientKey, ApiClient]
     slots: asyncio.Semaphore  # requests in flight at once
 
+    @property
+    def apps(self) -> list[App]:
+        return [] if self.work is None else list(self.work.apps)
+
+    def targets(self) -> dict[MeetingKey, Labels]:
+        return {} if self.work is None else self.work.targets()
+
     def poll_plan(self) -> PollPlan:
-        discovering = {app.key for app in self.config.apps if app.discover.enabled}
+        discovering = {app.key for app in self.apps if app.discover.enabled}
         meetings = {
-            key: self.clients[key.app]
-            for key in self.config.targets()
-            if key.app not in discovering
+            key: self.clients[key.app] for key in self.targets() if key.app not in discovering
         }
         poll = self.config.poll
         return PollPlan(meetings, poll.interval_seconds, poll.max_backoff_seconds, self.slots)
 
     def discovery_plan(self) -> DiscoveryPlan:
-        apps = {
-            app.key: (app, self.clients[app.key])
-            for app in self.config.apps
-            if app.discover.enabled
-        }
+        apps = {a.key: (a, self.clients[a.key]) for a in self.apps if a.discover.enabled}
         poll = self.config.poll
         return DiscoveryPlan(apps, poll.interval_seconds, poll.stale_after, self.slots)
 
@@ -73,12 +95,14 @@ def build_runtime(
     tokens: Tokens,
     *,
     health: Health,
+    sharding: Sharding | None = None,
     previous: Runtime | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Runtime:
-    """A Runtime for ``config``. From ``previous``, what is still right is kept: the HTTP client
-    (same timeout and pool size), the concurrency bound, and each token's budget (a 429 pause
-    included) when the token and the budget did not change."""
+    """A Runtime for ``config`` (this shard's part of it). From ``previous``, what is still
+    right is kept: the HTTP client (same timeout and pool size), the concurrency bound, and each
+    token's budget (a 429 pause included) when the token and the budget did not change."""
+    work, limits = (sharding or Sharding()).split(config)
     api, poll = config.api, config.poll
     same_http = previous is not None and (
         previous.config.api.timeout_seconds,
@@ -95,11 +119,10 @@ def build_runtime(
         slots = asyncio.Semaphore(poll.concurrency)
     by_token: dict[ClientKey, ApiClient] = {}
     clients: dict[AppKey, ApiClient] = {}
-    budget = api.rate_limit
-    for app in config.apps:
-        source = config.token_ref(app).source
+    for app, source in _token_sources(work):
         ident = (source, tokens[source])
         if ident not in by_token:
+            budget = limits.get(source, api.rate_limit)
             limiter = RateLimiter(
                 budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
             )
@@ -114,7 +137,12 @@ def build_runtime(
                 stats=health.requests,
             )
         clients[app.key] = by_token[ident]
-    return Runtime(config, tokens, http, clients, by_token, slots)
+    return Runtime(config, work, tokens, http, clients, by_token, slots)
+
+
+def _token_sources(work: Config | None) -> list[tuple[App, TokenSource]]:
+    """Each app to poll with the identity of its token."""
+    return [] if work is None else [(app, work.token_ref(app).source) for app in work.apps]
 
 
 class Service:
@@ -127,9 +155,11 @@ class Service:
         *,
         config_path: str | None,
         redact: RedactingFilter,
+        sharding: Sharding | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.config_path = config_path  # None: nothing to re-read (the demo)
+        self.sharding = sharding or Sharding()
         self.redact = redact
         self.store = Store()
         self.health = Health()
@@ -140,7 +170,10 @@ class Service:
         self.discovery = Discovery(**parts, failures=failures)
         self._failures = failures
         self._transport = transport
-        self.runtime = build_runtime(config, tokens, health=self.health, transport=transport)
+        self.health.set_shard(self.sharding.shard, self.sharding.total)
+        self.runtime = build_runtime(
+            config, tokens, health=self.health, sharding=self.sharding, transport=transport
+        )
         self._retired: list[httpx.AsyncClient] = []  # closed at exit: polls may still use them
         self._reloading: asyncio.Future[tuple[bool, str]] | None = None
         self._again = False
@@ -160,10 +193,10 @@ class Service:
         self.runtime = runtime
         self.redact.secrets.update(runtime.tokens.values())
         discovered = self.discovery.apply(runtime.discovery_plan())
-        self.store.set_targets({**runtime.config.targets(), **discovered})
+        self.store.set_targets({**runtime.targets(), **discovered})
         poll_plan = runtime.poll_plan()
         self.poller.apply(poll_plan)
-        apps = {app.key for app in runtime.config.apps}
+        apps = {app.key for app in runtime.apps}
         self._failures.keep_only(lambda k: k in apps or k in poll_plan.meetings or k in discovered)
         self.health.set_budgets(
             [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
@@ -198,7 +231,12 @@ class Service:
         try:
             config, tokens = await off_loop(lambda: _read(path))
             runtime = build_runtime(
-                config, tokens, health=self.health, previous=self.runtime, transport=self._transport
+                config,
+                tokens,
+                health=self.health,
+                sharding=self.sharding,
+                previous=self.runtime,
+                transport=self._transport,
             )
             self.swap(runtime)
         except ConfigError as err:

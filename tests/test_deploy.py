@@ -66,6 +66,8 @@ CONTRACT_METRICS = frozenset(
         "realtimekit_session_info",
         "realtimekit_session_start_timestamp_seconds",
         "realtimekit_exporter_build_info",
+        "realtimekit_exporter_shard_ordinal",
+        "realtimekit_exporter_total_shards",
     }
 )
 #: Metrics being added to the exporter: panels may use them; they are required to return data

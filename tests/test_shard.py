@@ -517,3 +517,104 @@ def test_kustomize_build_sharded() -> None:
     volumes = by_kind["StatefulSet"]["spec"]["template"]["spec"]["volumes"]
     assert config_map["metadata"]["name"] in {v.get("configMap", {}).get("name") for v in volumes}
     validate_k8s(docs, "kubectl kustomize sharded")
+
+
+# --- three real shard processes against one simulator enforcing the token's budget -------------
+
+PER_MEETING = (
+    "realtimekit_up",
+    "realtimekit_session_active",
+    "realtimekit_session_live_participants",
+    "realtimekit_session_info",
+)
+
+
+def _fleet(budget: tuple[int, float]) -> tuple[Any, dict[str, Any]]:
+    """A simulator (seeded: the same ids every time) with two plain apps and one discovering
+    app, and the config that watches them."""
+    from exporter.simulator import Simulator
+
+    from .conftest import TOKEN
+
+    sim = Simulator(token=TOKEN, meetings=8, auto=False, seed=11, rate_limit=budget)
+    plain_b = sim.add_app("023e105f4ecef8ad9ca31a8372d0c353", "appb", 8)
+    discovered = sim.add_app("023e105f4ecef8ad9ca31a8372d0c353", "appc", 6)
+    for i, meeting in enumerate([*sim.meeting_ids[:4], *plain_b[:3], *discovered]):
+        sim.set_participants(meeting, i + 1)
+    sim.start("127.0.0.1", 0)
+    account = "023e105f4ecef8ad9ca31a8372d0c353"
+    config = {
+        "api": {
+            "base_url": sim.base_url,
+            "timeout_seconds": 2,
+            "rate_limit": {"requests": budget[0], "period_seconds": budget[1]},
+        },
+        # The budget stretches the interval (to ~4 s unsharded): values must outlive it.
+        "poll": {"interval_seconds": 1, "stale_after_seconds": 60},
+        "apps": [
+            {"account_id": account, "app_id": "6f0a8a2c3b8e4f62a1d2c3b4e5f60718",
+             "meetings": sim.meeting_ids[:8]},
+            {"account_id": account, "app_id": "appb", "meetings": plain_b},
+            {"account_id": account, "app_id": "appc", "discover": {"enabled": True}},
+        ],
+    }  # fmt: skip
+    return sim, config
+
+
+def _series(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set[Any]:
+    return {(name, labels) for (name, labels) in samples if name in PER_MEETING}
+
+
+def test_three_shards_export_the_union_once_and_stay_inside_the_budget(tmp_path: Path):
+    from .conftest import ExporterProcess, max_in_window, wait_for
+
+    budget = (40, 10.0)
+    sim, config = _fleet(budget)
+    single = ExporterProcess(config, _dir(tmp_path, "single"))
+    try:
+        # 16 listed meetings (up, active, participants; info for the 7 live ones) and 6
+        # discovered live ones (all four).
+        wait_for(lambda: len(_series(single.scrape())) == 16 * 3 + 7 + 6 * 4, timeout=40)
+        whole = _series(single.scrape())
+    finally:
+        single.stop()
+        sim.stop()
+
+    sim, config = _fleet(budget)  # a fresh budget window for the sharded run
+    shards = [
+        ExporterProcess(config, _dir(tmp_path, f"s{i}"), "--total-shards", "3", "--shard", str(i))
+        for i in range(3)
+    ]
+    try:
+
+        def union_complete() -> bool:
+            missing = whole - set().union(*(_series(s.scrape()) for s in shards))
+            assert not missing, sorted(missing)[:5]
+            return True
+
+        wait_for(union_complete, timeout=40)
+        scraped = [s.scrape() for s in shards]
+        parts = [_series(samples) for samples in scraped]
+        assert set().union(*parts) == whole
+        assert sum(map(len, parts)) == len(whole)  # no series on two shards
+        assert [
+            samples[("realtimekit_exporter_shard_ordinal", frozenset())] for samples in scraped
+        ] == [0, 1, 2]
+        assert {
+            samples[("realtimekit_exporter_total_shards", frozenset())] for samples in scraped
+        } == {3}
+        assert all(parts), "every shard got some of the work"
+        times = [t for t, _, _ in sim.request_log()]
+        assert 429 not in sim.status_counts()
+        assert max_in_window(times, budget[1]) <= budget[0]
+        assert all("Shard " in s.log() for s in shards)
+    finally:
+        for s in shards:
+            s.stop()
+        sim.stop()
+
+
+def _dir(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / name
+    path.mkdir()
+    return path
