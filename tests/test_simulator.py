@@ -1147,3 +1147,28 @@ def test_cli_convention_flags(tmp_path: Path) -> None:
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
         )
         assert bad.returncode == 2 and flag[0] in bad.stderr
+
+
+def test_auto_listing_agrees_with_each_meeting() -> None:
+    """The kept listing follows auto mode's changes (due times in a heap) and manual controls."""
+    clock = FakeClock()
+    sim = Simulator(token=TOKEN, meetings=30, seed=4, clock=clock, speed=5.0)
+    sim.add_app("acc2", "app2", 5)
+    listed_states = set()
+    with sim, client(sim) as c:
+        for step in range(60):
+            clock.advance(7)  # 35 simulated seconds a step: every meeting changes now and then
+            if step == 30:
+                mid = sim.meeting_ids[0]
+                sim.set_participants(mid, 2)
+                sim.end_session(mid)
+                sim.set_participants(mid, 3)  # a new session replaces the ENDED one
+            listed = _page(c, sim, per_page=100)["data"]["sessions"]
+            live = _page(c, sim, per_page=100, status="LIVE")["paging"]["total_count"]
+            current = [sim.session(mid) for mid in sim.meeting_ids]
+            expected = sorted((s for s in current if s), key=lambda s: (s["created_at"], s["id"]))
+            assert [s["id"] for s in listed] == [s["id"] for s in expected], step
+            assert [s["status"] for s in listed] == [s["status"] for s in expected], step
+            assert live == sum(s["status"] == "LIVE" for s in expected)
+            listed_states |= {s["status"] for s in listed}
+    assert listed_states == {"LIVE", "ENDED"}
