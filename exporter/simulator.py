@@ -7,11 +7,37 @@ serves, under ``/client/v4``, the two read endpoints the exporter relies on:
   current session in RealtimeKit's ``{"success": true, "data": {...}}`` envelope, or the RealtimeKit
   404 ``{"success": false, "error": {...}}`` when nobody is in the meeting;
 * ``GET /accounts/{account}/realtime/kit/{app}/sessions`` - the current sessions of the app's
-  meetings, filtered by ``status``, ``associated_id`` and ``search`` and paged with ``page_no``
-  (1-based, 0 is read as 1) and ``per_page`` (default 20, clamped to 1..100). ``paging`` carries
+  meetings, sorted by creation time, filtered by ``status``, ``associated_id`` and ``search`` and
+  paged with ``page_no`` and ``per_page`` (default 20, at least 1). ``paging`` carries
   ``total_count`` and the 1-based ``start_offset``/``end_offset`` of the page within the result;
   an empty page (nothing matches, or a page past the end) has ``start_offset = end_offset = 0``.
   Only each meeting's *current* session is known (LIVE, or ENDED until it is cleared): no history.
+  The sorted listing is kept per app and updated as sessions come and go, so a page costs the page
+  (100,000 LIVE sessions: ``add_app(account, app, 100_000, live=True)`` with ``auto=False``, or
+  ``Simulator(meetings=100_000, live=True, auto=False)``; about 1 s to make, 2-3 ms a page).
+
+API conventions the published spec leaves open are options (``Simulator(...)`` keyword and flag of
+``python -m exporter.simulator``), so the simulator can disagree with the exporter:
+
+=====================  ==================  =====================================================
+option                 default             meaning
+=====================  ==================  =====================================================
+``page_base``          1                   number of the first page: with 1, page_no 0 is read as
+                                           1; with 0, page_no 1 is the *second* page
+``per_page_cap``       100                 at most this many items per page, whatever is asked
+``paging``             ``"full"``          ``"full"``; ``"partial"``: ``paging`` without the
+                                           fields in ``paging_drop`` (default ``total_count``);
+                                           ``"absent"``: no ``paging`` object at all
+``unknown_meeting``    ``"no_session"``    a meeting id the app does not have answers like an idle
+                                           meeting (404 "No active session found for
+                                           meeting_id …"); ``"not_found"``: 404 "Meeting not
+                                           found" in the same RealtimeKit envelope
+``churn_per_page``     0                   after each ``/sessions`` page is built, this many of
+                                           the app's LIVE sessions end (and are cleared) and as
+                                           many new meetings go LIVE (seeded by ``seed``)
+``on_page``            None                called with a ``PageServed`` after each page is built,
+                                           before it is sent (no lock held: it may call controls)
+=====================  ==================  =====================================================
 
 Errors produced by "Cloudflare's edge" (bad token, rate limit, unknown route or account/app) use
 Cloudflare's ``{"success": false, "errors": [...], "messages": [], "result": null}`` shape. With
@@ -22,14 +48,28 @@ past N requests the rest of the window answers 429 with ``Retry-After``. ``Ratel
 With ``auto=True`` each meeting cycles, in simulated seconds (elapsed clock seconds x ``speed``):
 idle (404) for 20-120 s, a LIVE session for 2-10 min whose participant count random-walks between
 1 and 12 every 5-15 s, then ENDED (live 0) for about 60 s, then idle again. State is advanced
-lazily, from the clock, whenever a meeting is touched; there is no ticking thread, so a fake
-``clock`` makes everything deterministic (and a ``seed`` makes it reproducible). About half of the
-meetings start LIVE. ``minutes_consumed`` integrates ``live_participants`` over simulated time.
+lazily, from the clock, when a meeting is touched or its next change falls due (a heap of due
+times); there is no ticking thread, so a fake ``clock`` makes everything deterministic (and a
+``seed`` makes it reproducible). About half of the meetings start LIVE. ``minutes_consumed``
+integrates ``live_participants`` over simulated time.
 
-Faults (``FaultConfig`` probabilities, or a per-meeting forced fault) imitate what a client meets in
-the wild: 500, 502/503 HTML pages, slow answers, connection resets, non-JSON bodies and bodies with
-wrong JSON types. Control endpoints (``POST /_sim/meetings/{id}``, ``GET /_sim/stats``) and
-``GET /-/healthy`` need no token. Run standalone with ``python -m exporter.simulator --help``.
+Faults (``FaultConfig`` probabilities, or a forced fault per meeting with ``set_fault`` or per
+app's listing with ``set_listing_fault``) imitate what a client meets in the wild - ``FAULT_KINDS``:
+
+* ``500``, ``503`` (502/503 HTML page), ``401``, ``429`` (``Retry-After: 5``), ``timeout`` (the
+  answer waits ``slow_seconds``), ``reset`` (RST, no answer), ``non_json``, ``wrong_types``;
+* hostile answers: ``trickle`` (a valid body, one byte per ``trickle_seconds``), ``endless`` (a
+  chunked body that never ends: a few bytes every ``trickle_seconds`` until ``stop()``),
+  ``huge_header`` (an 80 KiB ``Ratelimit`` value), ``gzip_bomb`` (``Content-Encoding: gzip``, 1 GiB
+  of zeros in ~1 MB, streamed), ``deep_json`` (``meta`` nested 10,000 deep), ``huge_int``
+  (``live_participants`` = 10**400), ``long_name`` (a 900 KiB ``meeting_display_name``),
+  ``unknown_status`` (``status`` "PAUSED"), ``retry_after_huge`` (429, ``Retry-After:
+  1000000000``) and ``not_found`` (404 "Meeting not found"; meetings only). On a listing the
+  field faults change the page's first session. ``stop()`` ends streaming answers at once.
+
+Control endpoints (``POST /_sim/meetings/{id}``, ``POST /_sim/apps/{account}/{app}``,
+``GET /_sim/stats``) and ``GET /-/healthy`` need no token. Run standalone with
+``python -m exporter.simulator --help``.
 """
 
 from __future__ import annotations
@@ -37,7 +77,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import heapq
 import hmac
+import itertools
 import json
 import math
 import os
@@ -47,22 +89,34 @@ import socket
 import socketserver
 import struct
 import sys
+import textwrap
 import threading
 import time
 import uuid
+import zlib
+from bisect import bisect_left, insort
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any, cast
 from urllib.parse import parse_qs, unquote
 
-__all__ = ["FaultConfig", "Simulator", "main"]
+__all__ = ["FAULT_KINDS", "FaultConfig", "PageServed", "Simulator", "main"]
 
 DEFAULT_ACCOUNT_ID = "023e105f4ecef8ad9ca31a8372d0c353"
 DEFAULT_APP_ID = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
-FAULT_KINDS = frozenset({"500", "503", "timeout", "reset", "non_json", "wrong_types", "401", "429"})
+DEMO_TOKEN = "demo-token"
+FAULT_KINDS = frozenset(
+    {"500", "503", "timeout", "reset", "non_json", "wrong_types", "401", "429"}
+    | {"trickle", "endless", "huge_header", "gzip_bomb", "deep_json", "huge_int", "long_name"}
+    | {"unknown_status", "retry_after_huge", "not_found"}
+)
+_MEETING_ONLY_FAULTS = frozenset({"not_found"})
+PAGING_MODES = ("full", "partial", "absent")
+PAGING_FIELDS = ("total_count", "start_offset", "end_offset")
+UNKNOWN_MEETING_MODES = ("no_session", "not_found")
 _TOPICS = (
     "Weekly sync",
     "Design review",
@@ -79,6 +133,12 @@ _JSON = "application/json; charset=utf-8"
 _HTML = "text/html; charset=utf-8"
 _IDLE, _LIVE, _ENDED = 0, 1, 2
 _LOG_SIZE = 100_000
+_HUGE_HEADER_BYTES = 80 * 1024
+_LONG_NAME_BYTES = 900 * 1024
+_DEEP_JSON_DEPTH = 10_000
+_DEEP_MARK = "\x00deep-json\x00"  # stands in for the nesting until the body is serialised
+_BOMB_UNIT, _BOMB_UNITS = 1 << 20, 1024  # 1 GiB of zeros
+_Key = tuple[float, str, str]  # (session created, session id, meeting id): listing order
 
 
 @dataclass
@@ -93,6 +153,7 @@ class FaultConfig:
     wrong_types: float = 0.0  # 200 with live_participants a string and id a number
     latency_seconds: float = 0.0  # added to every API answer
     slow_seconds: float = 30.0
+    trickle_seconds: float = 1.0  # pace of `trickle` (per byte) and `endless` (per chunk) answers
 
     def __post_init__(self) -> None:
         for name in ("error_500", "error_503", "timeout", "reset", "non_json", "wrong_types"):
@@ -101,6 +162,22 @@ class FaultConfig:
                 raise ValueError(f"FaultConfig.{name} must be within 0..1, got {value!r}")
         if self.latency_seconds < 0 or self.slow_seconds < 0:
             raise ValueError("FaultConfig latency_seconds and slow_seconds must be >= 0")
+        if not self.trickle_seconds > 0:
+            raise ValueError(
+                f"FaultConfig.trickle_seconds must be > 0, got {self.trickle_seconds!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class PageServed:
+    """What ``on_page`` hears about a ``/sessions`` page just built (and not yet sent)."""
+
+    account_id: str
+    app_id: str
+    page_no: int  # as asked (the page base when not given)
+    per_page: int  # items per page in force (after the cap)
+    served: int  # sessions on this page
+    total_count: int  # sessions matching when the page was built
 
 
 @dataclass(slots=True)
@@ -119,13 +196,61 @@ class _Meeting:
     id: str
     name: str
     app: tuple[str, str]
-    rng: random.Random
+    rng: random.Random | None = None  # made on first use (Simulator._rng): ~3 KB each
     session: _Session | None = None
     phase: int = _IDLE
     phase_until: float = math.inf  # simulated seconds
     next_change: float = math.inf
     last: float = 0.0  # simulated time up to which minutes are integrated
+    due: float = math.inf  # the time queued for it in Simulator._events
     fault: str | None = None
+
+    def key(self) -> _Key:
+        s = cast(_Session, self.session)
+        return (s.created, s.id, self.id)
+
+
+class _SortedKeys:
+    """Listing keys kept sorted; additions wait in a batch that is merged on the next read."""
+
+    __slots__ = ("_items", "_pending")
+
+    def __init__(self) -> None:
+        self._items: list[_Key] = []
+        self._pending: list[_Key] = []
+
+    def add(self, key: _Key) -> None:
+        self._pending.append(key)
+
+    def remove(self, key: _Key) -> None:
+        items = self.items()
+        i = bisect_left(items, key)
+        if i < len(items) and items[i] == key:
+            del items[i]
+
+    def items(self) -> list[_Key]:
+        """The sorted keys (the live list: callers must not change it)."""
+        if self._pending:
+            if len(self._pending) < 64:
+                for key in self._pending:
+                    insort(self._items, key)
+            else:
+                self._items.extend(self._pending)
+                self._items.sort()
+            self._pending.clear()
+        return self._items
+
+
+@dataclass(slots=True)
+class _AppIndex:
+    """An app's current sessions in listing order: all of them, the LIVE and the ENDED ones."""
+
+    all: _SortedKeys = field(default_factory=_SortedKeys)
+    live: _SortedKeys = field(default_factory=_SortedKeys)
+    ended: _SortedKeys = field(default_factory=_SortedKeys)
+
+    def by_status(self, status: str) -> _SortedKeys | None:
+        return {"": self.all, "LIVE": self.live, "ENDED": self.ended}.get(status)
 
 
 @dataclass(slots=True)
@@ -135,6 +260,8 @@ class _Answer:
     content_type: str = _JSON
     headers: list[tuple[str, str]] = field(default_factory=list)
     reset: bool = False
+    stream: Iterable[bytes] | None = None  # sent instead of body, written chunk by chunk
+    length: int | None = None  # Content-Length of a stream; None: chunked transfer encoding
 
 
 def _dumps(obj: object) -> bytes:
@@ -149,6 +276,67 @@ def _cf_error(status: int, code: int, message: str) -> _Answer:
 def _rtk_error(status: int, message: str) -> _Answer:
     error = {"code": status, "message": message}
     return _Answer(status, _dumps({"success": False, "error": error}))
+
+
+def _envelope(payload: dict[str, Any]) -> bytes:
+    """Serialise an answer; a `deep_json` marker becomes JSON nested 10,000 deep."""
+    body = _dumps(payload)
+    mark = _dumps(_DEEP_MARK)
+    if mark in body:
+        deep = b"[" * _DEEP_JSON_DEPTH + b"]" * _DEEP_JSON_DEPTH
+        body = body.replace(mark, deep, 1)
+    return body
+
+
+def _break_types(d: dict[str, Any]) -> dict[str, Any]:
+    return {**d, "id": 12345, "live_participants": str(d["live_participants"])}
+
+
+# A session field fault: how it changes one session object as served.
+_FIELD_FAULTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "wrong_types": _break_types,
+    "huge_int": lambda d: {**d, "live_participants": 10**400},
+    "long_name": lambda d: {**d, "meeting_display_name": "n" * _LONG_NAME_BYTES},
+    "unknown_status": lambda d: {**d, "status": "PAUSED"},
+    "deep_json": lambda d: {**d, "meta": _DEEP_MARK},
+}
+
+
+@functools.cache
+def _huge_ratelimit() -> str:
+    """80 KiB of `r=` items and no `t=`: a backtracking parser takes quadratic time on it."""
+    return ('"default";' + "r=1;" * (_HUGE_HEADER_BYTES // 4))[:_HUGE_HEADER_BYTES]
+
+
+@functools.cache
+def _gzip_bomb() -> tuple[bytes, bytes, bytes, int]:
+    """(head, unit, tail, length) of a gzip stream of 1 GiB of zeros: head unit*(N-1) tail.
+
+    After a full flush deflate starts afresh, so every 1 MiB unit compresses to the same ~1 KB and
+    the stream is made without ever holding more than one unit of zeros.
+    """
+    zeros = bytes(_BOMB_UNIT)
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    unit = deflate.compress(zeros) + deflate.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(_BOMB_UNITS):
+        crc = zlib.crc32(zeros, crc)
+    head = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + unit
+    tail = deflate.flush(zlib.Z_FINISH) + struct.pack(
+        "<II", crc, (_BOMB_UNIT * _BOMB_UNITS) % 2**32
+    )
+    return head, unit, tail, len(head) + len(unit) * (_BOMB_UNITS - 1) + len(tail)
+
+
+def _gzip_bomb_chunks() -> Iterator[bytes]:
+    head, unit, tail, _ = _gzip_bomb()
+    yield head
+    left = _BOMB_UNITS - 1
+    while left:
+        n = min(64, left)
+        yield unit * n
+        left -= n
+    yield tail
 
 
 @functools.lru_cache(maxsize=4096)
@@ -180,6 +368,31 @@ def _route(path: str) -> tuple[str, str, str, str] | None:
     return None
 
 
+def _uuid4(rng: random.Random) -> str:
+    return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+
+def _check_conventions(
+    page_base: int, per_page_cap: int, paging: str, drop: tuple[str, ...], unknown: str, churn: int
+) -> None:
+    if page_base not in (0, 1):
+        raise ValueError(f"page_base must be 0 or 1, got {page_base!r}")
+    if per_page_cap < 1:
+        raise ValueError(f"per_page_cap must be >= 1, got {per_page_cap!r}")
+    if paging not in PAGING_MODES:
+        raise ValueError(f"paging must be one of {list(PAGING_MODES)}, got {paging!r}")
+    if bad := [f for f in drop if f not in PAGING_FIELDS]:
+        raise ValueError(f"paging_drop: unknown paging fields {bad}; known: {list(PAGING_FIELDS)}")
+    if paging == "partial" and not drop:
+        raise ValueError("paging='partial' needs at least one field in paging_drop")
+    if unknown not in UNKNOWN_MEETING_MODES:
+        raise ValueError(
+            f"unknown_meeting must be one of {list(UNKNOWN_MEETING_MODES)}, got {unknown!r}"
+        )
+    if churn < 0:
+        raise ValueError(f"churn_per_page must be >= 0, got {churn!r}")
+
+
 class Simulator:
     """A RealtimeKit API look-alike; see the module docstring. Control methods are thread-safe."""
 
@@ -196,6 +409,14 @@ class Simulator:
         faults: FaultConfig | None = None,
         rate_limit: tuple[int, float] | None = None,
         clock: Callable[[], float] = time.time,
+        live: bool = False,
+        page_base: int = 1,
+        per_page_cap: int = 100,
+        paging: str = "full",
+        paging_drop: Iterable[str] = ("total_count",),
+        unknown_meeting: str = "no_session",
+        churn_per_page: int = 0,
+        on_page: Callable[[PageServed], None] | None = None,
     ) -> None:
         if not token:
             raise ValueError("token must not be empty")
@@ -203,6 +424,8 @@ class Simulator:
             raise ValueError("speed must be > 0")
         if rate_limit is not None and (rate_limit[0] < 0 or not rate_limit[1] > 0):
             raise ValueError("rate_limit must be (requests >= 0, window_seconds > 0)")
+        drop = tuple(paging_drop)
+        _check_conventions(page_base, per_page_cap, paging, drop, unknown_meeting, churn_per_page)
         self._token = token
         self._auto = auto
         self._speed = float(speed)
@@ -210,12 +433,23 @@ class Simulator:
         self._faults = faults or FaultConfig()
         self._rate_limit = rate_limit
         self._clock = clock
+        self._page_base, self._per_page_cap = page_base, per_page_cap
+        self._paging_drop = drop if paging == "partial" else ()
+        self._paging_absent = paging == "absent"
+        self._unknown_meeting = unknown_meeting
+        self._churn_per_page, self._on_page = churn_per_page, on_page
         self._t0 = clock()
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a connection closes
         self._ids_rng = random.Random(seed)
         self._fault_rng = random.Random(None if seed is None else f"faults:{seed}")
+        self._churn_rng = random.Random(None if seed is None else f"churn:{seed}")
         self._apps: dict[tuple[str, str], list[_Meeting]] = {}
+        self._index: dict[tuple[str, str], _AppIndex] = {}
+        self._listing_faults: dict[tuple[str, str], str] = {}
         self._meetings: dict[str, _Meeting] = {}
+        self._events: list[tuple[float, int, _Meeting]] = []  # heap of (due, seq, meeting)
+        self._seq = itertools.count()
         self._windows: dict[str, tuple[float, int]] = {}
         self._total = 0
         self._per_token: dict[str, int] = {}
@@ -228,7 +462,7 @@ class Simulator:
         self.account_id = account_id
         self.app_id = app_id
         self._main_app = (account_id, app_id)
-        self.add_app(account_id, app_id, meetings)
+        self.add_app(account_id, app_id, meetings, live=live)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -238,8 +472,22 @@ class Simulator:
         with self._lock:
             return [m.id for m in self._apps[self._main_app]]
 
-    def add_app(self, account_id: str, app_id: str, meetings: int | list[str]) -> list[str]:
-        """Add meetings to an account/app (created if needed); returns the new meeting ids."""
+    def add_app(
+        self,
+        account_id: str,
+        app_id: str,
+        meetings: int | list[str],
+        *,
+        live: bool = False,
+        participants: int = 1,
+    ) -> list[str]:
+        """Add meetings to an account/app (created if needed); returns the new meeting ids.
+
+        With ``live=True`` every new meeting starts a LIVE session of ``participants`` at once
+        (cheap enough for 100,000 meetings with ``auto=False``).
+        """
+        if live and participants < 1:
+            raise ValueError(f"participants must be >= 1, got {participants!r}")
         with self._lock:
             if isinstance(meetings, int):
                 if meetings < 0:
@@ -251,30 +499,40 @@ class Simulator:
                 raise ValueError("meeting ids must be unique non-empty strings")
             if clash := [i for i in ids if i in self._meetings]:
                 raise ValueError(f"meeting ids already exist: {clash}")
-            key = (account_id, app_id)
-            app = self._apps.setdefault(key, [])
-            now = self._sim_now()
-            for mid in ids:
-                n = len(app) + 1
-                name = f"Meeting {n} – {_TOPICS[(n - 1) % len(_TOPICS)]}"
-                rng = random.Random(None if self._seed is None else f"{self._seed}:{mid}")
-                m = _Meeting(mid, name, key, rng, last=now)
-                self._init_auto(m, now)
-                app.append(m)
-                self._meetings[mid] = m
+            self._add_meetings((account_id, app_id), ids, participants if live else 0)
             return ids
 
     def add_meeting(self, meeting_id: str) -> None:
         """Add one meeting to the constructor's app."""
         self.add_app(*self._main_app, [meeting_id])
 
+    def _add_meetings(self, key: tuple[str, str], ids: list[str], live: int) -> None:
+        """Create meetings (caller holds the lock); `live` > 0 starts each with that many."""
+        app = self._apps.setdefault(key, [])
+        self._index.setdefault(key, _AppIndex())
+        now = self._sim_now()
+        for mid in ids:
+            n = len(app) + 1
+            m = _Meeting(mid, f"Meeting {n} – {_TOPICS[(n - 1) % len(_TOPICS)]}", key, last=now)
+            if live:
+                self._start_session(m, now, live, self._new_uuid())
+            else:
+                self._init_auto(m, now)
+            app.append(m)
+            self._meetings[mid] = m
+
     def _new_uuid(self) -> str:
-        return str(uuid.UUID(int=self._ids_rng.getrandbits(128), version=4))
+        return _uuid4(self._ids_rng)
+
+    def _rng(self, m: _Meeting) -> random.Random:
+        if m.rng is None:
+            m.rng = random.Random(None if self._seed is None else f"{self._seed}:{m.id}")
+        return m.rng
 
     def _init_auto(self, m: _Meeting, now: float) -> None:
         if not self._auto:
             return
-        rng = m.rng
+        rng = self._rng(m)
         if rng.random() < 0.5:  # already LIVE for a while
             age, n = rng.uniform(10.0, 300.0), rng.randint(1, 8)
             s = self._start_session(m, now - age, n)
@@ -283,6 +541,7 @@ class Simulator:
             m.phase_until, m.next_change = now + rng.uniform(30.0, 480.0), now + rng.uniform(1, 15)
         else:
             m.phase_until = now + rng.uniform(0.0, 120.0)
+        self._schedule(m)
 
     # -- simulated time ---------------------------------------------------------------------
 
@@ -292,16 +551,34 @@ class Simulator:
     def _real(self, sim_t: float) -> float:
         return self._t0 + sim_t / self._speed
 
+    @staticmethod
+    def _next_event(m: _Meeting) -> float:
+        return min(m.phase_until, m.next_change) if m.phase == _LIVE else m.phase_until
+
     def _advance(self, m: _Meeting, now: float) -> None:
         """Bring a meeting up to simulated time `now` (caller holds the lock)."""
         if self._auto:
-            while True:
-                t = min(m.phase_until, m.next_change) if m.phase == _LIVE else m.phase_until
-                if t > now:
-                    break
+            while (t := self._next_event(m)) <= now:
                 self._integrate(m, t)
                 self._step(m, t)
+            self._schedule(m)
         self._integrate(m, now)
+
+    def _schedule(self, m: _Meeting) -> None:
+        """Queue the meeting's next change in the heap of due times (auto mode only)."""
+        t = self._next_event(m) if self._auto else math.inf
+        if t != m.due:
+            m.due = t
+            if t < math.inf:
+                heapq.heappush(self._events, (t, next(self._seq), m))
+
+    def _advance_due(self, now: float) -> None:
+        """Apply every change due by `now`, in any meeting: then listings are current."""
+        events = self._events
+        while events and events[0][0] <= now:
+            due, _, m = heapq.heappop(events)
+            if m.due == due:  # not superseded since it was queued
+                self._advance(m, now)
 
     @staticmethod
     def _integrate(m: _Meeting, t: float) -> None:
@@ -313,7 +590,7 @@ class Simulator:
         m.last = t
 
     def _step(self, m: _Meeting, t: float) -> None:
-        rng, s = m.rng, m.session
+        rng, s = self._rng(m), m.session
         if m.phase == _IDLE or s is None:
             self._start_session(m, t, rng.randint(1, 4))
         elif m.phase == _LIVE and m.next_change < m.phase_until:
@@ -325,12 +602,24 @@ class Simulator:
         else:
             self._clear(m, t)
 
-    def _start_session(self, m: _Meeting, t: float, n: int) -> _Session:
+    def _start_session(
+        self, m: _Meeting, t: float, n: int, session_id: str | None = None
+    ) -> _Session:
+        if session_id is None:
+            session_id = _uuid4(self._rng(m))
+        self._unindex(m)
         real = self._real(t)
-        session_id = str(uuid.UUID(int=m.rng.getrandbits(128), version=4))
         m.session = _Session(session_id, real, real, n, n)
-        m.phase, m.phase_until = _LIVE, t + m.rng.uniform(120.0, 600.0)
-        m.next_change = t + m.rng.uniform(5.0, 15.0)
+        index = self._index[m.app]
+        index.all.add(m.key())
+        index.live.add(m.key())
+        m.phase = _LIVE
+        if self._auto or m.rng is not None:
+            # phase times matter in auto mode only; they are drawn whenever the meeting has its
+            # random stream so that its later session ids stay what they always were
+            rng = self._rng(m)
+            m.phase_until, m.next_change = t + rng.uniform(120.0, 600.0), t + rng.uniform(5, 15)
+        self._schedule(m)
         return m.session
 
     def _set_live(self, s: _Session, t: float, n: int) -> None:
@@ -339,13 +628,26 @@ class Simulator:
 
     def _end(self, m: _Meeting, t: float) -> None:
         if m.session is not None and m.session.ended is None:
+            index = self._index[m.app]
+            index.live.remove(m.key())
+            index.ended.add(m.key())
             real = self._real(t)
             m.session.live, m.session.ended, m.session.updated = 0, real, real
-        m.phase, m.phase_until, m.next_change = _ENDED, t + m.rng.uniform(50.0, 70.0), math.inf
+        m.phase, m.next_change = _ENDED, math.inf
+        m.phase_until = t + self._rng(m).uniform(50.0, 70.0)
+        self._schedule(m)
 
     def _clear(self, m: _Meeting, t: float) -> None:
+        self._unindex(m)
         m.session, m.phase, m.next_change = None, _IDLE, math.inf
-        m.phase_until = t + m.rng.uniform(20.0, 120.0)
+        m.phase_until = t + self._rng(m).uniform(20.0, 120.0)
+        self._schedule(m)
+
+    def _unindex(self, m: _Meeting) -> None:
+        if m.session is not None:
+            index = self._index[m.app]
+            index.all.remove(m.key())
+            (index.live if m.session.ended is None else index.ended).remove(m.key())
 
     def _touch(self, meeting_id: str) -> tuple[_Meeting, float]:
         m = self._meetings.get(meeting_id)
@@ -382,12 +684,33 @@ class Simulator:
             m, now = self._touch(meeting_id)
             self._clear(m, now)
 
+    @staticmethod
+    def _check_fault(kind: str | None, listing: bool = False) -> None:
+        kinds = FAULT_KINDS - _MEETING_ONLY_FAULTS if listing else FAULT_KINDS
+        if kind is not None and kind not in kinds:
+            raise ValueError(f"unknown fault {kind!r}; expected one of {sorted(kinds)}")
+
     def set_fault(self, meeting_id: str, kind: str | None) -> None:
-        """Force a fault on every active-session request of this meeting (None clears it)."""
-        if kind is not None and kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault {kind!r}; expected one of {sorted(FAULT_KINDS)}")
+        """Force a fault (one of ``FAULT_KINDS``) on every active-session request of this meeting
+        (None clears it)."""
+        self._check_fault(kind)
         with self._lock:
             self._touch(meeting_id)[0].fault = kind
+
+    def set_listing_fault(
+        self, kind: str | None, account_id: str | None = None, app_id: str | None = None
+    ) -> None:
+        """Force a fault on every ``/sessions`` request of an app (default: the constructor's);
+        any of ``FAULT_KINDS`` but ``not_found``; None clears it."""
+        self._check_fault(kind, listing=True)
+        key = (account_id or self.account_id, app_id or self.app_id)
+        with self._lock:
+            if key not in self._apps:
+                raise KeyError(f"unknown app {key[0]}/{key[1]}")
+            if kind is None:
+                self._listing_faults.pop(key, None)
+            else:
+                self._listing_faults[key] = kind
 
     def session(self, meeting_id: str) -> dict[str, Any] | None:
         """The meeting's current session object as it would be served, or None."""
@@ -409,6 +732,13 @@ class Simulator:
         """(clock time received, request target with query, status) of the last 100k requests."""
         with self._lock:
             return list(self._log)
+
+    def live_session_count(self, account_id: str | None = None, app_id: str | None = None) -> int:
+        """LIVE sessions of an app (default: the constructor's) right now."""
+        key = (account_id or self.account_id, app_id or self.app_id)
+        with self._lock:
+            self._advance_due(self._sim_now())
+            return len(self._index[key].live.items())
 
     def _session_json(self, m: _Meeting, s: _Session) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -445,7 +775,8 @@ class Simulator:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop serving, wake sleeping handlers and close open connections (idempotent)."""
+        """Stop serving, end waiting and streaming answers, close open connections and wait (up
+        to 5 s) for their threads to finish (idempotent)."""
         server, self._server = self._server, None
         if server is None:
             return
@@ -453,10 +784,12 @@ class Simulator:
         server.shutdown()
         server.server_close()
         with self._lock:
-            conns, self._conns = list(self._conns), set()
+            conns = list(self._conns)
         for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._idle.wait_for(lambda: not self._conns, timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -481,6 +814,10 @@ class Simulator:
         host = str(self._server.server_address[0])
         host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/client/v4"
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
 
     # -- request handling -------------------------------------------------------------------
 
@@ -574,126 +911,233 @@ class Simulator:
             if app not in self._apps:
                 msg = f"Could not route to {path}, perhaps your object identifier is invalid?"
                 return _cf_error(404, 7003, msg)
-            m = self._meetings.get(meeting_id)
-            forced = m.fault if m is not None and m.app == app else None
+            if kind == "active":
+                m = self._meetings.get(meeting_id)
+                forced = m.fault if m is not None and m.app == app else None
+            else:
+                forced = self._listing_faults.get(app)
             fault = forced if forced is not None else self._draw_fault()
             status_503 = 503 if fault == "503" and self._fault_rng.random() < 0.5 else 502
-        if fault == "reset":
-            return _Answer(0, reset=True)
+        ans = self._fault_answer(fault, status_503, kind)
+        if ans is not None:
+            return ans
+        if kind == "active":
+            ans = self._active_session(app, meeting_id, fault)
+        else:
+            ans, page = self._sessions(app, query, fault)
+            if page is not None:
+                self._after_page(page)
+        return self._dress(ans, fault)
+
+    def _fault_answer(self, fault: str | None, status_503: int, kind: str) -> _Answer | None:
+        """The answer a fault puts in place of the real one (None: serve it, maybe changed)."""
         if fault == "timeout":
             self._stop.wait(self._faults.slow_seconds)
-        elif fault == "500":
-            return _rtk_error(500, "Internal Server Error")
-        elif fault == "503":
+            return None
+        if fault == "reset":
+            return _Answer(0, reset=True)
+        if fault == "503":
             page = f"<html><body><h1>{status_503} Service Unavailable</h1></body></html>"
             return _Answer(status_503, page.encode(), _HTML)
-        elif fault == "401":
-            return _cf_error(401, 10000, "Authentication error")
-        elif fault == "429":
-            return self._too_many(5)
-        elif fault == "non_json":
-            return _Answer(200, b"<html>oops</html>", _HTML)
-        wrong = fault == "wrong_types"
-        if kind == "active":
-            return self._active_session(app, meeting_id, wrong)
-        return self._sessions(app, query, wrong)
+        if fault == "endless":
+            opening = b'{"success":true,"data":' + (b'{"sessions":[' if kind == "sessions" else b"")
+            return _Answer(200, stream=self._endless(opening))
+        if fault == "gzip_bomb":
+            gzip = [("Content-Encoding", "gzip")]
+            return _Answer(200, headers=gzip, stream=_gzip_bomb_chunks(), length=_gzip_bomb()[3])
+        simple: dict[str, Callable[[], _Answer]] = {
+            "500": lambda: _rtk_error(500, "Internal Server Error"),
+            "401": lambda: _cf_error(401, 10000, "Authentication error"),
+            "429": lambda: self._too_many(5),
+            "retry_after_huge": lambda: self._too_many(1_000_000_000),
+            "not_found": lambda: _rtk_error(404, "Meeting not found"),
+            "non_json": lambda: _Answer(200, b"<html>oops</html>", _HTML),
+        }
+        return simple[fault]() if fault in simple else None
 
-    @staticmethod
-    def _break_types(d: dict[str, Any]) -> dict[str, Any]:
-        return {**d, "id": 12345, "live_participants": str(d["live_participants"])}
+    def _dress(self, ans: _Answer, fault: str | None) -> _Answer:
+        """Faults that deliver a valid answer in a hostile way."""
+        if fault == "huge_header":
+            ans.headers.append(("Ratelimit", _huge_ratelimit()))
+        elif fault == "trickle":
+            ans.stream, ans.length, ans.body = self._trickle(ans.body), len(ans.body), b""
+        return ans
 
-    def _active_session(self, app: tuple[str, str], meeting_id: str, wrong: bool) -> _Answer:
+    def _trickle(self, body: bytes) -> Iterator[bytes]:
+        for i in range(len(body)):
+            if i and self._stop.wait(self._faults.trickle_seconds):
+                return
+            yield body[i : i + 1]
+
+    def _endless(self, opening: bytes) -> Iterator[bytes]:
+        yield opening
+        while not self._stop.wait(self._faults.trickle_seconds):
+            yield b" " * 16  # JSON whitespace: the document stays open for ever
+
+    def _active_session(self, app: tuple[str, str], meeting_id: str, fault: str | None) -> _Answer:
+        change = _FIELD_FAULTS.get(fault or "")
         with self._lock:
             m = self._meetings.get(meeting_id)
             data: dict[str, Any] | None = None
-            if m is not None and m.app == app:
+            if m is None or m.app != app:
+                if self._unknown_meeting == "not_found":
+                    return _rtk_error(404, "Meeting not found")
+            else:
                 self._advance(m, self._sim_now())
                 if m.session is not None:
                     data = self._session_json(m, m.session)
-                elif wrong:
+                elif change is not None:
                     data = self._session_json(m, _Session("x", self._t0, self._t0, 1, 1))
         if data is None:
             return _rtk_error(404, f"No active session found for meeting_id {meeting_id}")
-        if wrong:
-            data = self._break_types(data)
-        return _Answer(200, _dumps({"success": True, "data": data}))
+        if change is not None:
+            data = change(data)
+        return _Answer(200, _envelope({"success": True, "data": data}))
 
-    def _sessions(self, app: tuple[str, str], query: str, wrong: bool) -> _Answer:
+    def _sessions(
+        self, app: tuple[str, str], query: str, fault: str | None
+    ) -> tuple[_Answer, PageServed | None]:
         q = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
         try:
-            page_no = max(1, int(q.get("page_no") or 1))
-            per_page = min(100, max(1, int(q.get("per_page") or 20)))
+            page_no = int(q.get("page_no") or self._page_base)
+            per_page = min(self._per_page_cap, max(1, int(q.get("per_page") or 20)))
         except ValueError:
-            return _rtk_error(400, "page_no and per_page must be integers")
+            return _rtk_error(400, "page_no and per_page must be integers"), None
+        start = max(0, page_no - self._page_base) * per_page
         status, assoc = (q.get("status") or "").upper(), q.get("associated_id")
         search = (q.get("search") or "").casefold()
-        found: list[tuple[float, str, dict[str, Any]]] = []
         with self._lock:
             now = self._sim_now()
-            for m in self._apps[app]:
-                if (assoc is not None and m.id != assoc) or search not in m.name.casefold():
-                    continue
-                self._advance(m, now)
-                s = m.session
-                if s is None or (status and status != ("LIVE" if s.ended is None else "ENDED")):
-                    continue
-                found.append((s.created, s.id, self._session_json(m, s)))
-        found.sort(key=lambda item: (item[0], item[1]))
-        start = (page_no - 1) * per_page
-        page = [d for _, _, d in found[start : start + per_page]]
+            self._advance_due(now)
+            keys = self._matching(app, status, assoc, search)
+            page = [self._render(key, now) for key in keys[start : start + per_page]]
+            total = len(keys)
+        wrong = fault == "wrong_types"
+        change = _FIELD_FAULTS.get(fault or "")
         if wrong:
-            page = [self._break_types(d) for d in page]
+            page = [_break_types(d) for d in page]
+        elif change is not None and page:
+            page[0] = change(page[0])
+        payload: dict[str, Any] = {"success": True, "data": {"sessions": page}}
+        if not self._paging_absent:
+            payload["paging"] = self._paging(total, start, len(page), wrong)
+        served = PageServed(app[0], app[1], page_no, per_page, len(page), total)
+        return _Answer(200, _envelope(payload)), served
+
+    def _paging(self, total: int, start: int, served: int, wrong: bool) -> dict[str, Any]:
         paging: dict[str, Any] = {
-            "total_count": str(len(found)) if wrong else len(found),
-            "start_offset": start + 1 if page else 0,
-            "end_offset": start + len(page) if page else 0,
+            "total_count": str(total) if wrong else total,
+            "start_offset": start + 1 if served else 0,
+            "end_offset": start + served if served else 0,
         }
-        return _Answer(200, _dumps({"success": True, "data": {"sessions": page}, "paging": paging}))
+        for name in self._paging_drop:
+            del paging[name]
+        return paging
+
+    def _matching(
+        self, app: tuple[str, str], status: str, assoc: str | None, search: str
+    ) -> list[_Key]:
+        """Listing keys of the app's sessions that match the filters, in listing order."""
+        keys = self._index[app].by_status(status)
+        if keys is None:
+            return []
+        if assoc is not None:
+            m = self._meetings.get(assoc)
+            if m is None or m.app != app or m.session is None:
+                return []
+            key = m.key()
+            items = keys.items()
+            i = bisect_left(items, key)
+            found = [key] if i < len(items) and items[i] == key else []
+        else:
+            found = keys.items()
+        if search:  # rare: a scan of the app's sessions
+            found = [k for k in found if search in self._meetings[k[2]].name.casefold()]
+        return found
+
+    def _render(self, key: _Key, now: float) -> dict[str, Any]:
+        m = self._meetings[key[2]]
+        self._advance(m, now)
+        return self._session_json(m, cast(_Session, m.session))
+
+    def _after_page(self, page: PageServed) -> None:
+        """Churn, then the test hook, once a page is built and before it is sent."""
+        if self._churn_per_page:
+            with self._lock:
+                self._churn((page.account_id, page.app_id))
+        if self._on_page is not None:
+            self._on_page(page)
+
+    def _churn(self, app: tuple[str, str]) -> None:
+        """`churn_per_page` LIVE sessions end and are cleared; as many new meetings go LIVE."""
+        now, k = self._sim_now(), self._churn_per_page
+        live = self._index[app].live.items()
+        for key in self._churn_rng.sample(live, min(k, len(live))):
+            m = self._meetings[key[2]]
+            self._end(m, now)
+            self._clear(m, now)
+        self._add_meetings(app, [self._new_uuid() for _ in range(k)], 1)
 
     def _control(self, method: str, path: str, body: bytes) -> _Answer:
         if path == "/_sim/stats":
             if method != "GET":
                 return _Answer(405, _dumps({"ok": False, "error": "use GET"}))
-            with self._lock:
-                now = self._sim_now()
-                live = 0
-                for m in self._meetings.values():
-                    self._advance(m, now)
-                    live += m.session is not None and m.session.ended is None
-                stats = {
-                    "requests": self._total,
-                    "status_counts": {str(k): v for k, v in sorted(self._statuses.items())},
-                    "meetings": len(self._meetings),
-                    "live_sessions": live,
-                }
-            return _Answer(200, _dumps(stats))
-        prefix = "/_sim/meetings/"
-        if not path.startswith(prefix) or len(path) == len(prefix):
-            return _Answer(404, _dumps({"ok": False, "error": "unknown control endpoint"}))
-        if method != "POST":
-            return _Answer(405, _dumps({"ok": False, "error": "use POST"}))
-        meeting_id = unquote(path[len(prefix) :])
-        try:
-            cmd = json.loads(body or b"{}")
-            if not isinstance(cmd, dict):
-                raise ValueError("body must be a JSON object")
-            if "fault" in cmd:
-                self.set_fault(meeting_id, cmd["fault"])
-            if "participants" in cmd:
-                n = cmd["participants"]
-                if not isinstance(n, int) or isinstance(n, bool):
-                    raise ValueError("participants must be an integer")
-                self.set_participants(meeting_id, n)
-            if cmd.get("end"):
-                self.end_session(meeting_id)
-            if cmd.get("clear"):
-                self.clear_session(meeting_id)
-            session = self.session(meeting_id)
-        except KeyError:
-            return _Answer(404, _dumps({"ok": False, "error": f"unknown meeting {meeting_id}"}))
-        except (ValueError, TypeError) as exc:
-            return _Answer(400, _dumps({"ok": False, "error": str(exc)}))
-        return _Answer(200, _dumps({"ok": True, "session": session}))
+            return _Answer(200, _dumps(self._stats()))
+        for prefix, act in (
+            ("/_sim/meetings/", self._control_meeting),
+            ("/_sim/apps/", self._control_app),
+        ):
+            if path.startswith(prefix) and len(path) > len(prefix):
+                if method != "POST":
+                    return _Answer(405, _dumps({"ok": False, "error": "use POST"}))
+                target = unquote(path[len(prefix) :])
+                try:
+                    cmd = json.loads(body or b"{}")
+                    if not isinstance(cmd, dict):
+                        raise ValueError("body must be a JSON object")
+                    return _Answer(200, _dumps({"ok": True, **act(target, cmd)}))
+                except KeyError as exc:
+                    return _Answer(404, _dumps({"ok": False, "error": str(exc.args[0])}))
+                except (ValueError, TypeError) as exc:
+                    return _Answer(400, _dumps({"ok": False, "error": str(exc)}))
+        return _Answer(404, _dumps({"ok": False, "error": "unknown control endpoint"}))
+
+    def _stats(self) -> dict[str, Any]:
+        with self._lock:
+            self._advance_due(self._sim_now())
+            return {
+                "requests": self._total,
+                "status_counts": {str(k): v for k, v in sorted(self._statuses.items())},
+                "meetings": len(self._meetings),
+                "live_sessions": sum(len(i.live.items()) for i in self._index.values()),
+            }
+
+    def _control_meeting(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/meetings/{id} {"fault", "participants", "end", "clear"}: the session."""
+        if meeting_id not in self._meetings:
+            raise KeyError(f"unknown meeting {meeting_id}")
+        if "fault" in cmd:
+            self.set_fault(meeting_id, cmd["fault"])
+        if "participants" in cmd:
+            n = cmd["participants"]
+            if not isinstance(n, int) or isinstance(n, bool):
+                raise ValueError("participants must be an integer")
+            self.set_participants(meeting_id, n)
+        if cmd.get("end"):
+            self.end_session(meeting_id)
+        if cmd.get("clear"):
+            self.clear_session(meeting_id)
+        return {"session": self.session(meeting_id)}
+
+    def _control_app(self, target: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/apps/{account}/{app} {"fault": kind or null}: the listing's fault."""
+        account, _, app = target.partition("/")
+        if not account or not app or "/" in app:
+            raise ValueError("expected /_sim/apps/{account_id}/{app_id}")
+        if "fault" in cmd:
+            self.set_listing_fault(cmd["fault"], account, app)
+        with self._lock:
+            return {"fault": self._listing_faults.get((account, app))}
 
     def _register(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
@@ -701,6 +1145,7 @@ class Simulator:
                 self._conns.add(conn)
             else:
                 self._conns.discard(conn)
+                self._idle.notify_all()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -769,14 +1214,32 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             self.send_response(ans.status)
             self.send_header("Content-Type", ans.content_type)
-            self.send_header("Content-Length", str(len(ans.body)))
+            if ans.stream is not None and ans.length is None:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                length = len(ans.body) if ans.stream is None else ans.length
+                self.send_header("Content-Length", str(length))
             for name, value in ans.headers:
                 self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(ans.body)
+            if ans.stream is None:
+                self.wfile.write(ans.body)
+            else:
+                self._send_stream(ans.stream, chunked=ans.length is None)
             self.wfile.flush()
         except OSError:  # the client went away (e.g. it timed out first)
             self.close_connection = True
+
+    def _send_stream(self, stream: Iterable[bytes], chunked: bool) -> None:
+        """Write each piece as it comes; an answer cut short by stop() closes the connection."""
+        self.wfile.flush()
+        for piece in stream:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+            self.wfile.flush()
+        if self._sim().stopping:
+            self.close_connection = True
+        elif chunked:
+            self.wfile.write(b"0\r\n\r\n")
 
 
 class _Server(ThreadingHTTPServer):
@@ -823,24 +1286,160 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _fields(text: str) -> tuple[str, ...]:
+    names = tuple(f.strip() for f in text.split(",") if f.strip())
+    if bad := [f for f in names if f not in PAGING_FIELDS]:
+        raise argparse.ArgumentTypeError(f"unknown paging fields {bad}; known: {PAGING_FIELDS}")
+    return names
+
+
+def _epilog() -> str:
+    kinds = ", ".join(sorted(FAULT_KINDS))
+    return "\n".join(
+        [
+            "controls (no token needed):",
+            '  POST /_sim/meetings/ID {"participants": N} | {"end": true} | {"clear": true}',
+            '  POST /_sim/meetings/ID {"fault": KIND}      force a fault on its active-session',
+            '  POST /_sim/apps/ACCOUNT/APP {"fault": KIND} on its /sessions (but not_found)',
+            '  {"fault": null} clears; GET /_sim/stats; GET /-/healthy',
+            textwrap.fill(f"fault kinds: {kinds}", 96, subsequent_indent="  "),
+        ]
+    )
+
+
+_GENERAL_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--listen", {"type": _listen, "default": "127.0.0.1:8080",
+        "help": "HOST:PORT to serve on; port 0 picks a free port (default: %(default)s)"}),
+    ("--token", {"default": None,
+        "help": "API token clients must send as 'Authorization: Bearer TOKEN' (default: "
+        f"$CLOUDFLARE_API_TOKEN if set, else {DEMO_TOKEN!r})"}),
+    ("--account-id", {"default": DEFAULT_ACCOUNT_ID, "help": "account id (default: %(default)s)"}),
+    ("--app-id", {"default": DEFAULT_APP_ID, "help": "app id (default: %(default)s)"}),
+    ("--meetings", {"type": int, "default": 5,
+        "help": "number of meetings of the app (default: %(default)s)"}),
+    ("--speed", {"type": float, "default": 1.0,
+        "help": "simulated seconds per real second: 10 plays meetings' lives ten times faster "
+        "(default: %(default)s)"}),
+    ("--seed", {"type": int, "default": None,
+        "help": "seed for reproducible ids and meeting lives (default: none, random)"}),
+    ("--auto", {"action": argparse.BooleanOptionalAction, "default": True,
+        "help": "meetings start, change and end on their own; with --no-auto only the control "
+        "endpoints change them (default: %(default)s)"}),
+    ("--all-live", {"action": "store_true",
+        "help": "start every meeting with a LIVE session of one participant (default: off)"}),
+    ("--rate-limit", {"type": _rate_limit, "default": None, "metavar": "N/W",
+        "help": "at most N requests per W seconds per token, e.g. 1200/300 (default: none)"}),
+]  # fmt: skip
+_CONVENTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--page-base", {"type": int, "choices": (0, 1), "default": 1,
+        "help": "number of the first /sessions page; with 1, page_no 0 is read as 1; with 0, "
+        "page_no 1 is the second page (default: %(default)s)"}),
+    ("--per-page-cap", {"type": int, "default": 100, "metavar": "N",
+        "help": "serve at most N sessions per page whatever per_page asks (default: %(default)s)"}),
+    ("--paging", {"choices": PAGING_MODES, "default": "full",
+        "help": "the paging object: full; partial (without the --paging-drop fields); absent "
+        "(default: %(default)s)"}),
+    ("--paging-drop", {"type": _fields, "default": ("total_count",), "metavar": "FIELDS",
+        "help": "comma-separated paging fields that --paging partial leaves out (default: "
+        "total_count)"}),
+    ("--unknown-meeting", {"choices": UNKNOWN_MEETING_MODES, "default": "no_session",
+        "help": "active-session answer for a meeting id the app lacks: no_session = 404 'No "
+        "active session found for meeting_id ID', not_found = 404 'Meeting not found' (default: "
+        "%(default)s)"}),
+    ("--churn-per-page", {"type": int, "default": 0, "metavar": "K",
+        "help": "after each /sessions page, K LIVE sessions end and K new meetings go LIVE "
+        "(default: %(default)s)"}),
+]  # fmt: skip
+_FAULT_FLAGS = (
+    ("500", "HTTP 500"),
+    ("503", "a 502 or 503 HTML page"),
+    ("timeout", "an answer that comes after --slow-seconds"),
+    ("reset", "a connection reset without an answer"),
+    ("non-json", "a 200 HTML body"),
+    ("wrong-types", "a 200 body with fields of the wrong JSON types"),
+)
+_PACE_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--latency", {"default": 0.0, "help": "added to every API answer (default: %(default)s)"}),
+    ("--slow-seconds", {"default": 30.0,
+        "help": "wait of a timeout fault (default: %(default)s)"}),
+    ("--trickle-seconds", {"default": 1.0,
+        "help": "pace of trickle (per byte) and endless (per chunk) answers (default: "
+        "%(default)s)"}),
+]  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="python -m exporter.simulator",
+        description="A simulated Cloudflare RealtimeKit API on a real HTTP server, for demos, "
+        "tests and benchmarks.\nOn start it prints its base_url, where the token came from and "
+        "the meeting ids.",
+        epilog=_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for flag, options in _GENERAL_FLAGS:
+        ap.add_argument(flag, **options)
+    conventions = ap.add_argument_group("API conventions the spec leaves open")
+    for flag, options in _CONVENTION_FLAGS:
+        conventions.add_argument(flag, **options)
+    faults = ap.add_argument_group("random faults of API requests")
+    for name, what in _FAULT_FLAGS:
+        faults.add_argument(
+            f"--fault-{name}",
+            type=_probability,
+            default=0.0,
+            metavar="P",
+            help=f"probability (0..1) of {what} (default: %(default)s)",
+        )
+    for flag, options in _PACE_FLAGS:
+        faults.add_argument(flag, type=float, metavar="SECONDS", **options)
+    return ap
+
+
+def _token(flag: str | None) -> tuple[str, str]:
+    """(token, where it came from): --token, else $CLOUDFLARE_API_TOKEN, else the demo token."""
+    if flag:
+        return flag, "--token"
+    if env := os.environ.get("CLOUDFLARE_API_TOKEN"):
+        return env, "$CLOUDFLARE_API_TOKEN"
+    return DEMO_TOKEN, "built-in"
+
+
+def _simulator(args: argparse.Namespace, token: str) -> Simulator:
+    faults = FaultConfig(
+        error_500=args.fault_500,
+        error_503=args.fault_503,
+        timeout=args.fault_timeout,
+        reset=args.fault_reset,
+        non_json=args.fault_non_json,
+        wrong_types=args.fault_wrong_types,
+        latency_seconds=args.latency,
+        slow_seconds=args.slow_seconds,
+        trickle_seconds=args.trickle_seconds,
+    )
+    return Simulator(
+        token=token,
+        account_id=args.account_id,
+        app_id=args.app_id,
+        meetings=args.meetings,
+        auto=args.auto,
+        live=args.all_live,
+        speed=args.speed,
+        seed=args.seed,
+        faults=faults,
+        rate_limit=args.rate_limit,
+        page_base=args.page_base,
+        per_page_cap=args.per_page_cap,
+        paging=args.paging,
+        paging_drop=args.paging_drop,
+        unknown_meeting=args.unknown_meeting,
+        churn_per_page=args.churn_per_page,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a standalone simulator until SIGINT/SIGTERM."""
-    ap = argparse.ArgumentParser(
-        prog="python -m exporter.simulator", description="Simulated Cloudflare RealtimeKit API."
-    )
-    ap.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080), help="HOST:PORT")
-    ap.add_argument("--token", default=os.environ.get("CLOUDFLARE_API_TOKEN") or "demo-token")
-    ap.add_argument("--account-id", default=DEFAULT_ACCOUNT_ID)
-    ap.add_argument("--app-id", default=DEFAULT_APP_ID)
-    ap.add_argument("--meetings", type=int, default=5)
-    ap.add_argument("--speed", type=float, default=1.0)
-    ap.add_argument("--seed", type=int, default=None)
-    ap.add_argument("--rate-limit", type=_rate_limit, default=None, help="N/W, e.g. 1200/300")
-    for name in ("500", "503", "timeout", "reset", "non-json", "wrong-types"):
-        ap.add_argument(f"--fault-{name}", type=_probability, default=0.0, metavar="P")
-    ap.add_argument("--latency", type=float, default=0.0, metavar="SECONDS")
-    ap.add_argument("--slow-seconds", type=float, default=30.0, metavar="SECONDS")
-    args = ap.parse_args(argv)
+    args = _parser().parse_args(argv)
     done = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -848,34 +1447,17 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    token, source = _token(args.token)
     try:
-        faults = FaultConfig(
-            error_500=args.fault_500,
-            error_503=args.fault_503,
-            timeout=args.fault_timeout,
-            reset=args.fault_reset,
-            non_json=args.fault_non_json,
-            wrong_types=args.fault_wrong_types,
-            latency_seconds=args.latency,
-            slow_seconds=args.slow_seconds,
-        )
-        sim = Simulator(
-            token=args.token,
-            account_id=args.account_id,
-            app_id=args.app_id,
-            meetings=args.meetings,
-            speed=args.speed,
-            seed=args.seed,
-            faults=faults,
-            rate_limit=args.rate_limit,
-        )
+        sim = _simulator(args, token)
         sim.start(*args.listen)
     except (ValueError, OSError) as exc:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
+    shown = f" token={token}" if source == "built-in" else ""  # only the public demo token
     print(
-        f"RealtimeKit simulator: base_url={sim.base_url} account_id={sim.account_id} "
-        f"app_id={sim.app_id} meetings={','.join(sim.meeting_ids)}",
+        f"RealtimeKit simulator: base_url={sim.base_url} token_source={source}{shown} "
+        f"account_id={sim.account_id} app_id={sim.app_id} meetings={','.join(sim.meeting_ids)}",
         flush=True,
     )
     try:

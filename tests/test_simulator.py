@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.simulator import FaultConfig, Simulator
+from exporter.simulator import FaultConfig, PageServed, Simulator
 
 TOKEN = "test-token-123"
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -644,3 +649,526 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- API conventions as options -------------------------------------------------------------
+
+
+def _live_sim(make_sim: MakeSim, n: int, **kwargs: Any) -> Simulator:
+    """A frozen-clock simulator whose main app has `n` LIVE meetings (created in id order)."""
+    sim = make_sim(meetings=0, clock=FakeClock(), seed=3, **kwargs)
+    sim.add_app(sim.account_id, sim.app_id, n, live=True)
+    return sim
+
+
+def _walk(c: httpx.Client, sim: Simulator, pages: range, **params: Any) -> list[dict[str, Any]]:
+    return [_page(c, sim, page_no=p, **params) for p in pages]
+
+
+def test_page_base_zero_counts_pages_from_zero(make_sim: MakeSim) -> None:
+    sim = _live_sim(make_sim, 7, page_base=0)
+    with client(sim) as c:
+        first, second, third, past = _walk(c, sim, range(4), per_page=3)
+        everything = _page(c, sim, page_no=0)
+        default = _page(c, sim)  # no page_no: the first page
+        one = _page(c, sim, page_no=1)  # the SECOND page of 20: empty
+    assert first["paging"] == {"total_count": 7, "start_offset": 1, "end_offset": 3}
+    assert second["paging"] == {"total_count": 7, "start_offset": 4, "end_offset": 6}
+    assert third["paging"] == {"total_count": 7, "start_offset": 7, "end_offset": 7}
+    assert past["data"]["sessions"] == []
+    assert everything["paging"] == {"total_count": 7, "start_offset": 1, "end_offset": 7}
+    assert default == everything
+    assert one["data"]["sessions"] == [] and one["paging"]["start_offset"] == 0
+    walked = [s["id"] for p in (first, second, third) for s in p["data"]["sessions"]]
+    assert walked == [s["id"] for s in everything["data"]["sessions"]]
+
+
+def test_per_page_cap_serves_fewer_than_asked(make_sim: MakeSim) -> None:
+    sim = _live_sim(make_sim, 60, per_page_cap=25)
+    with client(sim) as c:
+        pages = _walk(c, sim, range(1, 5), per_page=100)
+        small = _page(c, sim, per_page=10)
+    assert [len(p["data"]["sessions"]) for p in pages] == [25, 25, 10, 0]
+    assert [(p["paging"]["start_offset"], p["paging"]["end_offset"]) for p in pages] == [
+        (1, 25),
+        (26, 50),
+        (51, 60),
+        (0, 0),
+    ]
+    assert {p["paging"]["total_count"] for p in pages} == {60}
+    assert len({s["id"] for p in pages for s in p["data"]["sessions"]}) == 60
+    assert len(small["data"]["sessions"]) == 10  # below the cap: as asked
+
+
+def test_per_page_cap_above_100(make_sim: MakeSim) -> None:
+    sim = _live_sim(make_sim, 1200, per_page_cap=1000)
+    with client(sim) as c:
+        big, rest = _walk(c, sim, range(1, 3), per_page=1000)
+    assert len(big["data"]["sessions"]) == 1000
+    assert rest["paging"] == {"total_count": 1200, "start_offset": 1001, "end_offset": 1200}
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"paging": "absent"}, None),
+        ({"paging": "partial"}, {"start_offset": 1, "end_offset": 2}),
+        (
+            {"paging": "partial", "paging_drop": ("start_offset", "end_offset")},
+            {"total_count": 2},
+        ),
+        ({"paging": "full", "paging_drop": ("total_count",)}, None),  # drop applies to partial only
+    ],
+)
+def test_paging_shapes(
+    make_sim: MakeSim, options: dict[str, Any], expected: dict[str, int] | None
+) -> None:
+    sim = _live_sim(make_sim, 2, **options)
+    with client(sim) as c:
+        body = _page(c, sim)
+    assert len(body["data"]["sessions"]) == 2
+    if options["paging"] == "full":
+        assert body["paging"] == {"total_count": 2, "start_offset": 1, "end_offset": 2}
+    elif expected is None:
+        assert "paging" not in body
+    else:
+        assert body["paging"] == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"page_base": 2}, "page_base must be 0 or 1"),
+        ({"per_page_cap": 0}, "per_page_cap must be >= 1"),
+        ({"paging": "some"}, "paging must be one of"),
+        ({"paging": "partial", "paging_drop": ("total",)}, "paging_drop: unknown paging fields"),
+        ({"paging": "partial", "paging_drop": ()}, "needs at least one field"),
+        ({"unknown_meeting": "teapot"}, "unknown_meeting must be one of"),
+        ({"churn_per_page": -1}, "churn_per_page must be >= 0"),
+    ],
+)
+def test_convention_validation(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Simulator(token=TOKEN, **options)
+    with pytest.raises(ValueError, match="trickle_seconds must be > 0"):
+        FaultConfig(trickle_seconds=0)
+
+
+def test_unknown_meeting_not_found(make_sim: MakeSim) -> None:
+    sim = make_sim(unknown_meeting="not_found")
+    ids = sim.add_app("acc2", "app2", 1)
+    not_found = {"success": False, "error": {"code": 404, "message": "Meeting not found"}}
+    with client(sim) as c:
+        unknown = c.get(active(sim, "no-such-meeting"))
+        other_app = c.get(active(sim, ids[0]))  # a meeting, but of another app
+        idle = c.get(active(sim, sim.meeting_ids[0]))
+    assert unknown.status_code == 404 and unknown.json() == not_found
+    assert other_app.status_code == 404 and other_app.json() == not_found
+    assert_no_session(idle, sim.meeting_ids[0])  # a known meeting without a session
+
+
+# --- churn between pages and the page hook ----------------------------------------------------
+
+
+def _churn_walk(seed: int) -> tuple[list[list[str]], list[str]]:
+    """Meeting ids on each of 4 pages of 10 while 3 sessions end and 3 start after each page,
+    and the 30 meetings live before the walk."""
+    sim = Simulator(
+        token=TOKEN, meetings=0, auto=False, seed=seed, clock=FakeClock(), churn_per_page=3
+    )
+    sim.add_app(sim.account_id, sim.app_id, 30, live=True)
+    with sim, client(sim) as c:
+        pages = _walk(c, sim, range(1, 5), per_page=10, status="LIVE")
+        assert sim.live_session_count() == 30
+        assert len(sim.meeting_ids) == 30 + 4 * 3
+        initial = sim.meeting_ids[:30]
+    assert {p["paging"]["total_count"] for p in pages} == {30}
+    return [[s["associated_id"] for s in p["data"]["sessions"]] for p in pages], initial
+
+
+def test_churn_shifts_pages_deterministically() -> None:
+    walk, initial = _churn_walk(seed=9)
+    assert (walk, initial) == _churn_walk(seed=9)
+    assert walk != _churn_walk(seed=10)[0]
+    assert [len(page) for page in walk] == [10, 10, 10, 0]
+    seen = {mid for page in walk for mid in page}
+    assert seen - set(initial), "meetings that went live during the walk were listed"
+    assert set(initial) - seen, "offsets shifted: some meetings live at the start were never seen"
+
+
+def test_churn_ends_and_clears_sessions(make_sim: MakeSim) -> None:
+    sim = _live_sim(make_sim, 5, churn_per_page=2)
+    with client(sim) as c:
+        before = {s["associated_id"] for s in _page(c, sim)["data"]["sessions"]}
+        after = {s["associated_id"] for s in _page(c, sim)["data"]["sessions"]}
+    assert len(before) == len(after) == 5
+    assert len(before - after) == 2  # two ended after the first page, two new ones went live
+    assert all(sim.session(mid) is None for mid in before - after)  # ended and cleared
+    assert len(sim.meeting_ids) == 5 + 2 * 2
+
+
+def test_on_page_hook_may_change_the_simulator(make_sim: MakeSim) -> None:
+    heard: list[PageServed] = []
+    holder: list[Simulator] = []
+
+    def hook(page: PageServed) -> None:  # called without the simulator's lock held
+        heard.append(page)
+        sim = holder[0]
+        sim.set_participants(sim.meeting_ids[len(heard)], 1)  # one more meeting goes live
+
+    sim = make_sim(meetings=6, clock=FakeClock(), on_page=hook)
+    holder.append(sim)
+    with client(sim) as c:
+        totals = [_page(c, sim, per_page=1)["paging"]["total_count"] for _ in range(3)]
+    assert totals == [0, 1, 2]  # each page sees the session the previous page's hook started
+    assert heard == [
+        PageServed(sim.account_id, sim.app_id, 1, 1, 0, 0),
+        PageServed(sim.account_id, sim.app_id, 1, 1, 1, 1),
+        PageServed(sim.account_id, sim.app_id, 1, 1, 1, 2),
+    ]
+
+
+# --- bulk ---------------------------------------------------------------------------------------
+
+
+def test_bulk_live_meetings_and_fast_pages(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=0, clock=FakeClock(), seed=2)
+    started = time.monotonic()
+    ids = sim.add_app(sim.account_id, sim.app_id, 100_000, live=True, participants=3)
+    built = time.monotonic() - started
+    assert len(ids) == 100_000 and sim.live_session_count() == 100_000
+    started = time.monotonic()
+    with client(sim) as c:
+        last = _page(c, sim, page_no=1000, per_page=100, status="LIVE")
+        pages = _walk(c, sim, range(500, 520), per_page=100)
+    served = time.monotonic() - started
+    assert last["paging"] == {"total_count": 100_000, "start_offset": 99_901, "end_offset": 100_000}
+    assert {s["live_participants"] for p in pages for s in p["data"]["sessions"]} == {3}
+    assert len({s["id"] for p in pages for s in p["data"]["sessions"]}) == 2000
+    # generous bounds; a listing that walked all 100k meetings per request would take ~10 s
+    assert built < 20 and served < 5, (built, served)
+    with pytest.raises(ValueError, match="participants must be >= 1"):
+        sim.add_app("a", "b", 1, live=True, participants=0)
+
+
+# --- hostile answers --------------------------------------------------------------------------
+
+HANDLER_THREAD = "process_request_thread"
+
+
+def _handler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if HANDLER_THREAD in t.name and t.is_alive()]
+
+
+@pytest.mark.parametrize(
+    ("kind", "check"),
+    [
+        ("huge_int", lambda d: d["live_participants"] == 10**400),
+        ("long_name", lambda d: d["meeting_display_name"] == "n" * 900 * 1024),
+        ("unknown_status", lambda d: d["status"] == "PAUSED"),
+    ],
+)
+def test_field_faults(
+    make_sim: MakeSim, kind: str, check: Callable[[dict[str, Any]], bool]
+) -> None:
+    sim = make_sim(meetings=3, clock=FakeClock())
+    mid, other, idle = sim.meeting_ids
+    sim.set_participants(mid, 2)
+    sim.set_participants(other, 1)
+    sim.set_fault(mid, kind)
+    sim.set_fault(idle, kind)
+    with client(sim) as c:
+        data = c.get(active(sim, mid)).json()["data"]
+        fabricated = c.get(active(sim, idle)).json()["data"]  # even without a session
+        healthy = c.get(active(sim, other)).json()["data"]
+        sim.set_listing_fault(kind)
+        listed = _page(c, sim)["data"]["sessions"]
+    assert check(data) and data["associated_id"] == mid
+    assert check(fabricated)
+    assert not check(healthy)
+    assert check(listed[0]) and not check(listed[1])  # a listing: its first session only
+
+
+def test_deep_json(make_sim: MakeSim) -> None:
+    sim = make_sim(clock=FakeClock())
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 1)
+    sim.set_fault(mid, "deep_json")
+    sim.set_listing_fault("deep_json")
+    with client(sim) as c:
+        one, listing = c.get(active(sim, mid)), c.get(sessions(sim))
+    for r in (one, listing):
+        assert r.status_code == 200
+        assert '"meta":' + "[" * 10_000 + "]" * 10_000 + "}" in r.text
+        assert "[" * 10_001 not in r.text
+        with pytest.raises(RecursionError):
+            r.json()
+
+
+def test_retry_after_huge_and_not_found(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    a, b, *_ = sim.meeting_ids
+    sim.set_fault(a, "retry_after_huge")
+    sim.set_fault(b, "not_found")
+    sim.set_listing_fault("retry_after_huge")
+    with client(sim) as c:
+        limited, listing, missing = (
+            c.get(active(sim, a)),
+            c.get(sessions(sim)),
+            c.get(active(sim, b)),
+        )
+    for r in (limited, listing):
+        assert_cf_error(r, 429, 971)
+        assert r.headers["retry-after"] == "1000000000"
+    assert missing.status_code == 404
+    assert missing.json() == {
+        "success": False,
+        "error": {"code": 404, "message": "Meeting not found"},
+    }
+    with pytest.raises(ValueError, match="unknown fault 'not_found'"):
+        sim.set_listing_fault("not_found")
+    with pytest.raises(KeyError):
+        sim.set_listing_fault("500", "no", "app")
+
+
+def test_huge_header(make_sim: MakeSim) -> None:
+    sim = make_sim(rate_limit=(100, 60.0))
+    mid = sim.meeting_ids[0]
+    sim.set_fault(mid, "huge_header")
+    with client(sim) as c:
+        r = c.get(active(sim, mid))
+    assert_no_session(r, mid)  # a valid answer otherwise
+    values = r.headers.get_list("ratelimit")
+    huge = max(values, key=len)
+    assert len(huge) == 80 * 1024
+    assert huge.startswith('"default";r=1;r=1;') and "t=" not in huge
+    assert '"default";r=99;t=60' in values  # the simulator's own header is still there
+
+
+def test_gzip_bomb_streams_zeros(make_sim: MakeSim) -> None:
+    sim = make_sim()
+    mid = sim.meeting_ids[0]
+    sim.set_fault(mid, "gzip_bomb")
+    decoded = bytearray()
+    with client(sim) as c, c.stream("GET", active(sim, mid)) as r:
+        assert r.headers["content-encoding"] == "gzip"
+        compressed = int(r.headers["content-length"])
+        for piece in r.iter_bytes():
+            decoded += piece
+            if len(decoded) >= 1 << 20:
+                break
+    assert r.status_code == 200
+    assert 100_000 < compressed < 2_000_000  # 1 GiB in ~1 MB
+    assert len(decoded) >= 1 << 20 and not any(decoded)
+
+
+def test_gzip_bomb_is_one_valid_gzip_member_of_1_gib() -> None:
+    from exporter.simulator import _gzip_bomb, _gzip_bomb_chunks
+
+    length = _gzip_bomb()[3]
+    stream = b"".join(_gzip_bomb_chunks())
+    assert len(stream) == length
+    assert stream.endswith(struct.pack("<I", 1 << 30))  # ISIZE: the size uncompressed
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 16)
+    assert inflate.decompress(stream[:4096], 1 << 20) == bytes(1 << 20)
+
+
+def test_trickle_sends_a_valid_body_slowly(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=["m1"], faults=FaultConfig(trickle_seconds=0.02))
+    sim.set_fault("m1", "trickle")
+    started = time.monotonic()
+    with client(sim) as c, c.stream("GET", active(sim, "m1")) as r:
+        pieces = r.iter_raw()
+        first = next(pieces)
+        first_at = time.monotonic() - started
+        body = first + b"".join(pieces)
+    took = time.monotonic() - started
+    assert r.headers["content-length"] == str(len(body))
+    assert len(first) <= 2 and first_at < 1.0
+    assert took >= (len(body) - 1) * 0.02 * 0.9
+    assert json.loads(body)["error"]["message"] == "No active session found for meeting_id m1"
+
+
+def test_stop_ends_trickle_and_endless_answers(make_sim: MakeSim) -> None:
+    sim = make_sim(meetings=["slow"], faults=FaultConfig(trickle_seconds=0.05))
+    sim.set_fault("slow", "trickle")
+    sim.set_listing_fault("endless")
+    outcome: dict[str, Any] = {}
+    under_way = {"trickle": threading.Event(), "endless": threading.Event()}
+
+    def read(name: str, path: str) -> None:
+        received = b""
+        try:
+            with client(sim, timeout=30) as c, c.stream("GET", path) as r:
+                outcome[f"{name}_headers"] = r.headers
+                for piece in r.iter_raw():
+                    received += piece
+                    if len(received) > 40 or (name == "trickle" and len(received) > 2):
+                        under_way[name].set()
+        except httpx.TransportError as exc:
+            outcome[name] = exc
+        outcome[f"{name}_received"] = received
+
+    readers = [
+        threading.Thread(target=read, args=("trickle", active(sim, "slow"))),
+        threading.Thread(target=read, args=("endless", sessions(sim))),
+    ]
+    for t in readers:
+        t.start()
+    assert all(event.wait(10) for event in under_way.values())
+    started = time.monotonic()
+    sim.stop()
+    stopped_in = time.monotonic() - started
+    for t in readers:
+        t.join(10)
+    assert stopped_in < 2.0
+    assert not any(t.is_alive() for t in readers)
+    assert not _handler_threads()
+    assert outcome["endless_headers"]["transfer-encoding"] == "chunked"
+    assert outcome["endless_received"].startswith(b'{"success":true,"data":{"sessions":[   ')
+    assert isinstance(outcome["endless"], httpx.RemoteProtocolError)  # cut, never finished
+    assert isinstance(outcome["trickle"], httpx.RemoteProtocolError)
+    assert 0 < len(outcome["trickle_received"]) < int(outcome["trickle_headers"]["content-length"])
+
+
+def test_listing_fault_control_endpoint(make_sim: MakeSim) -> None:
+    sim = make_sim(clock=FakeClock())
+    sim.set_participants(sim.meeting_ids[0], 1)
+    root = sim.base_url.removesuffix("/client/v4")
+    app = f"/_sim/apps/{sim.account_id}/{sim.app_id}"
+    with httpx.Client(base_url=root, timeout=5) as ctl, client(sim) as c:
+        assert ctl.post(app, json={"fault": "unknown_status"}).json() == {
+            "ok": True,
+            "fault": "unknown_status",
+        }
+        assert _page(c, sim)["data"]["sessions"][0]["status"] == "PAUSED"
+        assert ctl.post(app, json={"fault": None}).json() == {"ok": True, "fault": None}
+        assert _page(c, sim)["data"]["sessions"][0]["status"] == "LIVE"
+        assert ctl.post(app, json={"fault": "not_found"}).status_code == 400
+        assert ctl.post("/_sim/apps/acc/nope", json={"fault": "500"}).status_code == 404
+        assert ctl.post("/_sim/apps/only-account", json={}).status_code == 400
+        assert ctl.get(app).status_code == 405
+
+
+# --- command line --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _cli(tmp_path: Path, *args: str, env_token: str | None = None) -> Iterator[dict[str, str]]:
+    """Run ``python -m exporter.simulator ARGS`` on a free port; yield its start line's fields."""
+    env = {k: v for k, v in os.environ.items() if k != "CLOUDFLARE_API_TOKEN"}
+    if env_token is not None:
+        env["CLOUDFLARE_API_TOKEN"] = env_token
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-m", "exporter.simulator", "--listen", "127.0.0.1:0", *args]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        assert ready, "no start line within 20 s"
+        line = proc.stdout.readline()
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        yield {**fields, "line": line}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_cli_help_describes_every_flag() -> None:
+    from exporter.simulator import _parser
+
+    for action in _parser()._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help and "(default: " in action.help, action.option_strings
+    out = subprocess.run(
+        [sys.executable, "-m", "exporter.simulator", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        check=True,
+    ).stdout
+    flat = " ".join(out.split())
+    assert "simulated seconds per real second" in flat
+    assert "number of meetings of the app (default: 5)" in flat
+    assert "(default: $CLOUDFLARE_API_TOKEN if set, else 'demo-token')" in flat
+    assert (
+        "--per-page-cap N serve at most N sessions per page whatever per_page asks (default: 100)"
+        in flat
+    )
+    assert "gzip_bomb" in flat and "/_sim/apps/ACCOUNT/APP" in flat
+
+
+@pytest.mark.parametrize(
+    ("args", "env_token", "source", "token"),
+    [
+        ((), None, "built-in", "demo-token"),
+        (("--token", "flag-secret"), "env-secret", "--token", "flag-secret"),
+        ((), "env-secret", "$CLOUDFLARE_API_TOKEN", "env-secret"),
+    ],
+)
+def test_cli_says_where_the_token_comes_from(
+    tmp_path: Path, args: tuple[str, ...], env_token: str | None, source: str, token: str
+) -> None:
+    with _cli(tmp_path, "--meetings", "1", *args, env_token=env_token) as fields:
+        assert fields["token_source"] == source
+        shown = fields.get("token")
+        assert shown == ("demo-token" if source == "built-in" else None)
+        assert "secret" not in fields["line"]
+        headers = {"Authorization": f"Bearer {token}"}
+        r = httpx.get(fields["base_url"] + "/accounts/x/realtime/kit/y/sessions", headers=headers)
+        assert_cf_error(r, 404, 7003)  # authenticated: the app is what is wrong
+
+
+def test_cli_convention_flags(tmp_path: Path) -> None:
+    args = "--meetings 30 --all-live --no-auto --page-base 0 --per-page-cap 25 --paging partial"
+    args += " --paging-drop total_count,end_offset --unknown-meeting not_found --churn-per-page 1"
+    args += f" --token {TOKEN}"
+    with _cli(tmp_path, *args.split()) as fields:
+        root = f"/accounts/{fields['account_id']}/realtime/kit/{fields['app_id']}"
+        with httpx.Client(
+            base_url=fields["base_url"], headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+        ) as c:
+            first = c.get(f"{root}/sessions", params={"page_no": 0, "per_page": 100}).json()
+            second = c.get(f"{root}/sessions", params={"page_no": 1, "per_page": 100}).json()
+            missing = c.get(f"{root}/meetings/nope/active-session")
+    assert len(first["data"]["sessions"]) == 25 and first["paging"] == {"start_offset": 1}
+    assert len(second["data"]["sessions"]) == 5 and second["paging"] == {"start_offset": 26}
+    assert missing.status_code == 404 and missing.json()["error"]["message"] == "Meeting not found"
+    for flag in (["--page-base", "2"], ["--paging-drop", "nope"], ["--paging", "odd"]):
+        bad = subprocess.run(
+            [sys.executable, "-m", "exporter.simulator", *flag],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        assert bad.returncode == 2 and flag[0] in bad.stderr
+
+
+def test_auto_listing_agrees_with_each_meeting() -> None:
+    """The kept listing follows auto mode's changes (due times in a heap) and manual controls."""
+    clock = FakeClock()
+    sim = Simulator(token=TOKEN, meetings=30, seed=4, clock=clock, speed=5.0)
+    sim.add_app("acc2", "app2", 5)
+    listed_states = set()
+    with sim, client(sim) as c:
+        for step in range(60):
+            clock.advance(7)  # 35 simulated seconds a step: every meeting changes now and then
+            if step == 30:
+                mid = sim.meeting_ids[0]
+                sim.set_participants(mid, 2)
+                sim.end_session(mid)
+                sim.set_participants(mid, 3)  # a new session replaces the ENDED one
+            listed = _page(c, sim, per_page=100)["data"]["sessions"]
+            live = _page(c, sim, per_page=100, status="LIVE")["paging"]["total_count"]
+            current = [sim.session(mid) for mid in sim.meeting_ids]
+            expected = sorted((s for s in current if s), key=lambda s: (s["created_at"], s["id"]))
+            assert [s["id"] for s in listed] == [s["id"] for s in expected], step
+            assert [s["status"] for s in listed] == [s["status"] for s in expected], step
+            assert live == sum(s["status"] == "LIVE" for s in expected)
+            listed_states |= {s["status"] for s in listed}
+    assert listed_states == {"LIVE", "ENDED"}
