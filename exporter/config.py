@@ -407,15 +407,19 @@ def read_file(path: str | os.PathLike[str], limit: int, what: str) -> bytes:
         fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as err:
         raise fail(err.strerror or str(err)) from None
-    with os.fdopen(fd, "rb") as file:
-        try:
-            mode = os.fstat(fd).st_mode
-            if not stat.S_ISREG(mode):
-                kind = next((k for test, k in _FILE_KINDS if test(mode)), "a special file")
-                raise fail(f"it is {kind}, not a regular file")
+    except ValueError:
+        raise fail("the name contains a NUL character") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((k for test, k in _FILE_KINDS if test(mode)), "a special file")
+            raise fail(f"it is {kind}, not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as file:
             data = file.read(limit + 1)
-        except OSError as err:
-            raise fail(err.strerror or str(err)) from None
+    except OSError as err:
+        raise fail(err.strerror or str(err)) from None
+    finally:
+        os.close(fd)
     if len(data) > limit:
         raise fail(f"larger than the limit of {_size(limit)}")
     return data
