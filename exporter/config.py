@@ -361,7 +361,8 @@ def _messages(err: ValidationError) -> list[str]:
         elif kind == "less_than_equal":
             limit = e.get("ctx", {})["le"]
             name = _LIMIT_NAMES.get(limit)
-            msg = f"must be at most {limit:g}" + (f" ({name})" if name else "")
+            shown = int(limit) if float(limit).is_integer() else limit
+            msg = f"must be at most {shown}" + (f" ({name})" if name else "")
         else:
             msg = msg.replace("Input should be", "must be")
             if kind.endswith("_type"):
