@@ -456,7 +456,9 @@ def build_ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
         context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
     except ssl.SSLError as err:
         # OpenSSL does not say which file it choked on: a certificate that loads alone is good.
-        _load_certificates(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert_pem, tls.cert_file, p)
+        _load_certificates(
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert_pem, tls.cert_file, f"{p}.cert_file"
+        )
         reason = "does not match cert_file" if "KEY_VALUES_MISMATCH" in str(err) else str(err)
         raise ConfigError([f"{p}.key_file: cannot use {str(tls.key_file)!r}: {reason}"]) from None
     except (OSError, ValueError) as err:
