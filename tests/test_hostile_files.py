@@ -273,6 +273,7 @@ def test_nesting_up_to_the_limit_is_accepted(tmp_path: Path):
         ('x: "\x01"\n', "invalid YAML at offset 4: control characters are not allowed"),
         ("x: !!python/object:os.system {}\n", "invalid YAML at line 1, column 4: could not"),
     ],
+    ids=["timezone", "5000-digits", "control-char", "python-tag"],
 )
 def test_values_yaml_cannot_build_are_config_errors(tmp_path: Path, content: str, problem: str):
     path = write(tmp_path / "c.yml", content)
