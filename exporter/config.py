@@ -9,6 +9,12 @@ key path::
 
 The API token is never part of the config object: :func:`read_token` fetches it from the environment
 variable or file that the config names, and no message ever contains it.
+
+Hostile files are refused with one line each, never a traceback or a hang: every file is read by
+:func:`read_file` (regular files only, opened non-blocking, at most 4 MiB, 64 KiB for a token), YAML
+is parsed with libyaml when available and refused when nested over 100 deep or over 3 million
+values with its aliases expanded, and every number must be finite and within a bound no sane
+deployment reaches (see ``WEEK`` and the ``MAX_*`` constants; the message names it).
 """
 
 from __future__ import annotations
@@ -73,6 +79,8 @@ MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # the config, the web config, certifi
 MAX_TOKEN_BYTES: Final = 64 * 1024  # a token file
 #: Deepest nesting of mappings and lists a YAML file may have (a config needs 6).
 MAX_YAML_DEPTH: Final = 100
+#: Most values (scalars, mappings, lists) a YAML file may hold once its aliases are expanded.
+MAX_YAML_NODES: Final = 3_000_000
 
 _ID_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -447,23 +455,45 @@ YAML_LOADER: Final[type[yaml.SafeLoader] | type[yaml.CSafeLoader]] = (
 )
 
 
-def _check_depth(text: str, path: str | os.PathLike[str]) -> None:
-    """Refuse nesting deeper than :data:`MAX_YAML_DEPTH` before anything recurses on it.
+def _check_shape(text: str, path: str | os.PathLike[str]) -> None:
+    """Refuse YAML that is too deep or expands too much, before anything builds or walks it.
 
     libyaml's composer recurses in C and crashes the process on input ~100,000 deep; its event
-    parser does not recurse, so a pass over the events (~20% of a full load) finds it first.
+    parser does not, so one pass over the events (~15% of a full load) counts the depth, and the
+    size of every node with its aliases expanded: a 24 KB file of aliases of aliases costs
+    validation millions of nodes. No file under :data:`MAX_CONFIG_BYTES` without aliases comes
+    near :data:`MAX_YAML_NODES`.
     """
-    depth = 0
+    open_nodes: list[list[Any]] = []  # per open mapping or list: [expanded size, anchor]
+    sizes: dict[str, int] = {}  # expanded size of the node of each anchor
     for event in yaml.parse(text, Loader=YAML_LOADER):
         if isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-            if depth > MAX_YAML_DEPTH:
-                mark = event.start_mark
-                where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-                problem = f"nested deeper than {MAX_YAML_DEPTH} levels"
-                raise ConfigError([f"{path}: invalid YAML at {where}: {problem}"])
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
+            open_nodes.append([1, event.anchor])
+            if len(open_nodes) > MAX_YAML_DEPTH:
+                _shape_error(path, event, f"nested deeper than {MAX_YAML_DEPTH} levels")
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            size, anchor = open_nodes.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            if any(node[1] == event.anchor for node in open_nodes):
+                _shape_error(path, event, f"alias *{event.anchor} is inside its own anchor")
+            size, anchor = sizes.get(str(event.anchor), 1), None
+        elif isinstance(event, yaml.ScalarEvent):
+            size, anchor = 1, event.anchor
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        if open_nodes:
+            open_nodes[-1][0] += size
+            if open_nodes[-1][0] > MAX_YAML_NODES:
+                _shape_error(path, event, f"expands to more than {MAX_YAML_NODES} values")
+
+
+def _shape_error(path: str | os.PathLike[str], event: Any, problem: str) -> None:
+    mark = event.start_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    raise ConfigError([f"{path}: invalid YAML{where}: {problem}"])
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
@@ -474,7 +504,7 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
     """
     text = _decode(read_file(path, MAX_CONFIG_BYTES, what), str(path))
     try:
-        _check_depth(text, path)
+        _check_shape(text, path)
         return yaml.load(text, Loader=YAML_LOADER)  # a safe loader
     except yaml.MarkedYAMLError as err:
         where = ""

@@ -49,6 +49,15 @@ def deep(levels: int) -> str:
     return "[" * levels + "]" * levels
 
 
+def alias_bomb(n: int) -> str:
+    """24 KB for n=3000: n apps of n meetings each, all aliases (9 million meetings to check)."""
+    many = ", ".join
+    return (
+        f"x-m: &m {{id: m1}}\nx-ms: &ms [{many(['*m'] * n)}]\n"
+        f"x-a: &a {{account_id: a, app_id: b, meetings: *ms}}\napps: [{many(['*a'] * n)}]\n"
+    )
+
+
 def run_exporter(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "exporter", *args],
@@ -91,6 +100,7 @@ def _config_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
             write(tmp / "deeper.yml", deep(200_000)),
             f"invalid YAML at line 1, column {MAX_YAML_DEPTH + 1}: nested deeper than",
         ),
+        "alias-bomb": (write(tmp / "bomb.yml", alias_bomb(3000)), "expands to more than"),
         "bad-date": (write(tmp / "date.yml", "x: 2024-13-45\n"), "invalid YAML: month must be"),
         "too-large": (
             write(tmp / "big.yml", b"#" * (MAX_CONFIG_BYTES + 1)),
@@ -262,6 +272,24 @@ def test_nesting_up_to_the_limit_is_accepted(tmp_path: Path):
     assert info.value.problems[0].startswith("apps[0]: "), info.value.problems
     write(path, "apps: " + deep(MAX_YAML_DEPTH))
     with pytest.raises(ConfigError, match="nested deeper than 100 levels"):
+        load_config(path)
+
+
+def test_aliases_are_expanded_within_a_bound(tmp_path: Path):
+    shared = (
+        "apps: [{account_id: a, app_id: b, meetings: "
+        "[{id: m1, labels: &team {team: sales, floor: '3'}}, {id: m2, labels: *team}]}]\n"
+    )
+    config = load_config(write(tmp_path / "ok.yml", shared))
+    assert [m.labels for m in config.apps[0].meetings] == [{"team": "sales", "floor": "3"}] * 2
+    path = write(tmp_path / "bomb.yml", alias_bomb(1800))  # 1800 * 1800 > 3,000,000
+    with pytest.raises(ConfigError, match="expands to more than 3000000 values"):
+        load_config(path)
+    write(path, alias_bomb(100))  # 10,000 meetings: under the bound, validated (duplicates)
+    with pytest.raises(ConfigError, match="is listed more than once"):
+        load_config(path)
+    write(path, "a: &a [1, *a]\n")
+    with pytest.raises(ConfigError, match=r"column 11: alias \*a is inside its own anchor"):
         load_config(path)
 
 
