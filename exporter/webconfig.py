@@ -678,7 +678,7 @@ class WebSecurity:
                 raise ConfigError(
                     [f"turning TLS {'on' if old.ssl_context is None else 'off'} needs a restart"]
                 )
-        except Exception as err:
+        except Exception as err:  # any failure keeps the config in force: HTTPS must stay up
             self._failed(err)
             return
         self._state, self._seen, self._last_error = new, stamps, None
