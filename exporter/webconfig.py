@@ -50,7 +50,7 @@ from typing import Any, Final
 
 import bcrypt
 
-from exporter.config import read_yaml
+from exporter.config import MAX_CONFIG_BYTES, read_file, read_yaml
 from exporter.config import yaml_type as _yaml_type
 from exporter.errors import ConfigError
 
@@ -441,23 +441,7 @@ def build_ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
     Raises :class:`ConfigError` naming the key of the file that cannot be used.
     """
     p = "tls_server_config"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    with warnings.catch_warnings():
-        # TLS 1.0 and 1.1 are deprecated in Python as in Go, but a config may still ask for them.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        context.minimum_version = TLS_VERSIONS[tls.min_version]
-        context.maximum_version = TLS_VERSIONS[tls.max_version]
-    if tls.prefer_server_cipher_suites:
-        context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
-    else:
-        context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
-    tls12 = [name for name in (CIPHER_SUITES[c] for c in tls.cipher_suites) if name]
-    if tls12:
-        context.set_ciphers(":".join(tls12))
-    if tls.curve_preferences:
-        context.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
-    context.set_alpn_protocols(["http/1.1"])
-
+    context = _protocol_context(tls)
     cert_pem = _read(tls.cert_file, f"{p}.cert_file")
     key_pem = _read(tls.key_file, f"{p}.key_file")
     if b"-----BEGIN CERTIFICATE-----" not in cert_pem:
@@ -471,10 +455,14 @@ def build_ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
     try:
         context.load_cert_chain(tls.cert_file, tls.key_file, password=no_passphrase)
     except ssl.SSLError as err:
+        # OpenSSL does not say which file it choked on: a certificate that loads alone is good.
+        _load_certificates(
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), cert_pem, tls.cert_file, f"{p}.cert_file"
+        )
         reason = "does not match cert_file" if "KEY_VALUES_MISMATCH" in str(err) else str(err)
         raise ConfigError([f"{p}.key_file: cannot use {str(tls.key_file)!r}: {reason}"]) from None
-    except OSError as err:
-        raise ConfigError([f"{p}.cert_file: cannot load: {err.strerror or err}"]) from None
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"{p}.cert_file: cannot load: {err}"]) from None
 
     context.verify_mode = CLIENT_AUTH_TYPES[tls.client_auth_type]
     if context.verify_mode != ssl.CERT_NONE:
@@ -482,22 +470,54 @@ def build_ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
             # As Go does when no client CA is given: verify against the system's trusted roots.
             context.load_default_certs(ssl.Purpose.CLIENT_AUTH)
         else:
-            _read(tls.client_ca_file, f"{p}.client_ca_file")
-            try:
-                context.load_verify_locations(cafile=tls.client_ca_file)
-            except (ssl.SSLError, OSError) as err:
-                where = str(tls.client_ca_file)
-                raise ConfigError(
-                    [f"{p}.client_ca_file: no usable certificate in {where!r}: {err}"]
-                ) from None
+            ca_pem = _read(tls.client_ca_file, f"{p}.client_ca_file")
+            _load_certificates(context, ca_pem, tls.client_ca_file, f"{p}.client_ca_file")
     return context
 
 
-def _read(path: Path, key: str) -> bytes:
+def _protocol_context(tls: TlsServerConfig) -> ssl.SSLContext:
+    """A server context with the versions, cipher suites and curve of ``tls``, no certificate.
+
+    What the local OpenSSL refuses (a version or suite it was built without) is a ConfigError.
+    """
+    p = "tls_server_config"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    key = f"{p}.min_version"
     try:
-        return path.read_bytes()
-    except OSError as err:
-        raise ConfigError([f"{key}: cannot read {str(path)!r}: {err.strerror}"]) from None
+        with warnings.catch_warnings():
+            # TLS 1.0 and 1.1 are deprecated in Python as in Go, but a config may ask for them.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            context.minimum_version = TLS_VERSIONS[tls.min_version]
+            context.maximum_version = TLS_VERSIONS[tls.max_version]
+        if tls.prefer_server_cipher_suites:
+            context.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+        else:
+            context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
+        key = f"{p}.cipher_suites"
+        tls12 = [name for name in (CIPHER_SUITES[c] for c in tls.cipher_suites) if name]
+        if tls12:
+            context.set_ciphers(":".join(tls12))
+        key = f"{p}.curve_preferences"
+        if tls.curve_preferences:
+            context.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
+        context.set_alpn_protocols(["http/1.1"])
+    except (ssl.SSLError, ValueError) as err:
+        raise ConfigError([f"{key}: not supported by this system's OpenSSL: {err}"]) from None
+    return context
+
+
+def _load_certificates(context: ssl.SSLContext, pem: bytes, path: Path, key: str) -> None:
+    """Trust the PEM certificates of ``pem`` (read from ``path``) in ``context``."""
+    try:
+        context.load_verify_locations(cadata=pem.decode("ascii"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{key}: {str(path)!r} is not a PEM file (not ASCII)"]) from None
+    except (ssl.SSLError, ValueError) as err:
+        raise ConfigError([f"{key}: no usable certificate in {str(path)!r}: {err}"]) from None
+
+
+def _read(path: Path, key: str) -> bytes:
+    return read_file(path, MAX_CONFIG_BYTES, key)
 
 
 def parse_basic_authorization(header: str | None) -> tuple[bytes, bytes] | None:
@@ -577,7 +597,7 @@ _Stamp = tuple[int, int, int, int] | None
 def _stamp(path: Path) -> _Stamp:
     try:
         st = path.stat()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL in the name
         return None
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
@@ -586,12 +606,16 @@ def _load(path: Path, previous: WebState | None = None) -> tuple[WebState, tuple
     """Load the web config and build what it describes; also return the stamps of its files.
 
     Each file is stamped before it is read, so a change made while loading shows up later.
+    Every failure is a :class:`ConfigError`; what a library raises is translated here.
     """
     stamp = _stamp(path)
     data = read_yaml(path, "web config file")
     config = parse_web_config(data, path.absolute())
     stamps = (stamp, *(_stamp(f) for f in config.files[1:]))
-    context = build_ssl_context(config.tls) if config.tls is not None else None
+    try:
+        context = build_ssl_context(config.tls) if config.tls is not None else None
+    except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+        raise ConfigError([f"tls_server_config: cannot be used: {err}"]) from None
     auth: BasicAuth | None = None
     if config.basic_auth_users:
         if previous is not None and previous.config.basic_auth_users == config.basic_auth_users:
@@ -654,12 +678,16 @@ class WebSecurity:
                 raise ConfigError(
                     [f"turning TLS {'on' if old.ssl_context is None else 'off'} needs a restart"]
                 )
-        except ConfigError as err:
-            if str(err) != self._last_error:
-                self._last_error = str(err)
-                log.error(
-                    "web config %s: not reloaded, keeping the previous one: %s", self.path, err
-                )
+        except Exception as err:  # any failure keeps the config in force: HTTPS must stay up
+            self._failed(err)
             return
         self._state, self._seen, self._last_error = new, stamps, None
         log.info("web config %s reloaded", self.path)
+
+    def _failed(self, err: Exception) -> None:
+        """Log a failed reload once per distinct error, on one line."""
+        text = str(err) if isinstance(err, ConfigError) else f"{type(err).__name__}: {err}"
+        text = " ".join(text.split())
+        if text != self._last_error:
+            self._last_error = text
+            log.error("web config %s: not reloaded, keeping the previous one: %s", self.path, text)

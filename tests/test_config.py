@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from exporter.config import ConfigError, load_config, parse_config, read_token, read_tokens
 
@@ -44,9 +45,13 @@ CASES = {
         "api.base_url: 'http://api.example.com/client/v4' is plain http to a non-loopback host; "
         "use https or set api.allow_insecure_http: true"
     ],
-    "yaml": [
+    "yaml": [  # libyaml's wording; PyYAML's own says "expected ',' or ']', but got ..."
         f"{CONFIGS / 'invalid-yaml.yml'}: invalid YAML at line 4, column 1: "
-        "expected ',' or ']', but got '<stream end>'"
+        + (
+            "did not find expected ',' or ']'"
+            if yaml.__with_libyaml__
+            else "expected ',' or ']', but got '<stream end>'"
+        )
     ],
     "not-mapping": ["(top level): the config must be a mapping of keys"],
     "many-problems": [

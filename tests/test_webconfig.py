@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import logging
 import os
 import shutil
 import socket
 import ssl
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter.errors import ConfigError
-from exporter.webconfig import BasicAuth, load_web_config
+from exporter.webconfig import BasicAuth, WebSecurity, WebState, load_web_config
 
 from .conftest import TOKEN, parse_metrics, require_binary, sim_config, value, wait_for
 
@@ -743,3 +746,120 @@ def test_basic_auth_checks(password_hash):
     assert not auth.check_header(None)
     assert not auth.check_header("Bearer abc")
     assert not auth.check_header("Basic cHJvbWV0aGV1cw==")  # no colon
+
+
+# --- a new web config that does not load keeps the old one (issue 13, item 10) ------------------
+
+BROKEN_PEM = b"-----BEGIN CERTIFICATE-----\nTUlJQm9ndXM=\n-----END CERTIFICATE-----\n"
+
+
+def _replace(target: Path, content: bytes | Path) -> None:
+    """Atomically make ``target`` hold ``content``, or be a symlink to it (a Path)."""
+    new = target.with_name(target.name + ".new")
+    new.unlink(missing_ok=True)
+    if isinstance(content, Path):
+        new.symlink_to(content)
+    else:
+        new.write_bytes(content)
+    os.replace(new, target)
+
+
+def _live_tls(tmp_path: Path, pki: Pki) -> tuple[Pair, Path, bytes]:
+    """Copies of the server pair, and a web config naming them (with its bytes, to restore)."""
+    live = Pair(tmp_path / "live.crt", tmp_path / "live.key")
+    _replace(live.cert, pki.server.cert.read_bytes())
+    shutil.copy(pki.server.key, live.key)
+    web = write_web_config(
+        tmp_path, {"tls_server_config": {"cert_file": "live.crt", "key_file": "live.key"}}
+    )
+    return live, web, web.read_bytes()
+
+
+def _breakages(live: Pair, web: Path, good: bytes, tmp_path: Path) -> list[tuple[str, Any, str]]:
+    """(name, what to do to the files, a fragment of the one log line it must cause)."""
+    fifo = tmp_path / "a.fifo"
+    os.mkfifo(fifo)
+    return [
+        ("bad byte", lambda: _replace(web, good + b"# \xff\n"), "not UTF-8 text"),
+        ("deep", lambda: _replace(web, ("[" * 20_000).encode()), "nested deeper than 100"),
+        ("fifo", lambda: _replace(web, fifo), "it is a FIFO, not a regular file"),
+        ("dev-zero", lambda: _replace(web, Path("/dev/zero")), "it is a character device"),
+        (
+            "broken cert",
+            lambda: _replace(live.cert, BROKEN_PEM),
+            "tls_server_config.cert_file: no usable certificate",
+        ),
+        (
+            "non-ASCII cert",
+            lambda: _replace(live.cert, BROKEN_PEM + b"\xff"),
+            "tls_server_config.cert_file: ",
+        ),
+        ("cert is /dev/zero", lambda: _replace(live.cert, Path("/dev/zero")), "character device"),
+    ]
+
+
+def _current_in_a_thread(security: WebSecurity) -> WebState:
+    """``security.current()`` in a daemon thread: a read that blocked fails the test, not hangs."""
+    result: list[WebState] = []
+    thread = threading.Thread(target=lambda: result.append(security.current()), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert result, "WebSecurity.current() blocked"
+    return result[0]
+
+
+def test_any_failure_to_reload_keeps_the_old_config_and_logs_once(pki, tmp_path, caplog):
+    live, web, good = _live_tls(tmp_path, pki)
+    security = WebSecurity(web, recheck_seconds=0)
+    for name, breakage, fragment in _breakages(live, web, good, tmp_path):
+        _replace(web, good)  # a good config again (re-read: a new state, the same certificate)
+        _replace(live.cert, pki.server.cert.read_bytes())
+        in_force = _current_in_a_thread(security)
+        caplog.clear()
+        breakage()
+        with caplog.at_level(logging.INFO, logger="exporter.webconfig"):
+            for _ in range(5):  # every call re-checks (recheck_seconds=0), and fails again
+                assert _current_in_a_thread(security) is in_force, name
+        logged = [r.getMessage() for r in caplog.records]
+        assert len(logged) == 1, (name, logged)
+        assert "not reloaded, keeping the previous one" in logged[0], name
+        assert fragment in logged[0], (name, logged[0])
+        assert "\n" not in logged[0] and "Traceback" not in caplog.text
+    # Once the files are good again, the new ones are taken.
+    _replace(live.cert, pki.server2.cert.read_bytes())
+    _replace(live.key, pki.server2.key.read_bytes())
+    _replace(web, good)
+    assert _current_in_a_thread(security) is not in_force
+    assert "reloaded" in caplog.records[-1].getMessage()
+
+
+def test_running_exporter_keeps_serving_https_through_bad_web_configs(
+    simulator, start_exporter, pki, tmp_path
+):
+    live, web, good = _live_tls(tmp_path, pki)
+    exporter = start_exporter(sim_config(simulator), "--web.config.file", str(web))
+    assert served_common_name(exporter.port, pki) == "rtk-server-1"
+    for name, breakage, fragment in _breakages(live, web, good, tmp_path)[:5]:
+        _replace(web, good)
+        _replace(live.cert, pki.server.cert.read_bytes())
+        breakage()
+        # (The files are checked on new connections, at most once a second.)
+        wait_for(
+            lambda f=fragment: (
+                served_common_name(exporter.port, pki) == "rtk-server-1" and f in exporter.log()
+            ),
+            timeout=10,
+        )
+        # Connections for over two recheck periods (1 s): each check fails again, silently.
+        deadline = time.monotonic() + 2.5
+        for _ in range(1000):
+            assert served_common_name(exporter.port, pki) == "rtk-server-1", name
+            if time.monotonic() > deadline:
+                break
+        assert https_get(exporter.port, "/metrics", client_context(pki)).status_code == 200
+        assert exporter.log().count(fragment) == 1, (name, exporter.log())
+    _replace(live.cert, pki.server2.cert.read_bytes())
+    _replace(live.key, pki.server2.key.read_bytes())
+    _replace(web, good)
+    wait_for(lambda: served_common_name(exporter.port, pki) == "rtk-server-2", timeout=10)
+    assert_clean_stop(exporter)
