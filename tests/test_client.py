@@ -110,10 +110,10 @@ def test_404_in_realtimekit_envelope_means_no_active_session():
     assert fetch(reply(404, NO_SESSION_BODY)) is NO_ACTIVE_SESSION
 
 
-def test_404_in_cloudflare_envelope_is_a_4xx_failure_not_an_empty_meeting():
+def test_404_in_cloudflare_envelope_is_not_found_not_an_empty_meeting():
     body = {"success": False, "errors": [{"code": 7003, "message": "Could not route"}]}
     err = fail_reason(reply(404, body))
-    assert (err.reason, err.status) == ("http_4xx", 404)
+    assert (err.reason, err.status) == ("not_found", 404)  # issue 11: any other 404
     assert "Could not route" in str(err)
 
 
@@ -193,7 +193,7 @@ def test_wrong_content_type():
             -1,
             "required field data.live_participants is not a non-negative number: -1",
         ),
-        ("status", ["LIVE"], "required field data.status is not a non-empty string: ['LIVE']"),
+        ("status", ["LIVE"], "required field data.status is not LIVE or ENDED: ['LIVE']"),
     ],
 )
 def test_missing_or_mistyped_required_field_names_the_field(field: str, value: Any, message: str):
