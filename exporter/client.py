@@ -327,6 +327,7 @@ class _Walk:
         self.ids: set[str] = set()
         self.invalid_keys: set[object] = set()
         self.total: int | None = None
+        self.totals: set[int] = set()  # more than one: sessions came or went while we read
         self.ended = False  # an empty, short or last page was read
         self.saw_first = False  # a page started at item 1: the page base is certain
 
@@ -341,6 +342,7 @@ class _Walk:
         paging = page.paging or Paging()
         if paging.total_count is not None:
             self.total = paging.total_count
+            self.totals.add(self.total)
         self._learn(page_no, page, paging)
         if (self.total is not None and self.collected() >= self.total) or self.ended:
             return None
@@ -412,7 +414,10 @@ class _Walk:
                 sessions.setdefault(session.id, session)
             for bad in page.invalid:
                 invalid.setdefault(bad.meeting_id or (bad.page, bad.index), bad)
-        complete = self.collected() >= self.total if self.total is not None else self.ended
+        if self.total is not None:  # a count reached while others came and went proves little
+            complete = self.collected() >= self.total and len(self.totals) == 1
+        else:
+            complete = self.ended
         return Listing(list(sessions.values()), self.total, pages, complete, list(invalid.values()))
 
 
@@ -536,7 +541,8 @@ class ApiClient:
         moves across a page boundary while we read (others starting or ending) counts once.
 
         ``complete`` is True when the walk saw every session: as many as ``total_count`` when
-        it is known, else when the walk ended on an empty or short page.
+        it is known (and it did not change between pages: sessions that end while we read shift
+        others onto pages already read), else when the walk ended on an empty or short page.
         """
         path = f"/accounts/{account_id}/realtime/kit/{app_id}/sessions"
         model = self._paging.setdefault((account_id, app_id), PageModel())
