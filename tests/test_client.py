@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.client import ApiClient, PageModel, RateLimiter, make_http_client
+from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.errors import REASONS, ApiError
 from exporter.model import NO_ACTIVE_SESSION, InvalidSession, MeetingKey, Session, parse_timestamp
 
@@ -357,22 +357,18 @@ def test_pages_from_zero_over_several_pages_keep_the_api_order():
 
 
 def test_a_remembered_base_is_rechecked_when_it_stops_adding_up():
-    api = Pages(live(5))  # pages from 1; page 0 is read as page 1
+    api = Pages(live(5), base=0)
 
-    async def go() -> list[Any]:
-        http = make_http_client(
-            timeout_seconds=1, max_connections=2, transport=httpx.MockTransport(api)
-        )
-        async with http:
-            client = ApiClient(http, base_url=BASE, token=TOKEN, limiter=RateLimiter(10**9, 1))
-            client._paging[(ACC, APP)] = PageModel(base=0)  # as a walk against base 0 left it
-            return [
-                await client.list_live_sessions(ACC, APP, per_page=3, max_pages=9) for _ in range(2)
-            ]
+    def switch(page_no: int) -> None:
+        if len(api.asked) == 3:  # from the second walk on, pages count from 1 (0 reads as 1)
+            api.base = 1
 
-    first, second = asyncio.run(go())
-    assert ids(first) == ids(second) == [f"m{i}" for i in range(5)]
-    assert api.asked == [0, 1, 2, 1, 2]  # page 1 restarting at item 1 told base 1
+    api.before_page = switch
+    walks = walk(api, per_page=3, walks=3)
+    assert [ids(w) for w in walks] == [[f"m{i}" for i in range(5)]] * 3
+    assert all(w.complete for w in walks)
+    # walk 1 learns base 0; walk 2 starts at 0, and page 1 restarting at item 1 tells base 1
+    assert api.asked == [1, 0, 0, 1, 2, 1, 2]  # walks: [1, 0], [0, 1, 2], [1, 2]
 
 
 def knowable(fields: tuple[str, ...], n: int, base: int, cap: int | None) -> bool:
