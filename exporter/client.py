@@ -526,6 +526,13 @@ class ApiClient:
         )
         return _parse(parse_active_session, await self.get(path))
 
+    def page_size(self, account_id: str, app_id: str) -> int | None:
+        """How many items the app's ``/sessions`` pages were seen to hold (``None`` until a walk
+        has proved a page full): a server may serve fewer than ``per_page`` asks, so a bound on
+        pages is best computed from this."""
+        model = self._paging.get((account_id, app_id))
+        return model.size if model is not None else None
+
     async def list_live_sessions(
         self, account_id: str, app_id: str, *, per_page: int, max_pages: int
     ) -> Listing:

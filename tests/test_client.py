@@ -340,6 +340,22 @@ def test_a_page_cap_below_per_page_still_lists_every_session():
     assert api.asked == list(range(1, 11))
 
 
+def test_the_real_page_size_is_learned_from_offsets_not_from_per_page():
+    async def go() -> tuple[int | None, int | None]:
+        http = make_http_client(
+            timeout_seconds=1,
+            max_connections=2,
+            transport=httpx.MockTransport(Pages(live(60), cap=25)),
+        )
+        async with http:
+            client = ApiClient(http, base_url=BASE, token=TOKEN, limiter=RateLimiter(10**9, 1))
+            before = client.page_size(ACC, APP)
+            await client.list_live_sessions(ACC, APP, per_page=100, max_pages=9)
+            return before, client.page_size(ACC, APP)
+
+    assert asyncio.run(go()) == (None, 25)
+
+
 def test_pages_from_zero_with_everything_on_page_zero_are_found_and_remembered():
     api = Pages(live(5), base=0)
     first, second = walk(api, walks=2)
