@@ -18,6 +18,7 @@ REASONS: Final = (
     "http_4xx",
     "http_5xx",
     "invalid_response",
+    "not_found",  # appended: the order indexes stored counters and golden output
 )
 
 

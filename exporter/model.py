@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
@@ -23,6 +24,18 @@ from typing import Any, Final
 from exporter.errors import ApiError
 
 SESSION_STATUSES: Final = ("LIVE", "ENDED")
+
+#: Label values (session id, type, display name) longer than this are cut, and end in the marker.
+MAX_LABEL_CHARS: Final = 1024
+TRUNCATED: Final = "…[truncated]"
+#: Sane upper bounds: a value beyond them is not a measurement.
+MAX_PARTICIPANTS: Final = 10**7
+MAX_MINUTES: Final = 10**12 / 60  # consumed minutes, so that the seconds stay below 10^12
+MAX_COUNT: Final = 10**9  # paging counts and offsets
+#: What an id must look like to be used as a label value or in a request path.
+SAFE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+#: API error messages are cut to this length before they reach a log line or an error.
+MAX_MESSAGE_CHARS: Final = 300
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -55,12 +68,12 @@ class Session:
 
 @dataclass(frozen=True, slots=True)
 class InvalidSession:
-    """A session of a listing that could not be read: where it was, and what was wrong."""
+    """A session of a listing that could not be read; the listing's other sessions still count."""
 
     index: int  # position in its page
-    page: int  # page_no
+    page: int  # page_no of that page
     meeting_id: str | None  # its associated_id, when readable and a safe id
-    message: str  # names the field
+    message: str  # what is wrong, naming the field
 
 
 class _NoActiveSession(Enum):
@@ -93,11 +106,16 @@ def parse_timestamp(value: Any) -> float | None:
     return parsed.timestamp()
 
 
-def _number(data: dict[str, Any], key: str) -> float | None:
+def _number(data: dict[str, Any], key: str, limit: float) -> float | None:
+    """A finite number in ``[0, limit]``; ``None`` for anything else (huge integers included)."""
     value = data.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) and value >= 0 else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        return None
+    return number if math.isfinite(number) and 0 <= number <= limit else None
 
 
 def _string(data: dict[str, Any], key: str) -> str | None:
@@ -105,72 +123,107 @@ def _string(data: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _invalid(data: dict[str, Any], key: str, expected: str) -> ApiError:
+def _label(value: str | None) -> str | None:
+    """A label value, cut to :data:`MAX_LABEL_CHARS` with a visible marker."""
+    if value is None or len(value) <= MAX_LABEL_CHARS:
+        return value
+    return value[:MAX_LABEL_CHARS] + TRUNCATED
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a bad value for an error message."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):  # an int too long to print, or nested too deep
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 40 else text[:40] + "…"
+
+
+def _invalid(data: dict[str, Any], key: str, expected: str, where: str) -> ApiError:
     if key not in data:
-        return ApiError("invalid_response", f"required field data.{key} is missing")
-    shown = repr(data[key])[:40]
-    return ApiError("invalid_response", f"required field data.{key} is not {expected}: {shown}")
+        return ApiError("invalid_response", f"required field {where}.{key} is missing")
+    shown = _show(data[key])
+    return ApiError("invalid_response", f"required field {where}.{key} is not {expected}: {shown}")
 
 
-def parse_session(data: Any) -> Session:
+def _required_number(data: dict[str, Any], key: str, limit: float, where: str) -> float:
+    number = _number(data, key, limit)
+    if number is not None:
+        return number
+    if _number(data, key, math.inf) is None:
+        raise _invalid(data, key, "a non-negative number", where)
+    raise _invalid(data, key, f"a number up to {limit:g}", where)
+
+
+def parse_session(data: Any, where: str = "data") -> Session:
     """Build a :class:`Session` from the ``data`` object of a 200 answer.
 
-    Unknown fields are ignored, optional ones may be missing (or of a wrong type: then they count as
-    missing); a missing or mistyped required field (``id``, ``status``, ``live_participants``)
-    raises ``ApiError("invalid_response")`` naming the field.
+    Unknown fields are ignored, optional ones may be missing (or of a wrong type or out of range:
+    then they count as missing); a missing, mistyped or out-of-range required field (``id``,
+    ``status`` — ``LIVE`` or ``ENDED`` —, ``live_participants``) raises
+    ``ApiError("invalid_response")`` naming the field (``where`` is its parent's path). Label
+    values longer than :data:`MAX_LABEL_CHARS` are cut, ending in :data:`TRUNCATED`.
     """
     if not isinstance(data, dict):
-        raise ApiError("invalid_response", "field data is not an object")
+        raise ApiError("invalid_response", f"field {where} is not an object")
     session_id = _string(data, "id")
     if not session_id:
-        raise _invalid(data, "id", "a non-empty string")
+        raise _invalid(data, "id", "a non-empty string", where)
     status = _string(data, "status")
-    if not status:
-        raise _invalid(data, "status", "a non-empty string")
-    live = _number(data, "live_participants")
-    if live is None:
-        raise _invalid(data, "live_participants", "a non-negative number")
+    if status not in SESSION_STATUSES:
+        raise _invalid(data, "status", "LIVE or ENDED", where)
+    live = _required_number(data, "live_participants", MAX_PARTICIPANTS, where)
     return Session(
-        id=session_id,
+        id=_label(session_id) or session_id,
         status=status,
         live_participants=live,
-        max_concurrent_participants=_number(data, "max_concurrent_participants"),
-        minutes_consumed=_number(data, "minutes_consumed"),
+        max_concurrent_participants=_number(data, "max_concurrent_participants", MAX_PARTICIPANTS),
+        minutes_consumed=_number(data, "minutes_consumed", MAX_MINUTES),
         started_at=parse_timestamp(data.get("started_at")),
-        type=_string(data, "type"),
-        meeting_display_name=_string(data, "meeting_display_name"),
+        type=_label(_string(data, "type")),
+        meeting_display_name=_label(_string(data, "meeting_display_name")),
         associated_id=_string(data, "associated_id"),
     )
 
 
+def _cut(message: str) -> str:
+    if len(message) <= MAX_MESSAGE_CHARS:
+        return message
+    return message[:MAX_MESSAGE_CHARS] + TRUNCATED
+
+
 def error_message(body: Any) -> str | None:
     """The message of either error envelope: RealtimeKit ``error{code,message}`` or Cloudflare
-    ``errors[{code,message}]``. ``None`` when the body is neither."""
+    ``errors[{code,message}]``, cut to :data:`MAX_MESSAGE_CHARS`. ``None`` when the body is
+    neither."""
     if not isinstance(body, dict):
         return None
     err = body.get("error")
     if isinstance(err, dict) and isinstance(err.get("message"), str):
-        return str(err["message"])
+        return _cut(str(err["message"]))
     errs = body.get("errors")
     if isinstance(errs, list) and errs and isinstance(errs[0], dict):
         msg = errs[0].get("message")
         code = errs[0].get("code")
         if isinstance(msg, str):
-            return f"{msg} (code {code})" if code is not None else msg
+            return _cut(f"{msg} (code {_show(code)})" if code is not None else msg)
     return None
 
 
 def is_no_active_session(body: Any) -> bool:
-    """True for RealtimeKit's 404 envelope ``{"success": false, "error": {...}}``.
+    """True for RealtimeKit's 404 envelope ``{"success": false, "error": {...}}`` whose message
+    says "no active session" (in any case; the documented text is ``No active session found for
+    meeting_id …``).
 
-    Cloudflare's own edge answers 404 for unknown routes or apps in its ``errors[]`` shape; that
-    is a misconfiguration, not an empty meeting, so it is not accepted here.
+    Other not-founds (an unknown meeting, Cloudflare's own ``errors[]`` for unknown routes or
+    apps) are failures, not an empty meeting, so they are not accepted here.
     """
     return (
         isinstance(body, dict)
         and body.get("success") is False
         and isinstance(body.get("error"), dict)
         and "errors" not in body
+        and "no active session" in (error_message(body) or "").lower()
     )
 
 
@@ -178,11 +231,13 @@ def decode_json(content_type: str, body: bytes) -> Any:
     """Parse a JSON body, insisting on a JSON content type."""
     media = content_type.split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
-        raise ApiError("invalid_response", f"content type is {media or 'missing'!r}, not JSON")
+        raise ApiError("invalid_response", f"content type is {_show(media or 'missing')}, not JSON")
     try:
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ApiError("invalid_response", f"body is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ApiError("invalid_response", "body is not valid JSON: nested too deep") from None
+    except (ValueError, UnicodeDecodeError) as err:  # also integers of more than 4300 digits
+        raise ApiError("invalid_response", f"body is not valid JSON: {_cut(str(err))}") from None
 
 
 def parse_active_session(status: int, content_type: str, body: bytes) -> Answer:
@@ -210,10 +265,15 @@ def _error_doc(content_type: str, body: bytes) -> Any:
 
 
 def error_for_status(status: int, doc: Any) -> ApiError:
-    """The :class:`ApiError` for a non-200 answer whose (possibly absent) JSON body is ``doc``."""
+    """The :class:`ApiError` for a non-200 answer whose (possibly absent) JSON body is ``doc``.
+
+    A 404 is ``not_found`` with the API's message (the caller has already ruled out "no active
+    session")."""
     detail = error_message(doc) or "no error message"
     if status in (401, 403):
         return ApiError("auth", f"HTTP {status}: {detail}", status=status)
+    if status == 404:
+        return ApiError("not_found", detail, status=status)
     if status == 429:
         return ApiError("rate_limited", f"HTTP 429: {detail}", status=status)
     if 400 <= status < 500:
@@ -225,34 +285,58 @@ def error_for_status(status: int, doc: Any) -> ApiError:
 
 @dataclass(frozen=True, slots=True)
 class Paging:
-    total_count: int
-    start_offset: int
-    end_offset: int
+    """A page's ``paging``; each field ``None`` when missing or unusable (1-based item offsets)."""
+
+    total_count: int | None = None
+    start_offset: int | None = None
+    end_offset: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsPage:
+    """One page of ``GET …/sessions``, as read."""
+
+    sessions: list[Session]  # the valid ones, in the API's order
+    invalid: list[InvalidSession]  # the ones that could not be read
+    paging: Paging | None  # None when the answer has no usable paging at all
+    items: int  # how many items the page held, valid or not
+
+
+def _count(raw: dict[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
+        return None
+    return value
 
 
 def _paging(doc: dict[str, Any]) -> Paging | None:
-    """``paging`` at the top level (``/sessions``) or inside ``data`` (participants); ``None``
-    when absent. Present but malformed is an error: a count we cannot read is not "no count"."""
+    """``paging`` at the top level (``/sessions``) or inside ``data`` (participants). Every field
+    is optional; a mistyped or out-of-range one counts as missing; ``None`` when none is usable."""
     raw = doc.get("paging")
     if raw is None and isinstance(doc.get("data"), dict):
         raw = doc["data"].get("paging")
-    if raw is None:
+    if not isinstance(raw, dict):
         return None
-    fields = ("total_count", "start_offset", "end_offset")
-    if not isinstance(raw, dict) or not all(
-        isinstance(raw.get(f), int) and not isinstance(raw.get(f), bool) for f in fields
-    ):
-        raise ApiError("invalid_response", f"field paging is malformed: {str(raw)[:80]}")
-    return Paging(raw["total_count"], raw["start_offset"], raw["end_offset"])
+    paging = Paging(
+        _count(raw, "total_count"), _count(raw, "start_offset"), _count(raw, "end_offset")
+    )
+    return None if paging == Paging() else paging
+
+
+def _invalid_session(item: Any, index: int, page: int, err: ApiError) -> InvalidSession:
+    meeting = item.get("associated_id") if isinstance(item, dict) else None
+    safe = isinstance(meeting, str) and SAFE_ID.fullmatch(meeting) is not None
+    return InvalidSession(index, page, meeting if safe else None, str(err))
 
 
 def parse_sessions_page(
-    status: int, content_type: str, body: bytes
-) -> tuple[list[Session], Paging | None]:
-    """Interpret one page of ``GET …/sessions``: its sessions and its paging (if any).
+    status: int, content_type: str, body: bytes, *, page_no: int = 1
+) -> SessionsPage:
+    """Interpret one page of ``GET …/sessions`` (the page asked for as ``page_no``).
 
-    Any session that fails :func:`parse_session` makes the whole page ``invalid_response``: a
-    page we can only half read must not pass for "fewer meetings are live".
+    A session that fails :func:`parse_session` does not fail the page: it is returned among
+    ``invalid`` with its index and what is wrong, and the page's other sessions still count. An
+    answer that is not a readable page at all raises ``ApiError``.
     """
     if status != 200:
         raise error_for_status(status, _error_doc(content_type, body))
@@ -263,10 +347,10 @@ def parse_sessions_page(
     items = data.get("sessions") if isinstance(data, dict) else None
     if not isinstance(items, list):
         raise ApiError("invalid_response", "field data.sessions is missing or not a list")
-    sessions = []
+    sessions, invalid = [], []
     for index, item in enumerate(items):
         try:
-            sessions.append(parse_session(item))
+            sessions.append(parse_session(item, f"data.sessions[{index}]"))
         except ApiError as err:
-            raise ApiError("invalid_response", f"data.sessions[{index}]: {err}") from None
-    return sessions, _paging(doc)
+            invalid.append(_invalid_session(item, index, page_no, err))
+    return SessionsPage(sessions, invalid, _paging(doc), len(items))

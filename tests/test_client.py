@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.client import ApiClient, make_http_client
-from exporter.errors import ApiError
-from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session, parse_timestamp
+from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.errors import REASONS, ApiError
+from exporter.model import NO_ACTIVE_SESSION, InvalidSession, MeetingKey, Session, parse_timestamp
 
 from .conftest import TOKEN
 
@@ -110,10 +110,10 @@ def test_404_in_realtimekit_envelope_means_no_active_session():
     assert fetch(reply(404, NO_SESSION_BODY)) is NO_ACTIVE_SESSION
 
 
-def test_404_in_cloudflare_envelope_is_a_4xx_failure_not_an_empty_meeting():
+def test_404_in_cloudflare_envelope_is_not_found_not_an_empty_meeting():
     body = {"success": False, "errors": [{"code": 7003, "message": "Could not route"}]}
     err = fail_reason(reply(404, body))
-    assert (err.reason, err.status) == ("http_4xx", 404)
+    assert (err.reason, err.status) == ("not_found", 404)  # issue 11: any other 404
     assert "Could not route" in str(err)
 
 
@@ -193,7 +193,7 @@ def test_wrong_content_type():
             -1,
             "required field data.live_participants is not a non-negative number: -1",
         ),
-        ("status", ["LIVE"], "required field data.status is not a non-empty string: ['LIVE']"),
+        ("status", ["LIVE"], "required field data.status is not LIVE or ENDED: ['LIVE']"),
     ],
 )
 def test_missing_or_mistyped_required_field_names_the_field(field: str, value: Any, message: str):
@@ -261,3 +261,283 @@ def test_oversized_answer_is_cut_off():
 def test_client_repr_hides_token():
     http = httpx.AsyncClient()
     assert TOKEN not in repr(ApiClient(http, base_url=BASE, token=TOKEN))
+
+
+# --- listings (issue 11): page size and base learned from offsets, partial paging, bad items ---
+
+ACC, APP = KEY.account_id, KEY.app_id
+PAGING_FIELDS = ("total_count", "start_offset", "end_offset")
+
+
+def live(n: int, prefix: str = "m") -> list[dict[str, Any]]:
+    return [{**LIVE, "id": f"s-{prefix}{i}", "associated_id": f"{prefix}{i}"} for i in range(n)]
+
+
+class Pages:
+    """Serves ``/sessions`` from ``live`` under one server convention: pages counted from
+    ``base`` (a base-1 server reads page 0 as page 1), at most ``cap`` items per page, and only
+    the ``paging`` fields named (none: no ``paging`` at all)."""
+
+    def __init__(
+        self,
+        live: list[dict[str, Any]],
+        *,
+        base: int = 1,
+        cap: int | None = None,
+        fields: tuple[str, ...] = PAGING_FIELDS,
+    ) -> None:
+        self.live, self.base, self.cap, self.fields = live, base, cap, fields
+        self.asked: list[int] = []
+        self.before_page: Callable[[int], None] = lambda page_no: None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        page_no = int(request.url.params["page_no"])
+        per_page = int(request.url.params["per_page"])
+        self.asked.append(page_no)
+        self.before_page(page_no)
+        size = min(per_page, self.cap or per_page)
+        index = max(page_no, self.base) - self.base
+        items = self.live[index * size : (index + 1) * size]
+        start = index * size + 1 if items else 0
+        paging = {
+            "total_count": len(self.live),
+            "start_offset": start,
+            "end_offset": start + len(items) - 1 if items else 0,
+        }
+        body: dict[str, Any] = {"success": True, "data": {"sessions": items}}
+        if self.fields:
+            body["paging"] = {k: v for k, v in paging.items() if k in self.fields}
+        return reply(200, body)(request)
+
+
+def walk(handler: Any, *, per_page: int = 100, max_pages: int = 50, walks: int = 1) -> list[Any]:
+    """``walks`` listings in a row with one client (which remembers what it learned)."""
+
+    async def go() -> list[Any]:
+        http = make_http_client(
+            timeout_seconds=1, max_connections=2, transport=httpx.MockTransport(handler)
+        )
+        async with http:
+            client = ApiClient(http, base_url=BASE, token=TOKEN)
+            client.limiter = RateLimiter(10**9, 1)
+            return [
+                await client.list_live_sessions(ACC, APP, per_page=per_page, max_pages=max_pages)
+                for _ in range(walks)
+            ]
+
+    return asyncio.run(go())
+
+
+def ids(listing: Any) -> list[str]:
+    return [s.associated_id for s in listing.sessions]
+
+
+def test_a_page_cap_below_per_page_still_lists_every_session():
+    api = Pages(live(250), cap=25)
+    (got,) = walk(api, per_page=100)
+    assert ids(got) == [f"m{i}" for i in range(250)]
+    assert (got.total_count, got.pages, got.complete, got.invalid) == (250, 10, True, [])
+    assert api.asked == list(range(1, 11))
+
+
+def test_the_real_page_size_is_learned_from_offsets_not_from_per_page():
+    async def go() -> tuple[int | None, int | None]:
+        http = make_http_client(
+            timeout_seconds=1,
+            max_connections=2,
+            transport=httpx.MockTransport(Pages(live(60), cap=25)),
+        )
+        async with http:
+            client = ApiClient(http, base_url=BASE, token=TOKEN, limiter=RateLimiter(10**9, 1))
+            before = client.page_size(ACC, APP)
+            await client.list_live_sessions(ACC, APP, per_page=100, max_pages=9)
+            return before, client.page_size(ACC, APP)
+
+    assert asyncio.run(go()) == (None, 25)
+
+
+def test_pages_from_zero_with_everything_on_page_zero_are_found_and_remembered():
+    api = Pages(live(5), base=0)
+    first, second = walk(api, walks=2)
+    assert ids(first) == ids(second) == [f"m{i}" for i in range(5)]
+    assert first.complete and second.complete
+    assert api.asked == [1, 0, 0]  # page 1 came back empty with total 5; next walk starts at 0
+    assert (first.pages, second.pages) == (2, 1)
+
+
+def test_pages_from_zero_over_several_pages_keep_the_api_order():
+    api = Pages(live(12), base=0, cap=5)
+    (got,) = walk(api, per_page=10)
+    assert ids(got) == [f"m{i}" for i in range(12)]  # page 0 first, though read second
+    assert got.complete and api.asked == [1, 0, 2]
+
+
+def test_a_remembered_base_is_rechecked_when_it_stops_adding_up():
+    api = Pages(live(5), base=0)
+
+    def switch(page_no: int) -> None:
+        if len(api.asked) == 3:  # from the second walk on, pages count from 1 (0 reads as 1)
+            api.base = 1
+
+    api.before_page = switch
+    walks = walk(api, per_page=3, walks=3)
+    assert [ids(w) for w in walks] == [[f"m{i}" for i in range(5)]] * 3
+    assert all(w.complete for w in walks)
+    # walk 1 learns base 0; walk 2 starts at 0, and page 1 restarting at item 1 tells base 1
+    assert api.asked == [1, 0, 0, 1, 2, 1, 2]  # walks: [1, 0], [0, 1, 2], [1, 2]
+
+
+def knowable(fields: tuple[str, ...], n: int, base: int, cap: int | None) -> bool:
+    """Whether any answer tells the convention apart from a shorter list. Not so: a cap without
+    any paging (a capped page looks like the last one), and pages from 0 with neither a count
+    nor — when all fits on page 0 — a page 1 that starts past item 1."""
+    if cap is not None and not fields:
+        return False
+    return base == 1 or "total_count" in fields or (n > 7 and "start_offset" in fields)
+
+
+CONVENTIONS = [
+    (fields, n, base, cap)
+    for fields in [
+        (),
+        ("total_count",),
+        ("start_offset", "end_offset"),
+        ("end_offset",),
+        PAGING_FIELDS,
+    ]
+    for n in [0, 1, 6, 7, 8, 28]  # 0, 1, cap - 1, cap, cap + 1, 3 x cap + 7
+    for base, cap in [(1, None), (1, 7), (0, None), (0, 7)]
+    if knowable(fields, n, base, cap)
+]
+
+
+@pytest.mark.parametrize(("fields", "n", "base", "cap"), CONVENTIONS)
+def test_every_convention_lists_every_session_once(
+    fields: tuple[str, ...], n: int, base: int, cap: int | None
+):
+    per_page = 10 if cap else 7  # a cap is below what is asked
+    api = Pages(live(n), base=base, cap=cap, fields=fields)
+    (got,) = walk(api, per_page=per_page)
+    assert ids(got) == [f"m{i}" for i in range(n)]
+    assert got.complete
+    assert got.pages == len(api.asked) <= -(-n // 7) + 3  # pages needed, and at most 3 more
+
+
+def test_paging_fields_mistyped_count_as_missing():
+    def handler(request: httpx.Request) -> httpx.Response:
+        items = live(3) if request.url.params["page_no"] == "1" else []
+        data = json.dumps({"sessions": items})
+        paging = '{"total_count": "3", "start_offset": true, "end_offset": 1e400}'
+        body = f'{{"success": true, "data": {data}, "paging": {paging}}}'.encode()
+        return reply(200, body)(request)
+
+    (got,) = walk(handler, per_page=3)
+    assert ids(got) == ["m0", "m1", "m2"]
+    assert (got.total_count, got.complete, got.pages) == (None, True, 2)  # ended on an empty page
+
+
+def test_a_session_moving_across_a_page_boundary_counts_once():
+    api = Pages(live(6), cap=3)
+
+    def start_one(page_no: int) -> None:
+        if page_no == 2:
+            api.live.insert(0, live(1, "new")[0])  # shifts m2 onto page 2 as well
+
+    api.before_page = start_one
+    (got,) = walk(api, per_page=3)
+    assert ids(got) == [f"m{i}" for i in range(6)]  # m2 read twice, listed once
+    assert (got.total_count, got.complete) == (7, False)  # new0 sorted onto a page already read
+
+
+def test_max_pages_is_a_hard_bound_on_requests():
+    api = Pages(live(100), cap=5)
+    (got,) = walk(api, per_page=100, max_pages=3)
+    assert (got.pages, len(api.asked), len(got.sessions), got.complete) == (3, 3, 15, False)
+
+
+def test_a_walk_short_of_total_count_is_incomplete():
+    api = Pages(live(6), cap=3)
+
+    def end_one(page_no: int) -> None:
+        if page_no == 2:
+            del api.live[0]  # m0 ends; m3 slips onto page 1, already read
+
+    api.before_page = end_one
+    (got,) = walk(api, per_page=3)
+    assert ids(got) == ["m0", "m1", "m2", "m4", "m5"]  # as many as total_count says...
+    assert (got.total_count, got.complete) == (5, False)  # ...but the count moved: not complete
+
+
+def test_a_malformed_session_is_skipped_and_reported_the_others_count():
+    items = live(3)
+    del items[1]["status"]
+    items.append({"associated_id": "../etc", "status": "LIVE"})
+    body = {
+        "success": True,
+        "data": {"sessions": items},
+        "paging": {"total_count": 4, "start_offset": 1, "end_offset": 4},
+    }
+    (got,) = walk(reply(200, body))
+    assert ids(got) == ["m0", "m2"]
+    assert got.invalid == [
+        InvalidSession(1, 1, "m1", "required field data.sessions[1].status is missing"),
+        InvalidSession(3, 1, None, "required field data.sessions[3].id is missing"),
+    ]
+    assert (got.complete, got.pages) == (True, 1)  # every listed session was seen
+
+
+def test_an_unknown_status_in_a_listing_is_an_invalid_session_naming_the_value():
+    items = live(2)
+    items[0]["status"] = "PAUSED"
+    (got,) = walk(reply(200, {"success": True, "data": {"sessions": items}}), per_page=5)
+    assert ids(got) == ["m1"]
+    (bad,) = got.invalid
+    assert (bad.meeting_id, bad.message) == (
+        "m0",
+        "required field data.sessions[0].status is not LIVE or ENDED: 'PAUSED'",
+    )
+
+
+# --- 404s (issue 11): "no active session" only when the message says so ---------------------
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["No active session found for meeting_id m-1", "no ACTIVE session", "No active session found"],
+)
+def test_404_saying_no_active_session_is_the_empty_meeting(message: str):
+    body = {"success": False, "error": {"code": 404, "message": message}}
+    assert fetch(reply(404, body)) is NO_ACTIVE_SESSION
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"success": False, "error": {"code": 404, "message": "Meeting not found"}},
+        {"success": False, "error": {"code": 404}},
+        None,
+    ],
+)
+def test_any_other_404_is_not_found_with_the_apis_message(body: Any):
+    err = fail_reason(reply(404, body))
+    assert (err.reason, err.status) == ("not_found", 404)
+    if body and "message" in body["error"]:
+        assert str(err) == "Meeting not found"
+
+
+def test_a_404_listing_is_not_found():
+    with pytest.raises(ApiError) as info:
+        walk(reply(404, {"success": False, "error": {"code": 404, "message": "App not found"}}))
+    assert (info.value.reason, str(info.value)) == ("not_found", "App not found")
+
+
+def test_not_found_is_appended_to_the_reasons():
+    assert REASONS[-1] == "not_found" and REASONS[:7] == (
+        "timeout",
+        "connect",
+        "rate_limited",
+        "auth",
+        "http_4xx",
+        "http_5xx",
+        "invalid_response",
+    )
