@@ -42,7 +42,7 @@ _CSS: Final = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1em 2em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em}
 th,td{border:1px solid #ccc;padding:.2em .5em;text-align:left;vertical-align:top}
-th{background:#f0f0f0}.n{text-align:right}small{color:#666}
+th{background:#f0f0f0}small{color:#666}
 .failing{background:#fde2e2}.live{background:#e3f6e3}.unknown{color:#777}
 .paused{color:#b00;font-weight:bold}
 """
@@ -170,14 +170,14 @@ def _meeting_row(m: _Meeting, now: float) -> str:
     people = _num(answer.live_participants) if isinstance(answer, Session) else ""
     if m.kind == "idle":
         people = "0"
-    took = "" if state.poll_duration is None else f"took {state.poll_duration:.3f} s"
+    took = "" if state.poll_duration is None else f"{state.poll_duration:.3f} s"
     error = "last poll failed" if state.up is False else ""
     counts = _counts(m.errors)
     cells = [
         _e(_kind_text(m)),
-        f"{_e(key.meeting_id)}<br><small>{_e(key.account_id)}/{_e(key.app_id)}</small>",
+        f"{_e(key.meeting_id)}<br><small>app {_e(key.app_id)}</small>",
         _e(labels),
-        f'<span class="n">{_e(people)}</span>',
+        _e(people),
         _e(_age(now, state.last_success)),
         _e(took),
         "<br>".join(_e(part) for part in (error, counts) if part),
@@ -192,7 +192,7 @@ _MEETING_HEADERS: Final = (
     "Labels",
     "Participants",
     "Last success",
-    "Last poll",
+    "Last poll took",
     "Errors (since start)",
     "Session",
 )
@@ -264,7 +264,7 @@ def _apps_section(
             f"{_e(app.account_id)}/<br>{_e(app.app_id)}",
             "discovery" if discovery else "per meeting",
             _e(f"every {_num(interval)} s{stretched}"),
-            f'<span class="n">{per_app.get(app.key, 0)}</span>',
+            _e(per_app.get(app.key, 0)),
             _e(f"{demand:.2f} req/s"),
             _e(str(config.token_ref(app))),
             _e(_discovery_text(app_health)) if discovery else "",
