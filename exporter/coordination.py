@@ -258,7 +258,9 @@ class SharedLimiter(RateLimiter):
         self._id = token_hash(token)
         self._pause_key = f"{settings.key_prefix}:pause:{self._id}"
         storage = RedisStorage(
-            "async+" + settings.redis_url.split("://", 1)[0] + "://localhost",
+            "async+"
+            + settings.redis_url.split("://", 1)[0]
+            + "://localhost:6379",  # unused: the pool is given
             implementation="redispy",
             key_prefix=f"{settings.key_prefix}:limits",
             connection_pool=redis.connection_pool,  # type: ignore[arg-type]
@@ -359,6 +361,8 @@ class SharedLimiter(RateLimiter):
         return fallback
 
     def _recovering(self) -> None:
+        if self._fallback is None:  # another caller finished the recovery
+            return
         now = self._clock()
         self._retry_at = 0.0
         if self._both_until == 0.0:
