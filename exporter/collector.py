@@ -243,8 +243,11 @@ class MeetingCollector(Collector):
         last render. A family's body is joined again only when one of its lines changed (most
         polls change only the time of the last answer, the poll duration and the consumed
         time), and the parts are never copied into one."""
-        with self._render_lock:
-            blocks, interval = self._refresh()
+        if names is not None and not any(wanted(names, f.name, (f.sample_name,)) for f in FAMILIES):
+            blocks, interval = [b""] * len(FAMILIES), 0.0  # none wanted: nothing to refresh
+        else:
+            with self._render_lock:
+                blocks, interval = self._refresh()
         every = f" Polled every {interval:g} seconds."
         out: list[bytes] = []
         for family, block in zip(FAMILIES, blocks, strict=True):
@@ -481,6 +484,12 @@ _APP_FAMILIES: Final[tuple[tuple[str, str, str, Callable[[AppHealth], float | No
      "confirm a meeting that was live and is not listed any more.", lambda a: a.confirmations),
     ("realtimekit_discovery_dropped_meetings", "counter", "Listed meetings not exported "
      "because of discover.max_meetings, summed over cycles.", lambda a: a.dropped),
+    ("realtimekit_discovery_incomplete", "counter", "Discovery cycles whose listing ended with "
+     "fewer sessions than the API's total_count (its unlisted meetings were confirmed one by "
+     "one).", lambda a: a.incomplete),
+    ("realtimekit_discovery_invalid_sessions", "counter", "Malformed sessions skipped in "
+     "discovery listings (their meetings, when known, were asked about one by one).",
+     lambda a: a.invalid_sessions),
 )  # fmt: skip
 
 

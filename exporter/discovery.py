@@ -219,7 +219,9 @@ class Discovery:
         started = self._timer()
         configured = frozenset(MeetingKey(*app_key, m.id) for m in app.meetings)
         rules = app.discover
-        max_pages = math.ceil((rules.max_meetings + len(configured)) / rules.per_page) + 1
+        # Pages as the server really serves them (it may cap them below per_page).
+        page_size = min(client.page_size(*app_key) or rules.per_page, rules.per_page)
+        max_pages = math.ceil((rules.max_meetings + len(configured)) / page_size) + 2
         try:
             async with plan.slots:
                 listing = await client.list_live_sessions(

@@ -127,7 +127,7 @@ def build_runtime(
                 budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
             )
             old = previous.by_token.get(ident) if previous is not None else None
-            if old is not None and old.limiter.spacing == limiter.spacing:
+            if old is not None and old.limiter.configured_spacing == limiter.configured_spacing:
                 limiter = old.limiter
             by_token[ident] = ApiClient(
                 http,
