@@ -13,6 +13,7 @@ import os
 import secrets
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens
 from exporter.server import DEFAULT_PORT, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
+from exporter.status import config_page, status_page
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
@@ -293,18 +295,24 @@ async def run(
     def reload_from_http() -> tuple[bool, str]:
         return asyncio.run_coroutine_threadsafe(service.reload(), loop).result(timeout=60)
 
-    def summary() -> str:
-        config, runtime = service.config, service.runtime
-        return (
-            f"Polling {len(service.store.snapshot()[1])} meeting(s) in {len(runtime.apps)} app(s) "
-            f"every {config.poll.interval_seconds:g} seconds.{_share(service)}"
+    def status() -> str:
+        return status_page(
+            states=service.store.snapshot()[1],
+            health=service.health.snapshot(),
+            config=service.config,
+            now=time.time(),
+            stale_after=service.config.poll.stale_after,
+            version=__version__,
+            telemetry_path=where.telemetry_path,
+            note=_share(service).strip(),
         )
 
     app = create_app(
         collectors=collectors(service),
         telemetry_path=where.telemetry_path,
         ready=service.store.polled_all,
-        summary=summary,
+        status=status,
+        config_text=lambda: config_page(service.config),
         reload=reload_from_http,
     )
     server, thread = serve(app, where.host, where.port, web_config_file=where.web_config_file)

@@ -12,7 +12,6 @@ worker thread with a timeout, so a slow or silent client never holds up the acce
 
 from __future__ import annotations
 
-import html
 import logging
 import socket
 import ssl
@@ -28,7 +27,6 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from exporter import __version__
 from exporter.errors import ConfigError
 from exporter.exposition import PartsGzip, render
 from exporter.webconfig import WebSecurity
@@ -113,12 +111,14 @@ def create_app(
     collectors: Sequence[Collector],
     telemetry_path: str,
     ready: Callable[[], bool],
-    summary: Callable[[], str],
+    status: Callable[[], str],
+    config_text: Callable[[], str],
     reload: Callable[[], tuple[bool, str]] | None = None,
 ) -> WsgiApp:
-    """The exporter's WSGI app. ``collectors`` are exported in that order; ``summary``
-    describes what is polled for the landing page; ``reload`` re-reads the config for
-    ``POST /-/reload`` and says whether that worked."""
+    """The exporter's WSGI app. ``collectors`` are exported in that order; ``status`` makes
+    the status page (``/``), ``config_text`` the running config with secrets redacted
+    (``/config``); ``reload`` re-reads the config for ``POST /-/reload`` and says whether that
+    worked."""
     registry = CollectorRegistry(auto_describe=False)  # for the rare negotiations only
     for collector in collectors:
         registry.register(collector)
@@ -126,13 +126,15 @@ def create_app(
     gzip = PartsGzip()
 
     def text(
-        start: StartResponse, status: str, body: str, ctype: str = "text/plain"
+        start: StartResponse,
+        code: str,
+        body: str,
+        ctype: str = "text/plain",
+        extra: tuple[tuple[str, str], ...] = (),
     ) -> list[bytes]:
         data = body.encode()
-        start(
-            status,
-            [("Content-Type", f"{ctype}; charset=utf-8"), ("Content-Length", str(len(data)))],
-        )
+        length = ("Content-Length", str(len(data)))
+        start(code, [("Content-Type", f"{ctype}; charset=utf-8"), length, *extra])
         return [data]
 
     def metrics(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
@@ -160,7 +162,7 @@ def create_app(
                 return [b""]
             ok, message = reload()
             return text(start, "200 OK" if ok else "500 Internal Server Error", message + "\n")
-        known = {telemetry_path, "/", "/-/healthy", "/-/ready"}
+        known = {telemetry_path, "/", "/config", "/-/healthy", "/-/ready"}
         if path in known and method not in ("GET", "HEAD"):
             start("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
             return [b""]
@@ -173,25 +175,16 @@ def create_app(
                 return text(start, "200 OK", "Ready\n")
             return text(start, "503 Service Unavailable", "Not ready: first poll cycle running\n")
         if path == "/":
-            page = _LANDING.format(
-                version=html.escape(__version__),
-                path=html.escape(telemetry_path, quote=True),
-                summary=html.escape(summary()),
-            )
-            return text(start, "200 OK", page, "text/html")
+            return text(start, "200 OK", status(), "text/html", _PAGE_HEADERS)
+        if path == "/config":
+            return text(start, "200 OK", config_text())
         return text(start, "404 Not Found", "Not found\n")
 
     return app
 
 
-_LANDING = """<!DOCTYPE html>
-<html><head><title>RealtimeKit Exporter</title></head>
-<body><h1>RealtimeKit Exporter</h1>
-<p>Version {version}. {summary}</p>
-<ul><li><a href="{path}">Metrics</a></li>
-<li><a href="/-/healthy">Health</a></li><li><a href="/-/ready">Readiness</a></li></ul>
-</body></html>
-"""
+#: The status page needs no script and loads nothing: say so to the browser too.
+_PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),)
 
 
 def protect(app: WsgiApp, web: WebSecurity) -> WsgiApp:

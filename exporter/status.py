@@ -325,10 +325,12 @@ def status_page(
     version: str,
     telemetry_path: str,
     limit: int = 100,
+    note: str = "",
 ) -> str:
     """The HTML status page (served on ``/``): header, apps, request budget, then at most
     ``limit`` meetings, failing first, then live, then idle, then unknown, and a line
-    ``… and N more (X failing, Y live, Z idle)`` for the rest. ``now`` is Unix time."""
+    ``… and N more (X failing, Y live, Z idle)`` for the rest. ``now`` is Unix time; ``note``
+    is one more line for the header (the shard this process is)."""
     meetings = _meetings(states, now, stale_after)
     per_app: dict[tuple[str, str], int] = {}
     for m in meetings:
@@ -336,6 +338,7 @@ def status_page(
     apps, demand = _apps_section(config, health, per_app)
     body = (
         _header(version, telemetry_path, health, now)
+        + (f"<p>{_e(note)}</p>\n" if note else "")
         + apps
         + _budget_section(health, config, demand, now)
         + _meetings_section(meetings, now, limit)
