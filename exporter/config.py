@@ -45,6 +45,7 @@ from exporter.model import MeetingKey
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
+DEFAULT_WEBHOOK_KEY_URL = "https://api.realtime.cloudflare.com/.well-known/webhooks.json"
 
 #: Labels the exporter sets itself; static meeting labels must not reuse them.
 RESERVED_LABELS = frozenset(
@@ -156,18 +157,8 @@ class ApiConfig(_TokenFields):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str, info: ValidationInfo) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http(s) URL")
-        if parts.query or parts.fragment:
-            raise ValueError(f"{value!r} must not have a query or fragment")
         insecure_ok = info.data.get("allow_insecure_http", False)
-        if parts.scheme == "http" and not insecure_ok and not _is_loopback(parts.hostname):
-            raise ValueError(
-                f"{value!r} is plain http to a non-loopback host; "
-                "use https or set api.allow_insecure_http: true"
-            )
-        return value.rstrip("/")
+        return _https_url(value, insecure_ok, "api.allow_insecure_http").rstrip("/")
 
 
 def _is_loopback(host: str) -> bool:
@@ -177,6 +168,29 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6addr]:PORT`` to ``(host, port)``;
+    ``ValueError`` otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _https_url(value: str, insecure_ok: bool, key: str) -> str:
+    """An http(s) URL without query or fragment; plain http only to loopback unless allowed."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not have a query or fragment")
+    if parts.scheme == "http" and not insecure_ok and not _is_loopback(parts.hostname):
+        raise ValueError(
+            f"{value!r} is plain http to a non-loopback host; use https or set {key}: true"
+        )
+    return value
 
 
 class PollConfig(_Model):
@@ -254,6 +268,12 @@ class Discover(_Model):
         return _check_labels(value)
 
 
+class AppWebhooks(_Model):
+    """Take this app's signed webhooks (``POST /webhooks/{account_id}/{app_id}``)."""
+
+    enabled: bool = False
+
+
 class App(_TokenFields):
     account_id: str
     app_id: str
@@ -261,6 +281,7 @@ class App(_TokenFields):
         default_factory=list
     )
     discover: Discover = Discover()
+    webhooks: AppWebhooks = AppWebhooks()
 
     @model_validator(mode="after")
     def _something_to_watch(self) -> App:
@@ -288,10 +309,46 @@ class App(_TokenFields):
         return value
 
 
+class WebhooksConfig(_Model):
+    """The webhook receiver: its own listener (off unless ``listen_address`` is set), so it can
+    face the internet while ``/metrics`` stays internal."""
+
+    allow_insecure_http: bool = False  # declared first: public_key_url's check reads it
+    listen_address: str | None = None
+    public_key_file: str | None = None
+    public_key_url: str = DEFAULT_WEBHOOK_KEY_URL
+    max_body_bytes: int = Field(default=1 << 20, gt=0, le=64 << 20)
+    #: Polling interval of an app while its webhooks are healthy.
+    reconcile_interval_seconds: float = Field(default=300.0, gt=0, le=WEEK, allow_inf_nan=False)
+
+    @field_validator("listen_address")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
+        return value
+
+    @field_validator("public_key_url")
+    @classmethod
+    def _key_url(cls, value: str, info: ValidationInfo) -> str:
+        insecure_ok = info.data.get("allow_insecure_http", False)
+        return _https_url(value, insecure_ok, "webhooks.allow_insecure_http")
+
+
 class Config(_Model):
     api: ApiConfig = ApiConfig()
     poll: PollConfig = PollConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     apps: list[App] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _webhooks_need_a_listener(self) -> Config:
+        wanting = [i for i, app in enumerate(self.apps) if app.webhooks.enabled]
+        if wanting and self.webhooks.listen_address is None:
+            raise ValueError(
+                f"webhooks.listen_address is required: apps[{wanting[0]}].webhooks.enabled is true"
+            )
+        return self
 
     @field_validator("apps")
     @classmethod
