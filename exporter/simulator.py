@@ -67,6 +67,28 @@ app's listing with ``set_listing_fault``) imitate what a client meets in the wil
   1000000000``) and ``not_found`` (404 "Meeting not found"; meetings only). On a listing the
   field faults change the page's first session. ``stop()`` ends streaming answers at once.
 
+Webhooks (``webhook_url``, ``--webhook-url``): the simulator signs RealtimeKit's camelCase events
+with its RSA key (``webhook_key``, ``--webhook-key-file``; by default a new 2048-bit key) and POSTs
+them to the URL, where ``{account_id}`` and ``{app_id}`` are replaced by the meeting's app. Its
+public key is at ``GET /.well-known/webhooks.json`` (no token), whenever it has a key. Events:
+
+* a session starts (auto mode, ``set_participants`` on an idle or ENDED meeting, a live
+  ``add_app``, churn): ``meeting.started``, then one ``meeting.participantJoined`` per participant;
+* the live count goes up or down by k: k ``participantJoined`` or k ``participantLeft`` (made-up
+  peer ids; the latest to join leaves first). ``set_participants(id, 0)`` keeps the session LIVE;
+* a session ends: a ``participantLeft`` for everyone still there, then ``meeting.ended`` with
+  ``reason`` ``HOST_ENDED_MEETING`` (``end_session``, ``clear_session`` of a LIVE session) or
+  ``ALL_PARTICIPANTS_LEFT`` (auto mode, churn).
+
+The constructor's own meetings send nothing for the sessions they start with. Headers:
+``rtk-signature``, ``rtk-uuid`` (one per delivery, kept on its retries), ``rtk-webhook-id`` (one per
+simulator: ``webhook_id``). One thread delivers, in order, from a queue of ``webhook_queue_size``
+(10,000) events; a full queue drops the event. A 5xx or a network error is retried
+``webhook_retries`` (3) times after ``webhook_retry_delays`` (0.2, 0.5, 1 s); other statuses are
+final; each POST has ``webhook_timeout`` (2 s). Counts: ``webhook_stats()`` and ``"webhooks"`` in
+``GET /_sim/stats``. In auto mode that thread also advances every meeting every 0.2 s, so events
+go out while nobody polls. Without ``webhook_url`` there is no thread and nothing changes.
+
 Control endpoints (``POST /_sim/meetings/{id}``, ``POST /_sim/apps/{account}/{app}``,
 ``GET /_sim/stats``) and ``GET /-/healthy`` need no token. Run standalone with
 ``python -m exporter.simulator --help``.
