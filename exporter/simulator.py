@@ -67,6 +67,28 @@ app's listing with ``set_listing_fault``) imitate what a client meets in the wil
   1000000000``) and ``not_found`` (404 "Meeting not found"; meetings only). On a listing the
   field faults change the page's first session. ``stop()`` ends streaming answers at once.
 
+Webhooks (``webhook_url``, ``--webhook-url``): the simulator signs RealtimeKit's camelCase events
+with its RSA key (``webhook_key``, ``--webhook-key-file``; by default a new 2048-bit key) and POSTs
+them to the URL, where ``{account_id}`` and ``{app_id}`` are replaced by the meeting's app. Its
+public key is at ``GET /.well-known/webhooks.json`` (no token), whenever it has a key. Events:
+
+* a session starts (auto mode, ``set_participants`` on an idle or ENDED meeting, a live
+  ``add_app``, churn): ``meeting.started``, then one ``meeting.participantJoined`` per participant;
+* the live count goes up or down by k: k ``participantJoined`` or k ``participantLeft`` (made-up
+  peer ids; the latest to join leaves first). ``set_participants(id, 0)`` keeps the session LIVE;
+* a session ends: a ``participantLeft`` for everyone still there, then ``meeting.ended`` with
+  ``reason`` ``HOST_ENDED_MEETING`` (``end_session``, ``clear_session`` of a LIVE session) or
+  ``ALL_PARTICIPANTS_LEFT`` (auto mode, churn).
+
+The constructor's own meetings send nothing for the sessions they start with. Headers:
+``rtk-signature``, ``rtk-uuid`` (one per delivery, kept on its retries), ``rtk-webhook-id`` (one per
+simulator: ``webhook_id``). One thread delivers, in order, from a queue of ``webhook_queue_size``
+(10,000) events; a full queue drops the event. A 5xx or a network error is retried
+``webhook_retries`` (3) times after ``webhook_retry_delays`` (0.2, 0.5, 1 s); other statuses are
+final; each POST has ``webhook_timeout`` (2 s). Counts: ``webhook_stats()`` and ``"webhooks"`` in
+``GET /_sim/stats``. In auto mode that thread also advances every meeting every 0.2 s, so events
+go out while nobody polls. Without ``webhook_url`` there is no thread and nothing changes.
+
 Control endpoints (``POST /_sim/meetings/{id}``, ``POST /_sim/apps/{account}/{app}``,
 ``GET /_sim/stats``) and ``GET /-/healthy`` need no token. Run standalone with
 ``python -m exporter.simulator --help``.
@@ -99,11 +121,19 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import FrameType
 from typing import Any, cast
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-__all__ = ["FAULT_KINDS", "FaultConfig", "PageServed", "Simulator", "main"]
+import httpx
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from exporter.webhooks import sign, well_known_body
+
+__all__ = ["FAULT_KINDS", "WEBHOOK_RETRY_DELAYS", "FaultConfig", "PageServed", "Simulator", "main"]
 
 DEFAULT_ACCOUNT_ID = "023e105f4ecef8ad9ca31a8372d0c353"
 DEFAULT_APP_ID = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
@@ -139,6 +169,11 @@ _DEEP_JSON_DEPTH = 10_000
 _DEEP_MARK = "\x00deep-json\x00"  # stands in for the nesting until the body is serialised
 _BOMB_UNIT, _BOMB_UNITS = 1 << 20, 1024  # 1 GiB of zeros
 _Key = tuple[float, str, str]  # (session created, session id, meeting id): listing order
+WELL_KNOWN_PATH = "/.well-known/webhooks.json"
+WEBHOOK_RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds before the 1st, 2nd, 3rd (and later) retry
+_HOST_ENDED, _ALL_LEFT = "HOST_ENDED_MEETING", "ALL_PARTICIPANTS_LEFT"
+_TICK_SECONDS = 0.2  # auto mode with webhooks: meetings are advanced this often
+_Peer = tuple[str, float]  # (peer id, clock time joined)
 
 
 @dataclass
@@ -372,6 +407,152 @@ def _uuid4(rng: random.Random) -> str:
     return str(uuid.UUID(int=rng.getrandbits(128), version=4))
 
 
+@dataclass(frozen=True, slots=True)
+class _WebhookOptions:
+    url: str  # a template: {account_id} and {app_id} are replaced by the event's app
+    key: rsa.RSAPrivateKey
+    webhook_id: str
+    retries: int
+    delays: tuple[float, ...]
+    timeout: float
+    queue_size: int
+
+    def __post_init__(self) -> None:
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"webhook_url must be an http(s) URL, got {self.url!r}")
+        if self.retries < 0:
+            raise ValueError(f"webhook_retries must be >= 0, got {self.retries!r}")
+        if not self.delays or any(not d >= 0 for d in self.delays):
+            raise ValueError(f"webhook_retry_delays must be seconds >= 0, got {self.delays!r}")
+        if not self.timeout > 0:
+            raise ValueError(f"webhook_timeout must be > 0, got {self.timeout!r}")
+        if self.queue_size < 1:
+            raise ValueError(f"webhook_queue_size must be >= 1, got {self.queue_size!r}")
+
+    def target(self, app: tuple[str, str]) -> str:
+        account, app_id = (quote(part, safe="") for part in app)
+        return self.url.replace("{account_id}", account).replace("{app_id}", app_id)
+
+
+class _WebhookSender:
+    """Signs and POSTs events, in order, from one thread; a bounded queue feeds it.
+
+    ``submit`` never blocks (a full queue drops the event and counts it), so the simulator may
+    call it with its lock held. A delivery is retried after each delay of ``delays`` (the last
+    one repeats) on a 5xx or a network error, at most ``retries`` times, with the same
+    ``rtk-uuid``; any other status ends it. ``tick`` (auto mode) runs every 0.2 s between
+    deliveries so meetings change, and their events go out, even when nobody polls.
+    """
+
+    def __init__(self, options: _WebhookOptions, tick: Callable[[], None] | None) -> None:
+        self.options = options
+        self._tick = tick
+        self._cond = threading.Condition()
+        self._pending: deque[tuple[tuple[str, str], dict[str, Any]]] = deque()
+        self._counts = dict.fromkeys(("delivered", "failed", "retried", "dropped"), 0)
+        self._last_error = ""
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    def submit(self, app: tuple[str, str], payload: dict[str, Any]) -> None:
+        with self._cond:
+            if len(self._pending) >= self.options.queue_size:
+                self._counts["dropped"] += 1
+                return
+            self._pending.append((app, payload))
+            self._cond.notify()
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {**self._counts, "queued": len(self._pending), "last_error": self._last_error}
+
+    def start(self) -> None:
+        with self._cond:
+            self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sim-webhooks", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End the thread after the delivery in flight (events still queued stay queued)."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=self.options.timeout + 3)
+            self._thread = None
+
+    def _run(self) -> None:
+        with httpx.Client(timeout=self.options.timeout, trust_env=False) as client:
+            next_tick = time.monotonic()
+            while True:
+                if self._tick is not None and time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + _TICK_SECONDS
+                wait = None if self._tick is None else max(0.0, next_tick - time.monotonic())
+                with self._cond:
+                    self._cond.wait_for(lambda: self._pending or self._stopping, wait)
+                    if self._stopping:
+                        return
+                    item = self._pending.popleft() if self._pending else None
+                if item is not None:
+                    self._deliver(client, *item)
+
+    def _deliver(self, client: httpx.Client, app: tuple[str, str], payload: dict[str, Any]) -> None:
+        body = _dumps(payload)
+        headers = {
+            "rtk-signature": sign(self.options.key, body),
+            "rtk-uuid": str(uuid.uuid4()),
+            "rtk-webhook-id": self.options.webhook_id,
+            "Content-Type": "application/json",
+        }
+        url, delays = self.options.target(app), self.options.delays
+        for attempt in range(self.options.retries + 1):
+            if attempt:
+                self._count("retried")
+                if self._pause(delays[min(attempt, len(delays)) - 1]):
+                    return  # stopping: the event stays undelivered
+            outcome = self._post(client, url, body, headers)
+            if outcome != "retry":
+                self._count(outcome)
+                return
+        self._count("failed")
+
+    def _post(self, client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> str:
+        """ "delivered", "failed" (a status not worth retrying) or "retry"."""
+        try:
+            status = client.post(url, content=body, headers=headers).status_code
+        except httpx.HTTPError as err:
+            self._note(f"{type(err).__name__}: {err}")
+            return "retry"
+        if 200 <= status < 300:
+            return "delivered"
+        self._note(f"HTTP {status}")
+        return "retry" if status >= 500 else "failed"
+
+    def _pause(self, seconds: float) -> bool:
+        """Wait before a retry; True when stop() came first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._stopping, seconds)
+
+    def _count(self, name: str) -> None:
+        with self._cond:
+            self._counts[name] += 1
+
+    def _note(self, error: str) -> None:
+        with self._cond:
+            self._last_error = error[:200]
+
+
+def _room_name(meeting_id: str) -> str:
+    letters = "".join(c for c in meeting_id.lower() if c.isalnum())[:12].ljust(12, "x")
+    return f"{letters[:6]}-{letters[6:]}"
+
+
+def _generate_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def _check_conventions(
     page_base: int, per_page_cap: int, paging: str, drop: tuple[str, ...], unknown: str, churn: int
 ) -> None:
@@ -417,6 +598,12 @@ class Simulator:
         unknown_meeting: str = "no_session",
         churn_per_page: int = 0,
         on_page: Callable[[PageServed], None] | None = None,
+        webhook_url: str | None = None,
+        webhook_key: rsa.RSAPrivateKey | None = None,
+        webhook_retries: int = 3,
+        webhook_retry_delays: Iterable[float] = WEBHOOK_RETRY_DELAYS,
+        webhook_timeout: float = 2.0,
+        webhook_queue_size: int = 10_000,
     ) -> None:
         if not token:
             raise ValueError("token must not be empty")
@@ -462,7 +649,35 @@ class Simulator:
         self.account_id = account_id
         self.app_id = app_id
         self._main_app = (account_id, app_id)
+        self._peer_rng = random.Random(None if seed is None else f"peers:{seed}")
+        self._peers: dict[str, list[_Peer]] = {}  # meeting id → participants of its session
+        self._hooks: _WebhookSender | None = None
         self.add_app(account_id, app_id, meetings, live=live)
+        # set up after the constructor's meetings: their sessions were there before, no events
+        self.webhook_key = self._webhook_key(webhook_url, webhook_key)
+        self.webhook_id = _uuid4(random.Random(None if seed is None else f"webhook:{seed}"))
+        if webhook_url is not None:
+            options = _WebhookOptions(
+                webhook_url,
+                cast(rsa.RSAPrivateKey, self.webhook_key),
+                self.webhook_id,
+                webhook_retries,
+                tuple(webhook_retry_delays),
+                webhook_timeout,
+                webhook_queue_size,
+            )
+            self._hooks = _WebhookSender(options, self._tick if auto else None)
+
+    def _webhook_key(
+        self, url: str | None, key: rsa.RSAPrivateKey | None
+    ) -> rsa.RSAPrivateKey | None:
+        """The key to sign with (made when a URL needs one) and its well-known document."""
+        if key is not None and not isinstance(key, rsa.RSAPrivateKey):
+            raise ValueError(f"webhook_key must be an RSA private key, got {type(key).__name__}")
+        if url is not None and key is None:
+            key = _generate_key()
+        self._well_known = None if key is None else well_known_body(key.public_key())
+        return key
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -595,7 +810,7 @@ class Simulator:
             self._start_session(m, t, rng.randint(1, 4))
         elif m.phase == _LIVE and m.next_change < m.phase_until:
             step = rng.choice((-2, -1, -1, 1, 1, 2))
-            self._set_live(s, t, max(1, min(12, s.live + step)))
+            self._set_live(m, t, max(1, min(12, s.live + step)))
             m.next_change = t + rng.uniform(5.0, 15.0)
         elif m.phase == _LIVE:
             self._end(m, t)
@@ -620,14 +835,21 @@ class Simulator:
             rng = self._rng(m)
             m.phase_until, m.next_change = t + rng.uniform(120.0, 600.0), t + rng.uniform(5, 15)
         self._schedule(m)
+        if self._hooks is not None:
+            self._peers[m.id] = []
+            self._emit(m, "meeting.started")
+            self._emit_peers(m, n, t)
         return m.session
 
-    def _set_live(self, s: _Session, t: float, n: int) -> None:
+    def _set_live(self, m: _Meeting, t: float, n: int) -> None:
+        s = cast(_Session, m.session)
         if n != s.live:
+            self._emit_peers(m, n - s.live, t)
             s.live, s.peak, s.updated = n, max(s.peak, n), self._real(t)
 
-    def _end(self, m: _Meeting, t: float) -> None:
+    def _end(self, m: _Meeting, t: float, reason: str = _ALL_LEFT) -> None:
         if m.session is not None and m.session.ended is None:
+            self._emit_end(m, t, reason)
             index = self._index[m.app]
             index.live.remove(m.key())
             index.ended.add(m.key())
@@ -669,20 +891,86 @@ class Simulator:
                 if n > 0:
                     self._start_session(m, now, n)
             else:
-                self._set_live(m.session, now, n)
+                self._set_live(m, now, n)
 
     def end_session(self, meeting_id: str) -> None:
         """Everyone leaves: the session turns ENDED (still served until clear_session)."""
         with self._lock:
             m, now = self._touch(meeting_id)
             if m.session is not None:
-                self._end(m, now)
+                self._end(m, now, _HOST_ENDED)
 
     def clear_session(self, meeting_id: str) -> None:
         """Drop the meeting's session: active-session answers 404 from now on."""
         with self._lock:
             m, now = self._touch(meeting_id)
+            if m.session is not None and m.session.ended is None:
+                self._emit_end(m, now, _HOST_ENDED)
             self._clear(m, now)
+
+    # -- webhook events (caller holds the lock; nothing happens without a webhook_url) ------
+
+    def _emit(self, m: _Meeting, event: str, **extra: Any) -> None:
+        """Queue one event about the meeting's current session, as it is now."""
+        if self._hooks is None:
+            return
+        s = cast(_Session, m.session)
+        ended = extra.pop("ended", None)
+        meeting: dict[str, Any] = {
+            "id": m.id,
+            "sessionId": s.id,
+            "title": m.name,
+            "roomName": _room_name(m.id),
+            "status": "LIVE" if ended is None else "ENDED",
+            "createdAt": _iso(s.created),
+            "startedAt": _iso(s.created),
+            "organizedBy": {"id": m.app[1], "name": f"Organization {m.app[1][:8]}"},
+        }
+        if ended is not None:
+            meeting["endedAt"] = _iso(ended)
+        self._hooks.submit(m.app, {"event": event, "meeting": meeting, **extra})
+
+    def _emit_peers(self, m: _Meeting, change: int, t: float) -> None:
+        """One participantJoined per new participant (change > 0) or participantLeft per
+        participant gone (change < 0; the latest to join leaves first)."""
+        if self._hooks is None:
+            return
+        peers, created = self._peers.setdefault(m.id, []), cast(_Session, m.session).created
+        for _ in range(abs(change)):
+            if change > 0:
+                peer: _Peer = (_uuid4(self._peer_rng), self._real(t))
+                peers.append(peer)
+                self._emit(m, "meeting.participantJoined", participant=self._peer_json(peer))
+            else:  # sessions from before the webhooks have participants never seen joining
+                peer = peers.pop() if peers else (_uuid4(self._peer_rng), created)
+                left = self._peer_json(peer, self._real(t))
+                self._emit(m, "meeting.participantLeft", participant=left)
+
+    def _emit_end(self, m: _Meeting, t: float, reason: str) -> None:
+        """Everyone still there leaves, then the LIVE session ends."""
+        if self._hooks is None:
+            return
+        self._emit_peers(m, -cast(_Session, m.session).live, t)
+        self._peers.pop(m.id, None)
+        self._emit(m, "meeting.ended", ended=self._real(t), reason=reason)
+
+    @staticmethod
+    def _peer_json(peer: _Peer, left: float | None = None) -> dict[str, Any]:
+        peer_id, joined = peer
+        d: dict[str, Any] = {
+            "peerId": peer_id,
+            "userDisplayName": f"Participant {peer_id[:4]}",
+            "customParticipantId": f"user-{peer_id[:8]}",
+            "joinedAt": _iso(joined),
+        }
+        if left is not None:
+            d["leftAt"] = _iso(left)
+        return d
+
+    def _tick(self) -> None:
+        """Apply every change due by now (auto mode with webhooks: their events go out)."""
+        with self._lock:
+            self._advance_due(self._sim_now())
 
     @staticmethod
     def _check_fault(kind: str | None, listing: bool = False) -> None:
@@ -773,6 +1061,8 @@ class Simulator:
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
+        if self._hooks is not None:
+            self._hooks.start()
 
     def stop(self) -> None:
         """Stop serving, end waiting and streaming answers, close open connections and wait (up
@@ -792,6 +1082,8 @@ class Simulator:
             self._idle.wait_for(lambda: not self._conns, timeout=5)
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._hooks is not None:
+            self._hooks.stop()
 
     def __enter__(self) -> Simulator:
         if self._server is None:
@@ -816,6 +1108,21 @@ class Simulator:
         return f"http://{f'[{host}]' if ':' in host else host}:{self.port}/client/v4"
 
     @property
+    def webhook_key_url(self) -> str:
+        """Where the simulator serves its webhook public key (``/.well-known/webhooks.json``)."""
+        if self._well_known is None:
+            raise RuntimeError("simulator has no webhook key")
+        return self.base_url.removesuffix("/client/v4") + WELL_KNOWN_PATH
+
+    def webhook_stats(self) -> dict[str, Any]:
+        """Webhook deliveries: ``delivered``, ``failed`` (not 2xx after the retries, or a 4xx),
+        ``retried`` (attempts after the first), ``dropped`` (queue full), ``queued`` now, and
+        ``last_error``; as under ``"webhooks"`` in ``GET /_sim/stats``."""
+        if self._hooks is None:
+            raise RuntimeError("simulator has no webhook_url")
+        return self._hooks.stats()
+
+    @property
     def stopping(self) -> bool:
         return self._stop.is_set()
 
@@ -832,6 +1139,8 @@ class Simulator:
             ans = self._control(method, path, body)
         elif path == "/-/healthy":
             ans = _Answer(200, b"ok", "text/plain; charset=utf-8")
+        elif path == WELL_KNOWN_PATH:
+            ans = self._well_known_answer(method)
         else:
             now, token = self._clock(), _bearer(h.fields.get("authorization"))
             with self._lock:
@@ -845,6 +1154,15 @@ class Simulator:
                 self._statuses[status] = self._statuses.get(status, 0) + 1
                 self._log.append((now, target, status))
         h.send_answer(ans)
+
+    def _well_known_answer(self, method: str) -> _Answer:
+        if method != "GET":
+            return _Answer(
+                405, _dumps({"ok": False, "error": "use GET"}), headers=[("Allow", "GET")]
+            )
+        if self._well_known is None:
+            return _Answer(404, _dumps({"ok": False, "error": "no webhook key"}))
+        return _Answer(200, self._well_known)
 
     def _answer(self, method: str, target: str, token: str, now: float) -> _Answer:
         path, _, query = target.partition("?")
@@ -1110,7 +1428,7 @@ class Simulator:
                 "status_counts": {str(k): v for k, v in sorted(self._statuses.items())},
                 "meetings": len(self._meetings),
                 "live_sessions": sum(len(i.live.items()) for i in self._index.values()),
-            }
+            } | ({} if self._hooks is None else {"webhooks": self._hooks.stats()})
 
     def _control_meeting(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
         """POST /_sim/meetings/{id} {"fault", "participants", "end", "clear"}: the session."""
@@ -1293,6 +1611,22 @@ def _fields(text: str) -> tuple[str, ...]:
     return names
 
 
+def _private_key_file(path: str) -> rsa.RSAPrivateKey:
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {err.strerror}") from None
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise argparse.ArgumentTypeError(
+            f"{path}: not an unencrypted PEM private key ({err})"
+        ) from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise argparse.ArgumentTypeError(f"{path}: a {type(key).__name__}, RSA expected")
+    return key
+
+
 def _epilog() -> str:
     kinds = ", ".join(sorted(FAULT_KINDS))
     return "\n".join(
@@ -1350,6 +1684,18 @@ _CONVENTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "help": "after each /sessions page, K LIVE sessions end and K new meetings go LIVE "
         "(default: %(default)s)"}),
 ]  # fmt: skip
+_WEBHOOK_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--webhook-url", {"default": None, "metavar": "URL",
+        "help": "POST signed meeting events here; {account_id} and {app_id} are replaced, e.g. "
+        "http://127.0.0.1:9101/webhooks/{account_id}/{app_id} (default: none, no events)"}),
+    ("--webhook-key-file", {"type": _private_key_file, "default": None, "metavar": "PEM",
+        "help": "RSA private key to sign with; its public key is served at "
+        f"{WELL_KNOWN_PATH} (default: a new 2048-bit key when --webhook-url is set)"}),
+    ("--webhook-retries", {"type": int, "default": 3, "metavar": "N",
+        "help": "retries of a delivery answered 5xx or failed on the network, after "
+        f"{', '.join(f'{d:g}' for d in WEBHOOK_RETRY_DELAYS)} s (the last repeats) "
+        "(default: %(default)s)"}),
+]  # fmt: skip
 _FAULT_FLAGS = (
     ("500", "HTTP 500"),
     ("503", "a 502 or 503 HTML page"),
@@ -1382,6 +1728,9 @@ def _parser() -> argparse.ArgumentParser:
     conventions = ap.add_argument_group("API conventions the spec leaves open")
     for flag, options in _CONVENTION_FLAGS:
         conventions.add_argument(flag, **options)
+    hooks = ap.add_argument_group("webhooks")
+    for flag, options in _WEBHOOK_FLAGS:
+        hooks.add_argument(flag, **options)
     faults = ap.add_argument_group("random faults of API requests")
     for name, what in _FAULT_FLAGS:
         faults.add_argument(
@@ -1434,6 +1783,9 @@ def _simulator(args: argparse.Namespace, token: str) -> Simulator:
         paging_drop=args.paging_drop,
         unknown_meeting=args.unknown_meeting,
         churn_per_page=args.churn_per_page,
+        webhook_url=args.webhook_url,
+        webhook_key=args.webhook_key_file,
+        webhook_retries=args.webhook_retries,
     )
 
 
@@ -1455,6 +1807,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulator: {exc}", file=sys.stderr)
         return 2
     shown = f" token={token}" if source == "built-in" else ""  # only the public demo token
+    if sim.webhook_key is not None:
+        shown += f" webhook_key_url={sim.webhook_key_url}"
     print(
         f"RealtimeKit simulator: base_url={sim.base_url} token_source={source}{shown} "
         f"account_id={sim.account_id} app_id={sim.app_id} meetings={','.join(sim.meeting_ids)}",

@@ -14,14 +14,27 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.simulator import FaultConfig, PageServed, Simulator
+from exporter.webhooks import (
+    Event,
+    KeySource,
+    WebhookReceiver,
+    WebhookStats,
+    parse_event,
+    parse_well_known,
+    verify,
+)
 
 TOKEN = "test-token-123"
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
@@ -1172,3 +1185,388 @@ def test_auto_listing_agrees_with_each_meeting() -> None:
             assert live == sum(s["status"] == "LIVE" for s in expected)
             listed_states |= {s["status"] for s in listed}
     assert listed_states == {"LIVE", "ENDED"}
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+
+class Post(NamedTuple):
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 recording every POST. It answers the scripted statuses
+    first, then 200; with a ``gate`` each answer waits until the gate is set."""
+
+    def __init__(self, statuses: Iterable[int] = (), gate: threading.Event | None = None) -> None:
+        self.posts: list[Post] = []
+        self.cond = threading.Condition()
+        self.statuses = list(statuses)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with receiver.cond:
+                    receiver.posts.append(Post(self.path, headers, body))
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
+                    receiver.cond.notify_all()
+                if gate is not None:
+                    gate.wait(20)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return (
+            f"http://127.0.0.1:{self.server.server_address[1]}/webhooks/{{account_id}}/{{app_id}}"
+        )
+
+    def wait_for(self, n: int, timeout: float = 15.0) -> list[Post]:
+        with self.cond:
+            got = self.cond.wait_for(lambda: len(self.posts) >= n, timeout)
+            assert got, f"{len(self.posts)} of {n} webhook deliveries within {timeout} s"
+            return list(self.posts)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    made: list[Receiver] = []
+
+    def factory(*statuses: int, gate: threading.Event | None = None) -> Receiver:
+        made.append(Receiver(statuses, gate))
+        return made[-1]
+
+    yield factory
+    for r in made:
+        r.close()
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll `check` (bounded in time) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def root(sim: Simulator) -> str:
+    return sim.base_url.removesuffix("/client/v4")
+
+
+def served_key(sim: Simulator) -> rsa.RSAPublicKey:
+    r = httpx.get(root(sim) + "/.well-known/webhooks.json", timeout=5)  # no token
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/json")
+    return parse_well_known(r.content)
+
+
+def verified_events(posts: list[Post], public: rsa.RSAPublicKey) -> list[Event]:
+    for post in posts:
+        assert verify(public, post.body, post.headers["rtk-signature"]), post.body[:80]
+        assert post.headers["content-type"] == "application/json"
+    return [parse_event(post.body) for post in posts]
+
+
+def test_webhook_events_are_signed_and_verify(
+    make_sim: MakeSim, receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey
+) -> None:
+    recv = receiver()
+    sim = make_sim(clock=FakeClock(), seed=1, webhook_url=recv.url, webhook_key=key)
+    public = served_key(sim)
+    assert public.public_numbers() == key.public_key().public_numbers()
+    mid = sim.meeting_ids[0]
+    sim.set_participants(mid, 3)
+    session = cast(dict[str, Any], sim.session(mid))
+    sim.set_participants(mid, 2)
+    sim.end_session(mid)
+    posts = recv.wait_for(8)
+    events = verified_events(posts, public)
+    assert [e.name.removeprefix("meeting.") for e in events] == [
+        "started",
+        *["participantJoined"] * 3,
+        "participantLeft",
+        *["participantLeft"] * 2,
+        "ended",
+    ]
+    assert {e.meeting_id for e in events} == {mid}
+    assert {e.session_id for e in events} == {session["id"]}
+    started, ended = events[0], events[-1]
+    assert started.status == "LIVE" and started.title == "Meeting 1 – Weekly sync"
+    assert started.started_at == T0 and started.ended_at is None
+    assert (ended.status, ended.reason, ended.ended_at) == ("ENDED", "HOST_ENDED_MEETING", T0)
+    joined = [e.peer_id for e in events[1:4]]
+    assert len(set(joined)) == 3 and {e.peer_id for e in events[4:7]} == set(joined)
+    assert events[4].peer_id == joined[-1]  # the latest to join leaves first
+    doc = json.loads(posts[0].body)
+    assert doc["meeting"]["organizedBy"] == {
+        "id": sim.app_id,
+        "name": doc["meeting"]["organizedBy"]["name"],
+    }
+    assert doc["meeting"]["roomName"] and doc["meeting"]["createdAt"] == "2027-01-15T08:00:00.000Z"
+    assert {p.path for p in posts} == {f"/webhooks/{sim.account_id}/{sim.app_id}"}
+    assert {p.headers["rtk-webhook-id"] for p in posts} == {sim.webhook_id}
+    assert len({p.headers["rtk-uuid"] for p in posts}) == 8
+    wait_until(lambda: sim.webhook_stats()["delivered"] == 8)
+    stats = httpx.get(root(sim) + "/_sim/stats", timeout=5).json()["webhooks"]
+    assert stats == {**dict.fromkeys(("failed", "retried", "dropped", "queued"), 0),
+                     "delivered": 8, "last_error": ""}  # fmt: skip
+
+
+def test_webhook_url_is_a_template_per_app(
+    make_sim: MakeSim, receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey
+) -> None:
+    recv = receiver()
+    sim = make_sim(meetings=0, webhook_url=recv.url, webhook_key=key)
+    (mid,) = sim.add_app("acc-2", "app-2", 1, live=True, participants=1)
+    events = verified_events(recv.wait_for(2), key.public_key())
+    assert [(e.name, e.meeting_id) for e in events] == [
+        ("meeting.started", mid),
+        ("meeting.participantJoined", mid),
+    ]
+    assert {p.path for p in recv.posts} == {"/webhooks/acc-2/app-2"}
+
+
+def test_webhook_5xx_is_retried_with_the_same_uuid(
+    make_sim: MakeSim, receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey
+) -> None:
+    recv = receiver(500, 503)
+    sim = make_sim(webhook_url=recv.url, webhook_key=key, webhook_retry_delays=(0.01, 0.02))
+    sim.set_participants(sim.meeting_ids[0], 1)
+    posts = recv.wait_for(4)
+    assert len({p.headers["rtk-uuid"] for p in posts[:3]}) == 1  # one delivery, three attempts
+    assert len({p.body for p in posts[:3]}) == 1
+    assert posts[3].headers["rtk-uuid"] != posts[0].headers["rtk-uuid"]
+    names = [e.name for e in verified_events(posts, key.public_key())]
+    assert names == ["meeting.started"] * 3 + ["meeting.participantJoined"]
+    wait_until(lambda: sim.webhook_stats()["delivered"] == 2)
+    stats = sim.webhook_stats()
+    assert (stats["retried"], stats["failed"], stats["last_error"]) == (2, 0, "HTTP 503")
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413])
+def test_webhook_4xx_is_not_retried(
+    make_sim: MakeSim, receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey, status: int
+) -> None:
+    recv = receiver(status)
+    sim = make_sim(webhook_url=recv.url, webhook_key=key, webhook_retry_delays=(0.01,))
+    sim.set_participants(sim.meeting_ids[0], 1)
+    posts = recv.wait_for(2)
+    assert posts[0].headers["rtk-uuid"] != posts[1].headers["rtk-uuid"]
+    wait_until(lambda: sim.webhook_stats()["delivered"] == 1)
+    stats = sim.webhook_stats()
+    assert (stats["failed"], stats["retried"], stats["last_error"]) == (1, 0, f"HTTP {status}")
+    assert len(recv.posts) == 2
+
+
+def test_webhook_retries_end_in_failure(make_sim: MakeSim, key: rsa.RSAPrivateKey) -> None:
+    with socket.socket() as s:  # a port nobody listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    sim = make_sim(
+        webhook_url=f"http://127.0.0.1:{port}/x",
+        webhook_key=key,
+        webhook_retries=2,
+        webhook_retry_delays=(0.01,),
+    )
+    sim.set_participants(sim.meeting_ids[0], 1)
+    wait_until(lambda: sim.webhook_stats()["failed"] == 2)
+    stats = sim.webhook_stats()
+    assert (stats["retried"], stats["delivered"]) == (4, 0)
+    assert stats["last_error"].startswith("ConnectError")
+
+
+def test_webhook_full_queue_drops_and_never_blocks(
+    make_sim: MakeSim, receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey
+) -> None:
+    gate = threading.Event()
+    recv = receiver(gate=gate)
+    sim = make_sim(webhook_url=recv.url, webhook_key=key, webhook_queue_size=3, webhook_timeout=20)
+    mid = sim.meeting_ids[0]
+    try:
+        sim.set_participants(mid, 1)  # started (in flight, held by the gate) + 1 joined queued
+        recv.wait_for(1)
+        started = time.monotonic()
+        sim.set_participants(mid, 6)  # 5 joined: 2 fit, 3 are dropped
+        with client(sim) as c:
+            assert c.get(active(sim, mid)).json()["data"]["live_participants"] == 6
+        assert time.monotonic() - started < 2.0  # the stuck delivery holds up nothing
+        stats = sim.webhook_stats()
+        assert (stats["dropped"], stats["queued"], stats["delivered"]) == (3, 3, 0)
+    finally:
+        gate.set()
+    assert len(recv.wait_for(4)) == 4
+    wait_until(lambda: sim.webhook_stats()["delivered"] == 4)
+    assert sim.webhook_stats()["dropped"] == 3
+
+
+def test_webhook_auto_mode_sends_events_nobody_polls_for(
+    receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey
+) -> None:
+    recv = receiver()
+    sim = Simulator(
+        token=TOKEN, meetings=4, seed=5, speed=200, webhook_url=recv.url, webhook_key=key
+    )
+    sim.start()
+    try:
+        with recv.cond:  # a whole session: started, then ended
+            assert recv.cond.wait_for(lambda: _whole_session(recv.posts) is not None, 20)
+    finally:
+        sim.stop()
+    assert sim.request_count() == 0
+    events = verified_events(list(recv.posts), key.public_key())
+    by_session: dict[str | None, list[str]] = {}
+    for e in events:
+        by_session.setdefault(e.session_id, []).append(e.name)
+    for names in by_session.values():
+        if names[0] == "meeting.started" and names[-1] == "meeting.ended":
+            assert names.count("meeting.participantJoined") == names.count(
+                "meeting.participantLeft"
+            )
+            assert names.count("meeting.started") == names.count("meeting.ended") == 1
+    ended = [e for e in events if e.name == "meeting.ended"]
+    assert {e.reason for e in ended} == {"ALL_PARTICIPANTS_LEFT"}
+
+
+def _whole_session(posts: list[Post]) -> str | None:
+    started = {
+        json.loads(p.body)["meeting"]["sessionId"] for p in posts if b'"meeting.started"' in p.body
+    }
+    for p in posts:
+        doc = json.loads(p.body)
+        if doc["event"] == "meeting.ended" and doc["meeting"]["sessionId"] in started:
+            return str(doc["meeting"]["sessionId"])
+    return None
+
+
+def test_webhook_key_without_url_and_no_webhooks(make_sim: MakeSim, key: rsa.RSAPrivateKey) -> None:
+    keyed = make_sim(webhook_key=key)
+    assert served_key(keyed).public_numbers() == key.public_key().public_numbers()
+    assert keyed.webhook_key_url == root(keyed) + "/.well-known/webhooks.json"
+    plain = make_sim()
+    with httpx.Client(timeout=5) as c:
+        assert c.get(root(plain) + "/.well-known/webhooks.json").status_code == 404
+        assert c.post(root(keyed) + "/.well-known/webhooks.json").status_code == 405
+        for sim in (keyed, plain):
+            assert "webhooks" not in c.get(root(sim) + "/_sim/stats").json()
+            with pytest.raises(RuntimeError, match="no webhook_url"):
+                sim.webhook_stats()
+            sim.set_participants(sim.meeting_ids[0], 2)  # no events without a URL
+    assert not [t for t in threading.enumerate() if t.name == "sim-webhooks"]
+    assert keyed.request_count() == plain.request_count() == 0
+
+
+def test_webhook_sender_and_real_receiver(make_sim: MakeSim, key: rsa.RSAPrivateKey) -> None:
+    got: list[tuple[tuple[str, str], Event]] = []
+    done = threading.Condition()
+
+    def on_event(app: tuple[str, str], event: Event) -> None:
+        with done:
+            got.append((app, event))
+            done.notify_all()
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    sim = make_sim(webhook_key=key)  # first only the key, to configure the receiver with it
+    keys = KeySource(served_key(sim))
+    stats = WebhookStats()
+    app = WebhookReceiver(keys=keys, apps=lambda: {("acc", "app")}, on_event=on_event, stats=stats)
+    server = make_server("127.0.0.1", 0, app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/webhooks/{{account_id}}/{{app_id}}"
+        sender = make_sim(meetings=0, webhook_url=url, webhook_key=key)
+        (mid,) = sender.add_app("acc", "app", 1)
+        sender.set_participants(mid, 2)
+        sender.end_session(mid)
+        with done:
+            assert done.wait_for(lambda: len(got) == 6, 15)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [e.name for _, e in got][::5] == ["meeting.started", "meeting.ended"]
+    assert stats.snapshot().requests == {("acc", "app", "accepted"): 6}
+
+
+def test_webhook_validation(key: rsa.RSAPrivateKey) -> None:
+    url = "http://127.0.0.1:9/w"
+    for options, message in [
+        ({"webhook_url": "ftp://host/x"}, "webhook_url must be an http"),
+        ({"webhook_url": "/webhooks"}, "webhook_url must be an http"),
+        ({"webhook_url": url, "webhook_retries": -1}, "webhook_retries must be >= 0"),
+        ({"webhook_url": url, "webhook_retry_delays": ()}, "webhook_retry_delays"),
+        ({"webhook_url": url, "webhook_retry_delays": (-1,)}, "webhook_retry_delays"),
+        ({"webhook_url": url, "webhook_timeout": 0}, "webhook_timeout must be > 0"),
+        ({"webhook_url": url, "webhook_queue_size": 0}, "webhook_queue_size must be >= 1"),
+        ({"webhook_key": "not a key"}, "webhook_key must be an RSA private key"),
+    ]:
+        options.setdefault("webhook_key", key)
+        with pytest.raises(ValueError, match=message):
+            Simulator(token=TOKEN, **options)
+
+
+def test_cli_webhooks(tmp_path: Path, receiver: Callable[..., Receiver]) -> None:
+    recv = receiver()
+    args = ["--meetings", "1", "--all-live", "--no-auto", "--token", TOKEN]
+    with _cli(tmp_path, *args, "--webhook-url", recv.url) as fields:
+        public = parse_well_known(httpx.get(fields["webhook_key_url"], timeout=5).content)
+        assert public.key_size == 2048  # made at start
+        base = fields["base_url"].removesuffix("/client/v4")
+        httpx.post(f"{base}/_sim/meetings/{fields['meetings']}", json={"end": True}, timeout=5)
+        events = verified_events(recv.wait_for(2), public)
+    assert [e.name for e in events] == ["meeting.participantLeft", "meeting.ended"]
+    assert events[1].reason == "HOST_ENDED_MEETING"
+
+
+def test_cli_webhook_key_file(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    with _cli(tmp_path, "--meetings", "1", "--webhook-key-file", str(pem)) as fields:
+        public = parse_well_known(httpx.get(fields["webhook_key_url"], timeout=5).content)
+    assert public.public_numbers() == key.public_key().public_numbers()
+    (tmp_path / "bad.pem").write_text("not a key")
+    for path, message in [
+        ("bad.pem", "not an unencrypted PEM private key"),
+        ("nope", "cannot read"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "-m", "exporter.simulator", "--webhook-key-file", path],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        assert run.returncode == 2 and message in run.stderr, run.stderr
