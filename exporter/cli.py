@@ -12,20 +12,23 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.collector import ExporterCollector, MeetingCollector
-from exporter.config import Config, load_config, parse_config, read_tokens
+from exporter.config import Config, load_config, parse_config, read_tokens, split_host_port
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
-from exporter.runtime import Service, Sharding, Tokens
+from exporter.runtime import Service, Sharding, Tokens, Webhooks
 from exporter.server import DEFAULT_PORT, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
@@ -125,40 +128,60 @@ class Launch:
 
 
 def demo_launch() -> Launch:
-    """Start the simulator on loopback and make a config that watches its meetings."""
+    """Start the simulator on loopback, delivering signed webhooks to the demo's receiver, and
+    make a config that watches its meetings with both (polling reconciles)."""
     from exporter.simulator import Simulator
 
     token = "demo-" + secrets.token_hex(16)
-    sim = Simulator(token=token, meetings=6, speed=10.0, seed=7)
+    hooks = _free_loopback_port()
+    sim = Simulator(
+        token=token,
+        meetings=6,
+        speed=10.0,
+        seed=7,
+        webhook_url=f"http://127.0.0.1:{hooks}/webhooks/{{account_id}}/{{app_id}}",
+    )
     sim.start("127.0.0.1", 0)
+    app = {
+        "account_id": "023e105f4ecef8ad9ca31a8372d0c353",
+        "app_id": "6f0a8a2c3b8e4f62a1d2c3b4e5f60718",
+        "meetings": [
+            {"id": m, "labels": {"team": ("sales", "support", "eng")[i % 3]}}
+            for i, m in enumerate(sim.meeting_ids)
+        ],
+        "webhooks": {"enabled": True},
+    }
     config = parse_config(
         {
             "api": {"base_url": sim.base_url, "timeout_seconds": 4},
             "poll": {"interval_seconds": 5},
-            "apps": [
-                {
-                    "account_id": "023e105f4ecef8ad9ca31a8372d0c353",
-                    "app_id": "6f0a8a2c3b8e4f62a1d2c3b4e5f60718",
-                    "meetings": [
-                        {"id": m, "labels": {"team": ("sales", "support", "eng")[i % 3]}}
-                        for i, m in enumerate(sim.meeting_ids)
-                    ],
-                }
-            ],
+            "webhooks": {
+                "listen_address": f"127.0.0.1:{hooks}",
+                "public_key_url": sim.webhook_key_url,
+                "reconcile_interval_seconds": 30,
+            },
+            "apps": [app],
         }
     )
     tokens = {config.token_ref(config.apps[0]).source: token}
     # The demo token is a throwaway for a loopback simulator: printed so that curl or a second
     # exporter can use the simulator too.
     banner = (
-        f"Demo: simulated RealtimeKit API at {sim.base_url} (token {token}); "
-        "try: curl -H 'Authorization: Bearer <token>' "
-        f"{sim.base_url}/accounts/{config.apps[0].account_id}/realtime/kit/"
-        f"{config.apps[0].app_id}/sessions"
+        f"Demo: simulated RealtimeKit API at {sim.base_url} (token {token}); it delivers "
+        f"signed webhooks to http://127.0.0.1:{hooks}/webhooks/…; try: curl -H "
+        f"'Authorization: Bearer {token}' {sim.base_url}/accounts/{app['account_id']}"
+        f"/realtime/kit/{app['app_id']}/sessions"
     )
     return Launch(
         config, tokens, f"demo simulator at {sim.base_url}", None, cleanup=sim.stop, banner=banner
     )
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -271,7 +294,10 @@ def collectors(service: Service) -> list[Collector]:
             interval_seconds=lambda: service.health.snapshot().help_interval,
             stale_after_seconds=lambda: service.config.poll.stale_after,
         ),
-        ExporterCollector(service.health.snapshot),
+        ExporterCollector(
+            service.health.snapshot,
+            service.webhooks.stats.snapshot if service.webhooks is not None else None,
+        ),
     ]
 
 
@@ -316,6 +342,9 @@ async def run(
         reload=reload_from_http,
     )
     server, thread = serve(app, where.host, where.port, web_config_file=where.web_config_file)
+    servers = [(server, thread)]
+    if service.webhooks is not None:
+        servers.append(_webhook_listener(service.webhooks, where))
     _started(launch, where, server.server_port, _share(service))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -327,10 +356,27 @@ async def run(
         log.info("shutting down")
     finally:
         await service.close()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=2)
+        for each, runs in servers:
+            each.shutdown()
+            each.server_close()
+            runs.join(timeout=2)
     return 0
+
+
+def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[WSGIServer, threading.Thread]:
+    """The webhook receiver on its own address: the web config's TLS and headers, no basic
+    auth (RealtimeKit cannot send it; the signature authenticates each delivery)."""
+    address = webhooks.settings.listen_address
+    assert address is not None
+    host, port = split_host_port(address)
+    listener = serve(
+        webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False
+    )
+    log.info(
+        "webhook receiver listening on %s:%d (POST /webhooks/{account_id}/{app_id}) for %d app(s)",
+        host, listener[0].server_port, len(webhooks.apps()),
+    )  # fmt: skip
+    return listener
 
 
 def _share(service: Service) -> str:

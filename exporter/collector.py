@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
@@ -33,6 +33,9 @@ from exporter.exposition import go_float, header, label_text, line, wanted
 from exporter.health import DURATION_BUCKETS, AppHealth, HealthSnapshot
 from exporter.model import SESSION_STATUSES, Answer, MeetingKey, Session
 from exporter.store import Labels, MeetingState, Store
+
+if TYPE_CHECKING:
+    from exporter.webhooks import WebhookCounts
 
 Extra = tuple[tuple[str, str], ...]  # labels a family adds to the meeting's own
 Value = Callable[[MeetingState, Answer | None], float | None]
@@ -358,8 +361,13 @@ class ExporterCollector(Collector):
     """The exporter's own health: API requests, budget, rate limiting, skipped polls, the
     config's reload status and each discovering app's numbers."""
 
-    def __init__(self, health: Callable[[], HealthSnapshot]) -> None:
+    def __init__(
+        self,
+        health: Callable[[], HealthSnapshot],
+        webhooks: Callable[[], WebhookCounts] | None = None,
+    ) -> None:
         self._health = health
+        self._webhooks = webhooks
 
     def collect(self) -> Iterator[Metric]:
         st = self._health()
@@ -391,6 +399,8 @@ class ExporterCollector(Collector):
             "Number of shards the work is split into (--total-shards).",
             st.total_shards,
         )
+        if self._webhooks is not None:
+            yield from _webhook_metrics(self._webhooks())
 
 
 def _single(name: str, kind: str, doc: str, value: float) -> Metric:
@@ -514,3 +524,47 @@ def _app_metrics(apps: dict[tuple[str, str], AppHealth]) -> Iterator[Metric]:
             labels = {"account_id": account_id, "app_id": app_id, "reason": reason}
             errors.samples.append(Sample("realtimekit_discovery_errors_total", labels, count))
     yield errors
+
+
+def _webhook_metrics(counts: WebhookCounts) -> Iterator[Metric]:
+    """The webhook receiver's numbers, per app."""
+
+    def family(
+        name: str, kind: str, doc: str, rows: Mapping[Any, float], extra: str = ""
+    ) -> Metric:
+        metric = Metric(name, doc, kind)
+        sample = name + "_total" if kind == "counter" else name
+        for row, value in sorted(rows.items()):
+            labels = {"account_id": row[0], "app_id": row[1]}
+            if extra:
+                labels[extra] = row[2]
+            metric.samples.append(Sample(sample, labels, value))
+        return metric
+
+    yield family(
+        "realtimekit_webhook_requests",
+        "counter",
+        "Webhook deliveries received, by result (accepted, duplicate, bad_signature, malformed, "
+        "unknown_app, too_large).",
+        counts.requests,
+        "result",
+    )
+    yield family(
+        "realtimekit_webhook_events",
+        "counter",
+        "Accepted webhook events, by event name.",
+        counts.events,
+        "event",
+    )
+    yield family(
+        "realtimekit_webhook_last_event_timestamp_seconds",
+        "gauge",
+        "Unix time of the app's last accepted webhook event.",
+        counts.last_event,
+    )
+    yield family(
+        "realtimekit_webhook_refreshes",
+        "counter",
+        "Prompt polls of a meeting asked for by its webhook events (coalesced).",
+        counts.refreshes,
+    )

@@ -27,7 +27,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -154,6 +154,11 @@ class DiscoveryPlan:
     interval: float
     stale_after: float
     slots: asyncio.Semaphore  # requests in flight at once, shared with the poller
+    intervals: Mapping[AppKey, float] = field(default_factory=dict)  # apps polled otherwise
+
+    def interval_of(self, app: AppKey) -> float:
+        """An app's cycle interval (slower while its webhooks are healthy)."""
+        return self.intervals.get(app, self.interval)
 
 
 class Discovery:
@@ -184,24 +189,41 @@ class Discovery:
         and its discovered meetings."""
         self._plan = plan
         self._seen = {k: v for k, v in self._seen.items() if k in plan.apps}
-        self._health.set_discovering(dict.fromkeys(plan.apps, plan.interval))
+        interval_of = {app: plan.interval_of(app) for app in plan.apps}
+        self._health.set_discovering(interval_of)
         wanted = {f"{JOB_PREFIX}{a}/{b}": (a, b) for a, b in plan.apps}
         for job in self._scheduler.get_jobs():
             if job.id.startswith(JOB_PREFIX) and (
                 job.id not in wanted
-                or not same_interval(job.trigger.interval_length, plan.interval)
+                or not same_interval(job.trigger.interval_length, interval_of[wanted[job.id]])
             ):
                 job.remove()
         existing = {job.id for job in self._scheduler.get_jobs()}
         for i, (job_id, app_key) in enumerate(wanted.items()):
             if job_id not in existing:
-                delay = plan.interval * i / len(wanted)
-                add_job(self._scheduler, job_id, self.discover_app, app_key, plan.interval, delay)
+                every = interval_of[app_key]
+                delay = every * i / len(wanted)
+                add_job(self._scheduler, job_id, self.discover_app, app_key, every, delay)
         kept: dict[MeetingKey, Labels] = {}
         for app_key, seen in self._seen.items():
             labels = tuple(sorted(plan.apps[app_key][0].discover.labels.items()))
             kept.update(dict.fromkeys(seen, labels))
         return kept
+
+    def adopt(self, key: MeetingKey) -> bool:
+        """Export a meeting of a discovering app that a webhook said started, before the next
+        listing: it is discovered now (and expires like any other). False when the app is not
+        discovering or the cap ``max_meetings`` is reached."""
+        target = self._plan.apps.get(key.app)
+        if target is None:
+            return False
+        app = target[0]
+        seen = self._seen.setdefault(key.app, {})
+        if key not in seen and len(seen) >= app.discover.max_meetings:
+            return False
+        seen[key] = self._clock()
+        self._store.apply(add={key: tuple(sorted(app.discover.labels.items()))})
+        return True
 
     async def discover_app(self, app_key: AppKey) -> None:
         """One discovery cycle of an app. Never raises."""
@@ -329,11 +351,12 @@ class Discovery:
                 "(page %d, index %d, meeting_id=%s): %s",
                 *app_key, bad.page, bad.index, bad.meeting_id or "unknown", bad.message,
             )  # fmt: skip
-        if duration > self._plan.interval:
+        every = self._plan.interval_of(app_key)
+        if duration > every:
             log.warning(
                 "discovery cycle of account_id=%s app_id=%s took %.1fs, longer than its "
                 "interval of %gs (%d session(s), %d page(s))",
-                *app_key, duration, self._plan.interval, len(listing.sessions), listing.pages,
+                *app_key, duration, every, len(listing.sessions), listing.pages,
             )  # fmt: skip
         total = listing.total_count if listing.total_count is not None else len(listing.sessions)
         live = sum(s.live_participants for s in listing.sessions)

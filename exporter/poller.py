@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -47,6 +47,8 @@ TRANSIENT = frozenset({"timeout", "connect", "http_5xx"})
 HEADROOM = 1.05
 #: Seconds in-flight polls get to finish at shutdown before they are cancelled.
 SHUTDOWN_GRACE = 3.0
+#: At most one refresh (a poll asked for by a webhook) per meeting in this many seconds.
+REFRESH_SECONDS = 3.0
 
 Outcome = Answer | ApiError | None  # None: a bug of ours, logged with its traceback
 
@@ -98,6 +100,11 @@ class PollPlan:
     interval: float
     max_backoff: float
     slots: asyncio.Semaphore  # polls (and discovery pages) in flight at once
+    intervals: Mapping[AppKey, float] = field(default_factory=dict)  # apps polled otherwise
+
+    def interval_of(self, app: AppKey) -> float:
+        """The configured interval of an app (slower while its webhooks are healthy)."""
+        return self.intervals.get(app, self.interval)
 
 
 class Poller:
@@ -122,6 +129,7 @@ class Poller:
         self._plan = PollPlan({}, 30.0, 300.0, asyncio.Semaphore(1))
         self._streak: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
         self._backoff_until: dict[MeetingKey, float] = {}
+        self._refreshed: dict[MeetingKey, float] = {}  # when a refresh last started
         self._running: set[asyncio.Task[None]] = set()
         scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
 
@@ -164,18 +172,21 @@ class Poller:
         effective: dict[AppKey, float] = {}
         for members in groups.values():
             limiter = plan.meetings[members[0]].limiter
-            interval = stretched_interval(len(members), limiter.spacing, plan.interval)
-            if interval > plan.interval:
+            demand = sum(1 / plan.interval_of(key.app) for key in members)  # requests/s
+            every = len(members) / demand  # the configured interval (when all are alike)
+            needed = stretched_interval(len(members), limiter.spacing, every)
+            if needed > every:
                 log.warning(
                     "%d meetings every %gs need %.2f requests/s but the token's budget allows "
                     "%.2f/s: polling them every %.1fs instead; raise poll.interval_seconds to "
                     "at least %.0f, poll fewer meetings, or use a token with more budget",
-                    len(members), plan.interval, len(members) / plan.interval,
-                    limiter.per_second, interval, interval,
+                    len(members), every, demand, limiter.per_second, needed, needed,
                 )  # fmt: skip
-            for key in members:
-                interval_of[key] = interval
-                effective[key.app] = interval
+            for key in members:  # each stretched in proportion when needed (needed >= every)
+                own = plan.interval_of(key.app)
+                alike = abs(own - every) <= 1e-9 * every  # every meeting at one interval
+                interval_of[key] = needed if alike else own * needed / every
+                effective[key.app] = interval_of[key]
         self._health.set_effective_intervals(effective)
         return interval_of
 
@@ -215,6 +226,34 @@ class Poller:
         self._store.record(key, outcome, duration, now)
         self._track_failures(key, outcome, now)
         self._failures.outcome(key, where(key), outcome)
+
+    def refresh(self, key: MeetingKey, client: ApiClient) -> bool:
+        """Poll ``key`` now, outside its schedule (a webhook said something changed), at most
+        once per :data:`REFRESH_SECONDS`; inside the token's budget like every request. False
+        when coalesced with a recent one."""
+        now = self._clock()
+        if now - self._refreshed.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS:
+            return False
+        if len(self._refreshed) > 10_000:  # forget the old ones
+            self._refreshed = {
+                k: t for k, t in self._refreshed.items() if now - t < REFRESH_SECONDS
+            }
+        self._refreshed[key] = now
+        task = asyncio.get_running_loop().create_task(self._refresh(key, client))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return True
+
+    async def _refresh(self, key: MeetingKey, client: ApiClient) -> None:
+        try:
+            async with self._plan.slots:
+                started = self._timer()
+                outcome = await fetch(client, key)
+                duration = self._timer() - started
+            self._store.record(key, outcome, duration, self._clock())
+            self._failures.outcome(key, where(key), outcome)
+        except asyncio.CancelledError:
+            log.debug("refresh of meeting %s cancelled", key.meeting_id)
 
     async def drain(self, timeout: float = SHUTDOWN_GRACE) -> None:
         """Give the polls in flight up to ``timeout`` seconds to finish (shutdown)."""

@@ -13,23 +13,42 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
-from exporter.config import App, Config, RateLimit, load_config, read_tokens
+from exporter.config import (
+    App,
+    Config,
+    RateLimit,
+    WebhooksConfig,
+    load_config,
+    read_file,
+    read_tokens,
+)
 from exporter.discovery import Discovery, DiscoveryPlan
-from exporter.errors import ConfigError
+from exporter.errors import ApiError, ConfigError, ExporterError
 from exporter.health import AppKey, Health
 from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import MeetingKey
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
 from exporter.shard import filter_config, shard_rate_limits
 from exporter.store import Labels, Store
+from exporter.webhooks import (
+    REFRESHING,
+    Event,
+    KeySource,
+    WebhookHealth,
+    WebhookReceiver,
+    WebhookStats,
+    implied_answer,
+    load_public_key,
+)
 
 log = logging.getLogger("exporter")
 
@@ -76,18 +95,23 @@ class Runtime:
     def targets(self) -> dict[MeetingKey, Labels]:
         return {} if self.work is None else self.work.targets()
 
-    def poll_plan(self) -> PollPlan:
+    def poll_plan(self, intervals: Mapping[AppKey, float] | None = None) -> PollPlan:
+        """The per-meeting polls; ``intervals`` slows some apps (healthy webhooks)."""
         discovering = {app.key for app in self.apps if app.discover.enabled}
         meetings = {
             key: self.clients[key.app] for key in self.targets() if key.app not in discovering
         }
         poll = self.config.poll
-        return PollPlan(meetings, poll.interval_seconds, poll.max_backoff_seconds, self.slots)
+        return PollPlan(
+            meetings, poll.interval_seconds, poll.max_backoff_seconds, self.slots, intervals or {}
+        )
 
-    def discovery_plan(self) -> DiscoveryPlan:
+    def discovery_plan(self, intervals: Mapping[AppKey, float] | None = None) -> DiscoveryPlan:
         apps = {a.key: (a, self.clients[a.key]) for a in self.apps if a.discover.enabled}
         poll = self.config.poll
-        return DiscoveryPlan(apps, poll.interval_seconds, poll.stale_after, self.slots)
+        return DiscoveryPlan(
+            apps, poll.interval_seconds, poll.stale_after, self.slots, intervals or {}
+        )
 
 
 def build_runtime(
@@ -177,6 +201,8 @@ class Service:
         self._retired: list[httpx.AsyncClient] = []  # closed at exit: polls may still use them
         self._reloading: asyncio.Future[tuple[bool, str]] | None = None
         self._again = False
+        listening = config.webhooks.listen_address is not None
+        self.webhooks = Webhooks(self, config.webhooks) if listening else None
 
     @property
     def config(self) -> Config:
@@ -185,6 +211,10 @@ class Service:
     def start(self) -> None:
         self.scheduler.start()
         self.swap(self.runtime)
+        if self.webhooks is not None:
+            task = asyncio.get_running_loop().create_task(self.webhooks.run())
+            _background.add(task)  # cancelled with the others by close()
+            task.add_done_callback(_background.discard)
 
     def swap(self, runtime: Runtime) -> None:
         """Make ``runtime`` the running one: the one place where what is polled changes."""
@@ -192,15 +222,20 @@ class Service:
             self._retired.append(self.runtime.http)
         self.runtime = runtime
         self.redact.secrets.update(runtime.tokens.values())
-        discovered = self.discovery.apply(runtime.discovery_plan())
+        intervals = self.webhooks.intervals() if self.webhooks is not None else {}
+        discovered = self.discovery.apply(runtime.discovery_plan(intervals))
         self.store.set_targets({**runtime.targets(), **discovered})
-        poll_plan = runtime.poll_plan()
+        poll_plan = runtime.poll_plan(intervals)
         self.poller.apply(poll_plan)
         apps = {app.key for app in runtime.apps}
         self._failures.keep_only(lambda k: k in apps or k in poll_plan.meetings or k in discovered)
         self.health.set_budgets(
             [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
         )
+
+    def replan(self) -> None:
+        """Apply the running Runtime again (the apps' intervals changed)."""
+        self.swap(self.runtime)
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config file and the tokens and swap them in if valid; the outcome is
@@ -279,7 +314,7 @@ class Service:
             await http.aclose()
 
 
-_background: set[asyncio.Task[tuple[bool, str]]] = set()
+_background: set[asyncio.Task[Any]] = set()
 
 
 def _read(path: str) -> tuple[Config, Tokens]:
@@ -312,3 +347,111 @@ async def off_loop(work: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="reload", daemon=True).start()
     return await future
+
+
+class Webhooks:
+    """The webhook receiver's parts and what accepted events do (see :mod:`exporter.webhooks`):
+    a start or end changes the meeting at once, participant changes ask for a prompt poll, and
+    while an app's webhooks are healthy its routine polling slows to
+    ``webhooks.reconcile_interval_seconds``."""
+
+    #: How often the health of every app's webhooks is checked.
+    CHECK_SECONDS = 5.0
+
+    def __init__(self, service: Service, settings: WebhooksConfig) -> None:
+        self._service = service
+        self.settings = settings
+        self.stats = WebhookStats()
+        self.health = WebhookHealth(quiet_seconds=2 * settings.reconcile_interval_seconds)
+        self.keys = self._key_source(settings)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.slow: frozenset[AppKey] = frozenset()  # apps polled at the reconcile interval
+        self.receiver = WebhookReceiver(
+            keys=self.keys,
+            apps=self.apps,
+            on_event=self._on_event,
+            stats=self.stats,
+            health=self.health,
+            max_body_bytes=settings.max_body_bytes,
+            schedule=self._schedule,
+        )
+
+    def _key_source(self, settings: WebhooksConfig) -> KeySource:
+        if settings.public_key_file is not None:
+            what = "webhooks.public_key_file"
+            pem = read_file(settings.public_key_file, 64 << 10, what)
+            return KeySource(load_public_key(pem, source=what))
+        return KeySource(fetch=self._fetch_key)
+
+    async def _fetch_key(self) -> bytes:
+        url = self.settings.public_key_url
+        try:
+            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
+                answer = await http.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError as err:
+            raise ApiError("connect", f"webhook key {url}: {type(err).__name__}") from None
+        if answer.status_code != 200 or len(answer.content) > 64 << 10:
+            raise ApiError("invalid_response", f"webhook key {url}: HTTP {answer.status_code}")
+        return answer.content
+
+    def apps(self) -> list[AppKey]:
+        """The apps whose webhooks this process takes (read from the HTTP thread)."""
+        return [app.key for app in self._service.runtime.apps if app.webhooks.enabled]
+
+    def intervals(self) -> dict[AppKey, float]:
+        return dict.fromkeys(self.slow, self.settings.reconcile_interval_seconds)
+
+    async def run(self) -> None:
+        """On the loop until cancelled: load the key (retried every 30 s until it loads), then
+        check every app's webhook health and re-plan polling when it changes."""
+        self._loop = asyncio.get_running_loop()
+        while self.keys.key is None:
+            try:
+                await self.keys.refresh()
+            except ExporterError as err:
+                log.warning("webhook public key not loaded, retrying in 30s: %s", err)
+                await asyncio.sleep(30)
+        while True:
+            healthy = self._healthy()
+            if healthy != self.slow:
+                log.info(
+                    "webhooks healthy for %d app(s): polling them every %gs",
+                    len(healthy), self.settings.reconcile_interval_seconds,
+                )  # fmt: skip
+                self.slow = healthy
+                self._service.replan()
+            await asyncio.sleep(self.CHECK_SECONDS)
+
+    def _healthy(self) -> frozenset[AppKey]:
+        live = self._service.store.live_apps()
+        apps = self.apps()
+        return frozenset(a for a in apps if self.health.healthy(a, has_live_sessions=a in live))
+
+    def _schedule(self, work: Coroutine[Any, Any, bool]) -> object:
+        if self._loop is None:
+            work.close()
+            return None
+        return asyncio.run_coroutine_threadsafe(work, self._loop)
+
+    def _on_event(self, app: AppKey, event: Event) -> None:
+        """From the receiver's thread: do the work on the loop, after the answer went out."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.apply, app, event)
+
+    def apply(self, app_key: AppKey, event: Event) -> None:
+        """What one accepted event changes (on the loop)."""
+        service = self._service
+        client = service.runtime.clients.get(app_key)
+        if event.meeting_id is None or client is None:
+            return
+        key = MeetingKey(*app_key, event.meeting_id)
+        state = service.store.get(key)
+        if state is None and event.name == "meeting.started" and service.discovery.adopt(key):
+            state = service.store.get(key)
+        if state is None:
+            return  # not a meeting this process exports
+        answer = implied_answer(event, state.answer)
+        if answer is not None:
+            service.store.push(key, answer, time.time())
+        if event.name in REFRESHING and service.poller.refresh(key, client):
+            self.stats.refreshed(app_key)

@@ -187,8 +187,9 @@ def create_app(
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),)
 
 
-def protect(app: WsgiApp, web: WebSecurity) -> WsgiApp:
-    """Wrap ``app``: the web config's headers on every answer, and basic auth on every path."""
+def protect(app: WsgiApp, web: WebSecurity, *, basic_auth: bool = True) -> WsgiApp:
+    """Wrap ``app``: the web config's headers on every answer, and basic auth on every path
+    (unless ``basic_auth`` is off: the webhook listener, which RealtimeKit cannot log in to)."""
 
     def protected(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         state = web.current()
@@ -199,8 +200,10 @@ def protect(app: WsgiApp, web: WebSecurity) -> WsgiApp:
         ) -> Any:
             return start(status, [*headers, *extra], exc_info)
 
-        if state.auth is not None and not state.auth.check_header(
-            environ.get("HTTP_AUTHORIZATION")
+        if (
+            basic_auth
+            and state.auth is not None
+            and not state.auth.check_header(environ.get("HTTP_AUTHORIZATION"))
         ):
             body = b"Unauthorized\n"
             start_with_headers(
@@ -292,12 +295,18 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def serve(
-    app: WsgiApp, host: str, port: int, *, web_config_file: str | None = None
+    app: WsgiApp,
+    host: str,
+    port: int,
+    *,
+    web_config_file: str | None = None,
+    basic_auth: bool = True,
 ) -> tuple[WSGIServer, threading.Thread]:
     """Bind (raising ``OSError`` if the port is taken) and serve in a daemon thread.
 
-    ``web_config_file`` turns on TLS, basic auth and extra headers as it says; a file that cannot
-    be used raises :class:`ConfigError` before anything is bound.
+    ``web_config_file`` turns on TLS, basic auth (unless ``basic_auth`` is off) and extra
+    headers as it says; a file that cannot be used raises :class:`ConfigError` before anything
+    is bound.
     """
     web: WebSecurity | None = None
     if web_config_file:
@@ -305,7 +314,7 @@ def serve(
             web = WebSecurity(web_config_file)
         except ConfigError as err:
             raise ConfigError([f"--web.config.file {web_config_file}: {err}"]) from None
-        app = protect(app, web)
+        app = protect(app, web, basic_auth=basic_auth)
         state = web.state
         log.info(
             "web config %s: TLS %s, basic auth %s",

@@ -121,6 +121,24 @@ class Store:
             self._version += 1
             self.writes += 1
 
+    def push(self, key: MeetingKey, answer: Answer, now: float) -> bool:
+        """A valid answer that came without a poll (a webhook said a session started or
+        ended): the poll's own numbers (duration, errors) stay. False for an unknown key."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is None:
+                return False
+            self._states[key] = replace(state, up=True, answer=answer, last_success=now)
+            self._version += 1
+            self.writes += 1
+        return True
+
+    def live_apps(self) -> set[tuple[str, str]]:
+        """The apps with at least one meeting whose last answer is a LIVE session."""
+        with self._lock:
+            states = list(self._states.items())
+        return {key.app for key, state in states if _is_live(state.answer)}
+
     def last_live(self, keys: Iterable[MeetingKey]) -> set[MeetingKey]:
         """Those of ``keys`` whose last poll got a LIVE session (the meetings a listing that
         misses them must not simply call idle)."""

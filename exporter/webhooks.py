@@ -49,7 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from exporter.errors import ConfigError, ExporterError
 from exporter.health import AppKey
-from exporter.model import parse_timestamp
+from exporter.model import Answer, Session, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -390,6 +390,7 @@ class WebhookCounts:
     requests: dict[tuple[str, str, str], int]  # (account_id, app_id, result) → count
     events: dict[tuple[str, str, str], int]  # (account_id, app_id, event) → count
     last_event: dict[AppKey, float]  # Unix time of the last accepted event
+    refreshes: dict[AppKey, int]  # polls asked for by events
 
 
 class WebhookStats:
@@ -401,6 +402,7 @@ class WebhookStats:
         self._events: Counter[tuple[str, str, str]] = Counter()
         self._last: dict[AppKey, float] = {}
         self._unknown: set[AppKey] = set()
+        self._refreshes: Counter[AppKey] = Counter()
 
     def request(self, app: AppKey, result: str) -> None:
         if result not in RESULTS:
@@ -424,9 +426,15 @@ class WebhookStats:
             self._events[(*app, name)] += 1
             self._last[app] = wall
 
+    def refreshed(self, app: AppKey) -> None:
+        with self._lock:
+            self._refreshes[app] += 1
+
     def snapshot(self) -> WebhookCounts:
         with self._lock:
-            return WebhookCounts(dict(self._requests), dict(self._events), dict(self._last))
+            return WebhookCounts(
+                dict(self._requests), dict(self._events), dict(self._last), dict(self._refreshes)
+            )
 
 
 class WebhookHealth:
@@ -643,3 +651,44 @@ class WebhookReceiver:
             self.health.bad_signature(app)
         if self._schedule is not None and self.keys.claim_refetch():
             self._schedule(self.keys.refetch())
+
+
+#: Events after which the meeting's numbers are asked for again (one prompt, coalesced poll).
+REFRESHING: Final = frozenset(
+    {"meeting.started", "meeting.participantJoined", "meeting.participantLeft"}
+)
+
+
+def implied_answer(event: Event, previous: Answer | None) -> Answer | None:
+    """The state a start or end event sets at once (``None``: the event sets nothing; the
+    numbers always come from the REST API). A start is a LIVE session (the participants of the
+    same session kept, else 0 until the prompt poll); an end is the session ENDED with nobody
+    in it, as the API itself shows a session that just ended."""
+    old = previous if isinstance(previous, Session) else None
+    same = old is not None and (event.session_id is None or old.id == event.session_id)
+    if event.name == "meeting.started":
+        return Session(
+            id=event.session_id or (old.id if old is not None else "unknown"),
+            status="LIVE",
+            live_participants=old.live_participants if same and old is not None else 0.0,
+            max_concurrent_participants=old.max_concurrent_participants if same and old else None,
+            minutes_consumed=old.minutes_consumed if same and old is not None else None,
+            started_at=event.started_at,
+            type=old.type if old is not None else None,
+            meeting_display_name=event.title or (old.meeting_display_name if old else None),
+            associated_id=event.meeting_id,
+        )
+    if event.name == "meeting.ended":
+        base = old if same and old is not None else None
+        return Session(
+            id=event.session_id or (old.id if old is not None else "unknown"),
+            status="ENDED",
+            live_participants=0.0,
+            max_concurrent_participants=base.max_concurrent_participants if base else None,
+            minutes_consumed=base.minutes_consumed if base else None,
+            started_at=event.started_at or (base.started_at if base else None),
+            type=base.type if base else None,
+            meeting_display_name=event.title or (base.meeting_display_name if base else None),
+            associated_id=event.meeting_id,
+        )
+    return None
