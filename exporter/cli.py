@@ -343,9 +343,9 @@ async def run(
     )
     server, thread = serve(app, where.host, where.port, web_config_file=where.web_config_file)
     servers = [(server, thread)]
+    _started(launch, where, server.server_port, _share(service))
     if service.webhooks is not None:
         servers.append(_webhook_listener(service.webhooks, where))
-    _started(launch, where, server.server_port, _share(service))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -369,11 +369,15 @@ def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[WSGIServer, th
     address = webhooks.settings.listen_address
     assert address is not None
     host, port = split_host_port(address)
-    listener = serve(
-        webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False
-    )
+    try:
+        listener = serve(
+            webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False
+        )
+    except OSError as err:
+        problem = f"webhooks.listen_address: cannot listen on {address}: {err.strerror or err}"
+        raise ConfigError([problem]) from None
     log.info(
-        "webhook receiver listening on %s:%d (POST /webhooks/{account_id}/{app_id}) for %d app(s)",
+        "webhook receiver serving %s:%d (POST /webhooks/{account_id}/{app_id}) for %d app(s)",
         host, listener[0].server_port, len(webhooks.apps()),
     )  # fmt: skip
     return listener

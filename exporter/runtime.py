@@ -408,6 +408,7 @@ class Webhooks:
         while self.keys.key is None:
             try:
                 await self.keys.refresh()
+                log.info("webhook public key loaded from %s", self.settings.public_key_url)
             except ExporterError as err:
                 log.warning("webhook public key not loaded, retrying in 30s: %s", err)
                 await asyncio.sleep(30)

@@ -534,3 +534,149 @@ def test_helpers_are_typed_for_the_simulator() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     fn: Callable[[rsa.RSAPrivateKey, bytes], str] = sign
     assert verify(parse_well_known(well_known_body(key.public_key())), b"b", fn(key, b"b"))
+
+
+# --- the real exporter process, the simulator delivering signed webhooks ------------------------
+
+ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
+APP = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _webhook_setup(
+    start_exporter: Callable[..., Any],
+    *,
+    interval: float = 30,
+    budget: tuple[int, float] = (200, 10),
+) -> tuple[Any, Any, int]:
+    """A simulator delivering to a real exporter that polls slowly (so only webhooks can
+    explain a prompt change)."""
+    from exporter.simulator import Simulator
+
+    from .conftest import TOKEN
+
+    port = _free_port()
+    sim = Simulator(
+        token=TOKEN,
+        meetings=3,
+        auto=False,
+        seed=2,
+        rate_limit=budget,
+        webhook_url=f"http://127.0.0.1:{port}/webhooks/{{account_id}}/{{app_id}}",
+    )
+    sim.start("127.0.0.1", 0)
+    config = {
+        "api": {
+            "base_url": sim.base_url,
+            "timeout_seconds": 2,
+            "rate_limit": {"requests": budget[0], "period_seconds": budget[1]},
+        },
+        "poll": {"interval_seconds": interval},
+        "webhooks": {"listen_address": f"127.0.0.1:{port}", "public_key_url": sim.webhook_key_url},
+        "apps": [
+            {
+                "account_id": ACCOUNT,
+                "app_id": APP,
+                "meetings": list(sim.meeting_ids),
+                "webhooks": {"enabled": True},
+            }
+        ],
+    }
+    exporter = start_exporter(config)
+    from .conftest import value, wait_for
+
+    wait_for(lambda: "webhook public key loaded" in exporter.log())
+    first = sim.meeting_ids[0]  # polled at start; the others within one interval
+    wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=first) == 1)
+    return sim, exporter, port
+
+
+def _live(exporter: Any, meeting: str) -> float | None:
+    from .conftest import value
+
+    return value(exporter.scrape(), "realtimekit_session_status", meeting_id=meeting, status="LIVE")
+
+
+def test_a_start_and_an_end_reach_metrics_within_a_second(start_exporter):
+    from .conftest import value, wait_for
+
+    sim, exporter, _ = _webhook_setup(start_exporter)
+    try:
+        meeting = sim.meeting_ids[0]
+        assert _live(exporter, meeting) is None  # idle: polled once, next poll in 30 s
+        sim.set_participants(meeting, 3)  # meeting.started + 3 joined, delivered at once
+        wait_for(lambda: _live(exporter, meeting) == 1, timeout=1.5, interval=0.05)
+        # the prompt poll fills in the numbers
+        wait_for(
+            lambda: (
+                value(
+                    exporter.scrape(), "realtimekit_session_live_participants", meeting_id=meeting
+                )
+                == 3
+            ),
+            timeout=5,
+        )
+        sim.end_session(meeting)
+        wait_for(lambda: _live(exporter, meeting) == 0, timeout=1.5, interval=0.05)
+        samples = exporter.scrape()
+        assert value(samples, "realtimekit_session_live_participants", meeting_id=meeting) == 0
+        assert value(samples, "realtimekit_webhook_requests_total", result="accepted") >= 5
+        assert value(samples, "realtimekit_webhook_events_total", event="meeting.started") == 1
+        assert value(samples, "realtimekit_webhook_refreshes_total") >= 1
+    finally:
+        sim.stop()
+
+
+def test_a_bad_signature_changes_nothing_but_its_counter(start_exporter):
+    from .conftest import parse_metrics, wait_for
+
+    sim, exporter, port = _webhook_setup(start_exporter)
+    try:
+        meeting = sim.meeting_ids[0]
+        before = exporter.metrics_text()
+        body = payload("meeting.started", meeting={"id": meeting, "sessionId": "forged"})
+        url = f"http://127.0.0.1:{port}/webhooks/{ACCOUNT}/{APP}"
+        answers = [
+            httpx.post(url, content=body, headers={"rtk-signature": sig, "rtk-uuid": f"u{i}"})
+            for i, sig in enumerate(["", "bm9wZQ==", "garbage!"])
+        ]
+        assert [a.status_code for a in answers] == [401, 401, 401]
+        wait_for(lambda: "bad_signature" in exporter.metrics_text())
+        after = parse_metrics(exporter.metrics_text())
+        old = parse_metrics(before)
+        stable = ("realtimekit_session_", "realtimekit_up", "realtimekit_webhook_events")
+        for (name, labels), v in after.items():
+            if name.startswith(stable):
+                assert old.get((name, labels)) == v, (name, labels)
+        assert _live(exporter, meeting) is None
+    finally:
+        sim.stop()
+
+
+def test_a_storm_of_participant_events_stays_inside_the_budget(start_exporter):
+    from .conftest import max_in_window, value, wait_for
+
+    budget = (30, 10.0)
+    sim, exporter, _ = _webhook_setup(start_exporter, interval=5, budget=budget)
+    try:
+        for round_ in range(40):  # 40 × 3 meetings of join/leave churn within a few seconds
+            for i, meeting in enumerate(sim.meeting_ids):
+                sim.set_participants(meeting, 1 + (round_ + i) % 4)
+        wait_for(
+            lambda: sim.webhook_stats()["queued"] == 0 and sim.webhook_stats()["delivered"] >= 120,
+            timeout=30,
+        )
+        refreshes = value(exporter.scrape(), "realtimekit_webhook_refreshes_total")
+        assert refreshes is not None and refreshes >= 1
+        times = [t for t, _, _ in sim.request_log()]
+        assert 429 not in sim.status_counts()
+        assert max_in_window(times, budget[1]) <= budget[0]
+    finally:
+        sim.stop()
