@@ -229,10 +229,13 @@ class Poller:
 
     def refresh(self, key: MeetingKey, client: ApiClient) -> bool:
         """Poll ``key`` now, outside its schedule (a webhook said something changed), at most
-        once per :data:`REFRESH_SECONDS`; inside the token's budget like every request. False
-        when coalesced with a recent one."""
+        once per :data:`REFRESH_SECONDS`, and only when the token's budget has a spare slot
+        (like a retry): a refresh never delays a routine poll, and the budget holds. False when
+        coalesced with a recent one or when the budget is busy (the routine polls are then
+        frequent anyway)."""
         now = self._clock()
-        if now - self._refreshed.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS:
+        recent = now - self._refreshed.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS
+        if recent or not client.limiter.has_spare():
             return False
         if len(self._refreshed) > 10_000:  # forget the old ones
             self._refreshed = {

@@ -424,9 +424,14 @@ class Webhooks:
             await asyncio.sleep(self.CHECK_SECONDS)
 
     def _healthy(self) -> frozenset[AppKey]:
-        live = self._service.store.live_apps()
-        apps = self.apps()
-        return frozenset(a for a in apps if self.health.healthy(a, has_live_sessions=a in live))
+        """Apps whose webhooks can be trusted and none of whose meetings is failing (a failing
+        meeting needs its normal polls and backoff to recover, not the reconcile interval)."""
+        live, failing = self._service.store.app_summary()
+        return frozenset(
+            a
+            for a in self.apps()
+            if a not in failing and self.health.healthy(a, has_live_sessions=a in live)
+        )
 
     def _schedule(self, work: Coroutine[Any, Any, bool]) -> object:
         if self._loop is None:

@@ -133,11 +133,13 @@ class Store:
             self.writes += 1
         return True
 
-    def live_apps(self) -> set[tuple[str, str]]:
-        """The apps with at least one meeting whose last answer is a LIVE session."""
+    def app_summary(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """The apps with a meeting whose last answer is a LIVE session, and those with a
+        meeting whose last poll failed."""
         with self._lock:
             states = list(self._states.items())
-        return {key.app for key, state in states if _is_live(state.answer)}
+        live = {key.app for key, state in states if _is_live(state.answer)}
+        return live, {key.app for key, state in states if state.up is False}
 
     def last_live(self, keys: Iterable[MeetingKey]) -> set[MeetingKey]:
         """Those of ``keys`` whose last poll got a LIVE session (the meetings a listing that

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -68,6 +69,10 @@ CONTRACT_METRICS = frozenset(
         "realtimekit_exporter_build_info",
         "realtimekit_exporter_shard_ordinal",
         "realtimekit_exporter_total_shards",
+        "realtimekit_webhook_requests_total",
+        "realtimekit_webhook_events_total",
+        "realtimekit_webhook_last_event_timestamp_seconds",
+        "realtimekit_webhook_refreshes_total",
     }
 )
 #: Metrics being added to the exporter: panels may use them; they are required to return data
@@ -1236,7 +1241,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     from exporter.simulator import Simulator
 
     tmp = tmp_path_factory.mktemp("stack")
-    sim = Simulator(token=TOKEN, meetings=6, seed=1, speed=10)
+    hooks = free_port()  # the simulator delivers webhooks, so the webhook panels have data
+    sim = Simulator(
+        token=TOKEN,
+        meetings=6,
+        seed=1,
+        speed=10,
+        webhook_url=f"http://127.0.0.1:{hooks}/webhooks/{{account_id}}/{{app_id}}",
+    )
     sim.start("127.0.0.1", 0)
     try:
         ids = sim.meeting_ids
@@ -1245,6 +1257,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         config = {
             "api": {"base_url": sim.base_url, "timeout_seconds": 2},
             "poll": {"interval_seconds": 1},
+            "webhooks": {
+                "listen_address": f"127.0.0.1:{hooks}",
+                "public_key_url": sim.webhook_key_url,
+            },
             "apps": [
                 {
                     "account_id": sim.account_id,
@@ -1253,6 +1269,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         {"id": m, "labels": {"team": ("sales", "eng")[i % 2]}}
                         for i, m in enumerate(ids)
                     ],
+                    "webhooks": {"enabled": True},
                 }
             ],
         }
@@ -1294,6 +1311,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 log=exporter_log,
             )
             sim.set_fault(ids[4], None)
+            # The 429 paused every poll for 5 s, longer than 3 of the 1.6 s intervals: wait
+            # until the pause is over and every meeting answered again, or whether a stale-data
+            # alert is pending would depend on when Prometheus first evaluates.
+            wait_until(
+                lambda: _fresh_after_pause(http_get(exporter_url + "/metrics")),
+                30,
+                "fresh data after the 429 pause",
+                proc=exporter,
+                log=exporter_log,
+            )
 
             shipped = load_yaml(PROM_DIR / "prometheus.yml")
             shipped["global"].update(scrape_interval="1s", evaluation_interval="1s")
@@ -1404,6 +1431,24 @@ def test_dashboard_variables_resolve(stack: Stack) -> None:
         found[name] = {s[label] for s in series if label in s}
     assert found["app_id"] == {stack.sim.app_id}
     assert found["meeting_id"] == set(stack.sim.meeting_ids)
+
+
+def _fresh_after_pause(text: str) -> bool:
+    """No rate-limit pause now, and every meeting's last answer is at most 2 s old."""
+    now = time.time()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    paused = [
+        v
+        for (n, _), v in samples.items()
+        if n == "realtimekit_api_rate_limited_until_timestamp_seconds"
+    ]
+    ages = [
+        now - v
+        for (n, _), v in samples.items()
+        if n == "realtimekit_last_success_timestamp_seconds"
+    ]
+    return paused == [0.0] and len(ages) >= 5 and max(ages) < 2
 
 
 def test_rules_evaluate_cleanly_on_real_data(stack: Stack) -> None:
