@@ -175,11 +175,13 @@ class FailureLog:
 
 class RepeatLog:
     """Events that can come in floods (failed TLS handshakes, bad requests): the first of each
-    kind is logged at ``level``; repeats go to debug and are counted, and at most once every
-    ``every`` seconds one line sums them up. Then each kind is logged once more.
+    kind is logged at ``level``; its repeats within ``every`` seconds of the first event go to
+    debug and are counted, and one line sums them up when that window is over. Then the next
+    event of each kind is logged again, and a new window starts::
 
-    >>> events = RepeatLog(logging.getLogger("exporter.server"), what="connection problem(s)")
-    >>> events.note("TLS: WRONG_VERSION_NUMBER", "TLS handshake with %s failed: %s", peer, err)
+        events = RepeatLog(logging.getLogger("exporter.server"), what="connection problem(s)")
+        events.note("TLS handshake failed (WRONG_VERSION_NUMBER)", "TLS handshake with %s "
+                    "failed: %s", peer, err)
     """
 
     def __init__(
@@ -197,11 +199,13 @@ class RepeatLog:
         self._every = every
         self._clock = clock
         self._repeats: Counter[str] = Counter()  # kinds seen in this window: repeats not logged
-        self._since = clock()
+        self._since = clock()  # when the window began: at its first event
 
     def note(self, kind: str, msg: str, *args: object) -> None:
         """One event of ``kind``; ``msg % args`` is its line."""
         self.flush()
+        if not self._repeats:
+            self._since = self._clock()
         if kind in self._repeats:
             self._repeats[kind] += 1
             self._log.debug(msg, *args)
@@ -213,7 +217,7 @@ class RepeatLog:
         """Sum up the repeats once the window is over (call it now and then, or it waits for the
         next event)."""
         now = self._clock()
-        if now - self._since < self._every:
+        if not self._repeats or now - self._since < self._every:
             return
         repeated = sorted((kind, n) for kind, n in self._repeats.items() if n)
         if repeated:

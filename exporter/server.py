@@ -347,7 +347,7 @@ class HttpServer(WSGIServer):
                         self._accept()
                     elif key.fileobj is self._wake:
                         self._wake.recv(64)
-                    else:
+                    elif key.data in self._pending:  # not closed by an earlier event of the batch
                         self._step(key.data)
                 self._expire()
                 self.events.flush()
@@ -437,6 +437,14 @@ class HttpServer(WSGIServer):
 
     def _step(self, pending: _Pending) -> None:
         """Move a connection on as far as the bytes it sent allow."""
+        try:
+            self._try_step(pending)
+        except Exception:  # a bug: lose this connection, never the loop
+            log.exception("error while reading a request from %s", pending.peer)
+            if pending in self._pending:
+                self._close(pending)
+
+    def _try_step(self, pending: _Pending) -> None:
         try:
             wanted = self._advance(pending)
         except (ssl.SSLWantReadError, BlockingIOError, InterruptedError):
