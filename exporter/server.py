@@ -316,8 +316,6 @@ class HttpServer(WSGIServer):
         fds = soft if soft != resource.RLIM_INFINITY else limits.max_connections * 2
         self.max_connections = max(1, min(limits.max_connections, fds // 2))
         self.events = RepeatLog(log, what="connection problem(s)", every=limits.log_every)
-        super().__init__(address, _Handler)
-        self.socket.setblocking(False)
         self._selector = selectors.DefaultSelector()
         self._wake, self._waker = socket.socketpair()
         self._pending: dict[_Pending, None] = {}  # in the order accepted, so of deadlines
@@ -327,12 +325,13 @@ class HttpServer(WSGIServer):
         self._jobs = queue.SimpleQueue()
         self._stopping = False
         self._stopped = threading.Event()
-        self._workers = [
-            threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
-            for i in range(limits.workers)
-        ]
-        for worker in self._workers:
+        self._workers: list[threading.Thread] = []
+        super().__init__(address, _Handler)  # binds; on failure calls server_close and raises
+        self.socket.setblocking(False)
+        for i in range(limits.workers):
+            worker = threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
             worker.start()
+            self._workers.append(worker)
 
     # -- the event loop ---------------------------------------------------------------------
 
