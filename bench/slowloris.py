@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def scraper(url: str, seconds: float, times: list[float], errors: list[str]) -> 
                     errors.append(str(response.status_code))
                     continue
             except httpx.HTTPError as err:
-                errors.append(type(err).__name__)
+                errors.append(f"{type(err).__name__}: {err}")
                 continue
             times.append(time.perf_counter() - started)
 
@@ -192,6 +193,8 @@ def measure(args: argparse.Namespace) -> list[object]:
             time.sleep(1)
         for worker in workers:
             worker.join(timeout=15)
+        for error, n in Counter(errors).most_common():
+            print(f"# failed scrape x{n}: {error}")
         ms = [t * 1000 for t in times]
         if not ms:
             raise RuntimeError(f"no scrape succeeded: {errors[:5]}")

@@ -6,8 +6,12 @@ q-values), ``name[]`` filters and ``HEAD``, and hands the collectors to
 names fall back to prometheus_client's own WSGI app.
 
 With a web config (:mod:`exporter.webconfig`) the server speaks TLS, asks for basic auth on every
-path and adds the configured headers to every answer. The TLS handshake runs in the connection's
-worker thread with a timeout, so a slow or silent client never holds up the accept loop.
+path and adds the configured headers to every answer.
+
+:class:`HttpServer` serves the app: one event loop thread accepts connections, completes TLS
+handshakes and reads request headers without blocking (a slow or silent client costs a socket,
+never a thread, and is cut off ``header_timeout`` after it connected); complete requests go to a
+fixed pool of wsgiref workers. Everything it has to say goes through :mod:`logging`.
 """
 
 from __future__ import annotations
@@ -244,14 +248,16 @@ class Limits:
     #: Seconds a worker may block writing one part of an answer to a client that stopped reading.
     write_timeout: float = 10.0
     #: Connections open at once, from accept to the last byte sent (at most half the process's
-    #: file descriptors). When full, the oldest one still sending its request makes room.
-    max_connections: int = 256
+    #: file descriptors). When full, the oldest one still sending its request makes room. One
+    #: waiting for its headers costs a socket and its bytes so far, no thread: the bound is
+    #: high, so that an attacker's churn rarely reaches a scrape still on its way.
+    max_connections: int = 1024
     #: Threads that answer complete requests.
     workers: int = 8
     #: The listen backlog.
     backlog: int = 1024
-    #: Bytes of request line and headers (more: 431).
-    max_header_bytes: int = 65536
+    #: Bytes of request line and headers (more: 431); Prometheus sends well under 1 KiB.
+    max_header_bytes: int = 16384
     #: Seconds between the lines that sum up repeated connection problems.
     log_every: float = SUPPRESSED_LOG_SECONDS
 
@@ -276,13 +282,14 @@ _TLS_HANDSHAKE_RECORD = b"\x16"
 class _Pending:
     """A connection the event loop holds until its request headers are in."""
 
-    __slots__ = ("context", "data", "deadline", "events", "peer", "sock", "stage")
+    __slots__ = ("address", "context", "data", "deadline", "events", "peer", "sock", "stage")
 
     def __init__(
-        self, sock: socket.socket, peer: str, deadline: float, context: ssl.SSLContext | None
+        self, sock: socket.socket, address: Any, deadline: float, context: ssl.SSLContext | None
     ) -> None:
         self.sock = sock
-        self.peer = peer
+        self.address = address
+        self.peer = str(address[0])
         self.deadline = deadline
         self.context = context
         self.stage = "tls" if context is not None else "headers"  # then "handshake", "headers"
@@ -393,7 +400,7 @@ class HttpServer(WSGIServer):
                 continue
             context = self.web.current().ssl_context if self.web is not None else None
             deadline = time.monotonic() + self.limits.header_timeout
-            pending = _Pending(sock, str(address[0]), deadline, context)
+            pending = _Pending(sock, address, deadline, context)
             self._pending[pending] = None
             self._selector.register(sock, pending.events, pending)
 
@@ -513,7 +520,7 @@ class HttpServer(WSGIServer):
         self._leave(pending)
         with self._lock:
             self._busy += 1
-        self._jobs.put((pending.sock, (pending.peer, 0), bytes(pending.data)))
+        self._jobs.put((pending.sock, pending.address, bytes(pending.data)))
 
     def _leave(self, pending: _Pending) -> None:
         del self._pending[pending]

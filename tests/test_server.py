@@ -132,7 +132,7 @@ def test_backlog_holds_200_connects_while_the_server_cannot_accept(simulator, st
 
 
 def test_slowloris_is_cut_off_and_never_holds_up_scrapes(start_server):
-    server = start_server(header_timeout=1.0)
+    server = start_server(header_timeout=1.0, max_connections=256)  # 44 make room
     url = f"http://127.0.0.1:{server.server_port}/"
     before = set(threading.enumerate())
     attack = Slowloris(server.server_port, 300)
