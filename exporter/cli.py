@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import Collector
@@ -29,7 +28,7 @@ from exporter.config import Config, load_config, parse_config, read_tokens, spli
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
-from exporter.server import DEFAULT_PORT, create_app, parse_listen_address, serve
+from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
 from exporter.webconfig import load_web_config
@@ -363,7 +362,7 @@ async def run(
     return 0
 
 
-def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[WSGIServer, threading.Thread]:
+def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[HttpServer, threading.Thread]:
     """The webhook receiver on its own address: the web config's TLS and headers, no basic
     auth (RealtimeKit cannot send it; the signature authenticates each delivery)."""
     address = webhooks.settings.listen_address

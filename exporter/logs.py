@@ -171,3 +171,62 @@ class FailureLog:
             self._suppressed_since = now
         elif not self._suppressed:
             self._suppressed_since = now
+
+
+class RepeatLog:
+    """Events that can come in floods (failed TLS handshakes, bad requests): the first of each
+    kind is logged at ``level``; its repeats within ``every`` seconds of the first event go to
+    debug and are counted, and one line sums them up when that window is over. Then the next
+    event of each kind is logged again, and a new window starts::
+
+        events = RepeatLog(logging.getLogger("exporter.server"), what="connection problem(s)")
+        events.note("TLS handshake failed (WRONG_VERSION_NUMBER)", "TLS handshake with %s "
+                    "failed: %s", peer, err)
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        what: str,
+        level: int = logging.INFO,
+        every: float = SUPPRESSED_LOG_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._what = what
+        self._level = level
+        self._every = every
+        self._clock = clock
+        self._repeats: Counter[str] = Counter()  # kinds seen in this window: repeats not logged
+        self._since = clock()  # when the window began: at its first event
+
+    def note(self, kind: str, msg: str, *args: object) -> None:
+        """One event of ``kind``; ``msg % args`` is its line."""
+        self.flush()
+        if not self._repeats:
+            self._since = self._clock()
+        if kind in self._repeats:
+            self._repeats[kind] += 1
+            self._log.debug(msg, *args)
+        else:
+            self._repeats[kind] = 0
+            self._log.log(self._level, msg, *args)
+
+    def flush(self) -> None:
+        """Sum up the repeats once the window is over (call it now and then, or it waits for the
+        next event)."""
+        now = self._clock()
+        if not self._repeats or now - self._since < self._every:
+            return
+        repeated = sorted((kind, n) for kind, n in self._repeats.items() if n)
+        if repeated:
+            self._log.log(
+                self._level,
+                "%d more %s in the last %.0fs, not logged one by one (--log.level debug shows "
+                "all): %s",
+                sum(n for _, n in repeated), self._what, now - self._since,
+                ", ".join(f"{kind} x{n}" for kind, n in repeated),
+            )  # fmt: skip
+        self._repeats.clear()
+        self._since = now
