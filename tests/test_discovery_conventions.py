@@ -47,14 +47,23 @@ SHAPES = {"capped": (PAGE, 100), "uncapped": (100, PAGE)}
 
 
 def undetectable(fields: tuple[str, ...], n: int, base: int, capped: bool) -> str | None:
-    """Why no answer can tell this convention apart from a shorter list (None: one can).
+    """Why this row loses sessions (None: it must not): mostly because no answer can tell the
+    convention apart from a shorter list; one row kind is a gap of the client (said so).
 
     As documented by the client's author (tests/test_client.py ``knowable``): pages from 0 with
     neither a count nor a page 1 that starts past item 1 (page 1 is then the second page, and
     looks like the end); a cap with no paging at all (a capped page looks like the last one)."""
     if n == 0:
         return None
-    if base == 0 and "total_count" not in fields and not ("start_offset" in fields and n > PAGE):
+    if base == 0 and "total_count" not in fields and "start_offset" in fields and n > PAGE:
+        return None  # page 1 starts past item 1: it is not the first page
+    if base == 0 and "total_count" not in fields and "end_offset" in fields and n > PAGE:
+        return (
+            "product gap: exporter/client.py _Walk._misplaced/_learn learn the page base from "
+            "start_offset only; a page 1 whose end_offset exceeds its item count shows items "
+            "before it, but is taken as the start of the list"
+        )
+    if base == 0 and "total_count" not in fields:
         return "pages from 0 with neither total_count nor a page 1 past item 1: undetectable"
     if capped and not fields and n > PAGE:
         return "a per-page cap with no paging at all: a capped page looks like the last"
@@ -66,10 +75,10 @@ def rows(sizes: list[int], churn: int) -> list[Any]:
     with churn (where luck decides whether a session sits past the part a walk reads)."""
     out = []
     for paging, (_, fields) in PAGINGS.items():
-        for shape, (cap, _) in SHAPES.items():
+        for shape in SHAPES:
             for base in (1, 0):
                 for n in sizes:
-                    why = undetectable(fields, n, base, cap < SHAPES["capped"][1])
+                    why = undetectable(fields, n, base, shape == "capped")
                     if why and churn:
                         continue
                     marks = [pytest.mark.xfail(strict=True, reason=why)] if why else []
