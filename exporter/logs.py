@@ -38,8 +38,8 @@ def _fields(record: logging.LogRecord, formatter: logging.Formatter) -> dict[str
         "logger": record.name,
         "msg": record.getMessage(),
     }
-    if record.exc_info:
-        fields["exc"] = formatter.formatException(record.exc_info)
+    if record.exc_info:  # the text the redacting filter cleaned, when it did
+        fields["exc"] = record.exc_text or formatter.formatException(record.exc_info)
     return fields
 
 

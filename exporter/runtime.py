@@ -52,6 +52,8 @@ from exporter.webhooks import (
 
 log = logging.getLogger("exporter")
 
+#: Seconds a SIGHUP waits before reloading, so that a burst of signals is one reload.
+RELOAD_DEBOUNCE = 0.3
 TokenSource = tuple[str | None, str | None]
 Tokens = dict[TokenSource, str]
 ClientKey = tuple[TokenSource, str]  # (token source, token)
@@ -201,6 +203,7 @@ class Service:
         self._retired: list[httpx.AsyncClient] = []  # closed at exit: polls may still use them
         self._reloading: asyncio.Future[tuple[bool, str]] | None = None
         self._again = False
+        self._reload_soon = False  # a SIGHUP reload is scheduled
         listening = config.webhooks.listen_address is not None
         self.webhooks = Webhooks(self, config.webhooks) if listening else None
 
@@ -293,10 +296,19 @@ class Service:
         return True, message
 
     def request_reload(self) -> None:
-        """SIGHUP: reload soon (coalesced with any reload under way)."""
-        task = asyncio.get_running_loop().create_task(self.reload())
+        """SIGHUP: reload :data:`RELOAD_DEBOUNCE` seconds from now; signals until then (a
+        storm) are covered by that one reload, and any reload under way is joined."""
+        if self._reload_soon:
+            return
+        self._reload_soon = True
+        task = asyncio.get_running_loop().create_task(self._reload_later())
         _background.add(task)
         task.add_done_callback(_background.discard)
+
+    async def _reload_later(self) -> None:
+        await asyncio.sleep(RELOAD_DEBOUNCE)
+        self._reload_soon = False
+        await self.reload()
 
     async def close(self) -> None:
         """Stop scheduling, give in-flight polls :data:`SHUTDOWN_GRACE` seconds, cancel the

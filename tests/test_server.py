@@ -283,11 +283,6 @@ def test_app_errors_and_bad_requests_are_log_lines(start_server, logfmt_log, cap
     assert "Traceback" not in out + err and TOKEN not in out + err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="exporter/logs.py _fields formats exc_info afresh instead of using the exc_text "
-    "RedactingFilter redacted: a token in an exception's message reaches the log",
-)
 def test_a_token_in_a_traceback_is_redacted(start_server, logfmt_log):
     server = start_server()
     assert httpx.get(f"http://127.0.0.1:{server.server_port}/boom", timeout=10).status_code == 500
