@@ -131,18 +131,18 @@ def test_trickle_and_endless_bodies_time_out_and_do_not_starve_others(make_sim, 
     exporter.wait_ready(timeout=10)
     samples = exporter.scrape()
     assert value(samples, "realtimekit_up", meeting_id=healthy) == 1
-    first = value(samples, "realtimekit_last_success_timestamp_seconds", meeting_id=healthy)
-    # The healthy meeting keeps being polled (every second) while the others hog the slots.
-    wait_for(
-        lambda: (
-            value(
-                exporter.scrape(), "realtimekit_last_success_timestamp_seconds", meeting_id=healthy
-            )
-            >= first + 3
-        ),
-        timeout=15,
-    )
-    assert served(sim, healthy, since=first) >= 3
+    successes = {value(samples, "realtimekit_last_success_timestamp_seconds", meeting_id=healthy)}
+
+    def polled_again() -> bool:
+        samples = exporter.scrape()
+        successes.add(
+            value(samples, "realtimekit_last_success_timestamp_seconds", meeting_id=healthy)
+        )
+        return len(successes) >= 4
+
+    # The healthy meeting keeps being polled while the others take every slot they can (it
+    # waits its turn for a slot, so about every 2 s instead of 1 s; never stuck behind them).
+    wait_for(polled_again, timeout=20, interval=0.2)
     assert errors(exporter, trickle, "timeout") >= 2  # still tried, still timing out
     assert value(exporter.scrape(), "realtimekit_up", meeting_id=healthy) == 1
     assert_no_traceback(exporter)
@@ -198,6 +198,7 @@ def test_a_huge_ratelimit_header_never_freezes_the_process(make_sim, start_expor
         if probe % 2:
             seen = served(sim, hostile)
             wait_for(lambda seen=seen: served(sim, hostile) > seen, timeout=10, interval=0.05)
+    print(f"/-/healthy under huge headers: max {max(latencies) * 1000:.0f} ms")
     assert max(latencies) < 1.0, latencies
     assert served(sim, hostile, since) >= 8
     samples = exporter.scrape()  # counted as the valid answer it is
@@ -301,6 +302,8 @@ def test_gzip_bombs_are_cut_at_the_cap_and_memory_stays_flat(make_sim, start_exp
     wait_for(ten_each, timeout=60, interval=0.05)
     high_water = proc_status(pid, "VmHWM")  # the peak ever, between our samples too
     limit = 64 << 20
+    print(f"RSS baseline {baseline >> 20} MiB, sampled max {max(peak) >> 20} MiB, "
+          f"VmHWM {high_water >> 20} MiB")  # fmt: skip
     assert max(peak) - baseline < limit, (baseline >> 20, max(peak) >> 20)
     assert high_water - baseline < limit, (baseline >> 20, high_water >> 20)
     assert down_for(exporter, bombs, "invalid_response", 5)
@@ -472,6 +475,7 @@ def test_sigterm_gives_polls_in_flight_a_grace(
     code = exporter.proc.wait(exit_within + 5)
     took = time.monotonic() - started
     log = exporter.log()
+    print(f"{answer_seconds}s answer in flight: exited {code} after {took:.2f}s")
     assert code == 0, log[-3000:]
     assert took < exit_within, took
     recovered = f"poll recovered account_id={sim.account_id}"
