@@ -401,11 +401,6 @@ def test_a_reload_storm_leaves_polling_and_serving_alone(make_sim, start_exporte
           f"{reloads} reloads, probe max {max(prober.latencies) * 1000:.0f} ms")  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Service.reload coalesces only requests that arrive while a reload runs; a 1,000-"
-    "meeting reload takes under 40 ms, so 50 SIGHUPs 40 ms apart run 50 reloads (measured)",
-)
 def test_a_sighup_storm_becomes_a_few_reloads(make_sim, start_exporter):
     sim, exporter = start_thousand(make_sim, start_exporter)
     sighups(exporter)
