@@ -4,10 +4,11 @@ unlimited, 100 sessions per page), discovered by a real exporter process.
     python bench/discovery_scale.py [--sizes 1000,10000,30000,100000] [--interval 30] [--quick]
 
 Per size it prints: the first cycle's duration (``realtimekit_discovery_duration_seconds``), the
-exporter's CPU seconds per steady cycle (from /proc, between the ends of cycles 2 and 3, so the
-start-up is not in it), its RSS, how many meetings are exported at the end (every listed meeting
-must be), and the latency of full ``/metrics`` scrapes made one after the other (a new one a
-second after the last ended) during those cycles: median and worst. Progress is read with
+exporter's CPU seconds per steady cycle (from /proc, between the ends of cycles 1 and 2, with
+nobody scraping, so neither the start-up nor rendering is in it), its RSS, how many meetings are
+exported at the end (every listed meeting must be), and the latency of full ``/metrics``
+scrapes made one after the other (a new one a second after the last ended) during cycle 3:
+median and worst. Progress is read with
 ``/metrics?name[]=…``, which renders only the app's families. Bounded: each size gives up after
 ``4 × interval + 120`` seconds.
 """
@@ -88,13 +89,14 @@ def measure(size: int, interval: float) -> list[str]:
                     marks.append((pages, cpu_seconds(exporter.pid)))
                     if first is None:
                         first = _value(text, "realtimekit_discovery_duration_seconds")
-                        scraper.start()  # from the second cycle on
+                    if len(marks) == 2:
+                        scraper.start()  # during the third cycle
                 time.sleep(0.2)
         scraper.stopping.set()
         scraper.join(timeout=180)
         if len(marks) < 3:
             raise RuntimeError(f"{size}: only {len(marks)} cycle(s) within the time bound")
-        cpu = marks[2][1] - marks[1][1]
+        cpu = marks[1][1] - marks[0][1]
         lat = scraper.latencies or [float("nan")]
         return [
             f"{size:,}",

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     ACCOUNT_ID,
+    HUGE_BUDGET,
+    ROOT,
     ExporterProcess,
     Process,
     bounded,
@@ -51,11 +52,8 @@ from bench._common import (
     tmpdir,
 )
 from bench.scrape_cost import scrape
-from exporter.config import MAX_REQUESTS
 
 PER_PAGE = 100
-#: HUGE_BUDGET (10**9) is now above what the config accepts: the largest budget it does.
-UNLIMITED = {"requests": MAX_REQUESTS, "period_seconds": 1}
 PROGRESS = (
     "/metrics?name[]=realtimekit_discovery_pages_total&name[]=realtimekit_discovery_up"
     "&name[]=realtimekit_discovery_duration_seconds&name[]=realtimekit_exporter_shard_ordinal"
@@ -107,28 +105,16 @@ class SimulatorLauncher(Process):
 
 
 class ShardProcess(ExporterProcess):
-    """An exporter process started as shard ``shard`` of ``total`` (ExporterProcess takes no
-    extra flags, so this starts the process itself and reuses the rest)."""
+    """An exporter process started as shard ``shard`` of ``total``."""
 
     def __init__(self, config: dict[str, Any], shard: int, total: int, tmp: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        path = tmp / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        Process.__init__(
-            self,
-            [
-                "-m", "exporter", "--config.file", str(path), "--web.listen-address", "127.0.0.1:0",
-                "--log.level", "warning", "--total-shards", str(total), "--shard", str(shard),
-            ],
-            tmp / "exporter.log",
-        )  # fmt: skip
-        self.config, self.shard = config, shard
-        self.port = self._find_port(timeout=60)
-        self.base = f"http://127.0.0.1:{self.port}"
+        super().__init__(config, tmp, ROOT, "--total-shards", str(total), "--shard", str(shard))
+        self.shard = shard
 
 
 def shard_config(base_url: str, apps: list[str], per_app: int, interval: float) -> dict[str, Any]:
-    config = exporter_config(base_url, [], interval=interval, budget=UNLIMITED)
+    config = exporter_config(base_url, [], interval=interval, budget=HUGE_BUDGET)
     discover = {"enabled": True, "per_page": PER_PAGE, "max_meetings": per_app + 10}
     config["apps"] = [
         {"account_id": ACCOUNT_ID, "app_id": app, "meetings": [], "discover": discover}
