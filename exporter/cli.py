@@ -24,7 +24,14 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.collector import ExporterCollector, MeetingCollector
-from exporter.config import Config, load_config, parse_config, read_tokens, split_host_port
+from exporter.config import (
+    Config,
+    load_config,
+    parse_config,
+    read_coordination_password,
+    read_tokens,
+    split_host_port,
+)
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
@@ -124,6 +131,7 @@ class Launch:
     config_path: str | None  # None: no file to reload (the demo)
     cleanup: Callable[[], None] | None = None  # run at exit (the demo's simulator)
     banner: str = ""  # printed once serving (the demo's URLs)
+    redis_password: str | None = None  # coordination's, from its file or variable
 
 
 def demo_launch() -> Launch:
@@ -237,7 +245,13 @@ def _read_secrets(launch: Launch, args: argparse.Namespace, redact: RedactingFil
             launch.tokens = read_tokens(launch.config)
         except ConfigError as err:
             problems = err.problems
+    try:
+        launch.redis_password = read_coordination_password(launch.config)
+    except ConfigError as err:
+        problems += err.problems
     redact.secrets.update((launch.tokens or {}).values())
+    if launch.redis_password:
+        redact.secrets.add(launch.redis_password)
     if args.config_check and args.web_config_file:
         try:
             load_web_config(args.web_config_file)
@@ -296,6 +310,7 @@ def collectors(service: Service) -> list[Collector]:
         ExporterCollector(
             service.health.snapshot,
             service.webhooks.stats.snapshot if service.webhooks is not None else None,
+            service.coordination_state if service.coordinator is not None else None,
         ),
     ]
 
@@ -315,6 +330,7 @@ async def run(
         config_path=launch.config_path,
         redact=redact or RedactingFilter(),
         sharding=sharding,
+        redis_password=launch.redis_password,
     )
 
     def reload_from_http() -> tuple[bool, str]:

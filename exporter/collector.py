@@ -30,7 +30,7 @@ from prometheus_client.samples import Sample
 from exporter import __version__
 from exporter.errors import REASONS
 from exporter.exposition import go_float, header, label_text, line, wanted
-from exporter.health import DURATION_BUCKETS, AppHealth, HealthSnapshot
+from exporter.health import DURATION_BUCKETS, AppHealth, CoordinationState, HealthSnapshot
 from exporter.model import SESSION_STATUSES, Answer, MeetingKey, Session
 from exporter.store import Labels, MeetingState, Store
 
@@ -365,9 +365,11 @@ class ExporterCollector(Collector):
         self,
         health: Callable[[], HealthSnapshot],
         webhooks: Callable[[], WebhookCounts] | None = None,
+        coordination: Callable[[], CoordinationState] | None = None,
     ) -> None:
         self._health = health
         self._webhooks = webhooks
+        self._coordination = coordination
 
     def collect(self) -> Iterator[Metric]:
         st = self._health()
@@ -401,6 +403,8 @@ class ExporterCollector(Collector):
         )
         if self._webhooks is not None:
             yield from _webhook_metrics(self._webhooks())
+        if self._coordination is not None:
+            yield from _coordination_metrics(self._coordination())
 
 
 def _single(name: str, kind: str, doc: str, value: float) -> Metric:
@@ -568,3 +572,25 @@ def _webhook_metrics(counts: WebhookCounts) -> Iterator[Metric]:
         "Prompt polls of a meeting asked for by its webhook events (coalesced).",
         counts.refreshes,
     )
+
+
+def _coordination_metrics(state: CoordinationState) -> Iterator[Metric]:
+    yield _single(
+        "realtimekit_exporter_leader",
+        "gauge",
+        "1 if this replica holds its shard's lease (polls and exports its meetings), 0 on a "
+        "standby.",
+        1.0 if state.leader else 0.0,
+    )
+    yield _single(
+        "realtimekit_coordination_up",
+        "gauge",
+        "1 if the last operation on Redis succeeded (shared budget, lease, state mirror).",
+        1.0 if state.up else 0.0,
+    )
+    errors = Metric(
+        "realtimekit_coordination_errors", "Failed Redis operations, by operation.", "counter"
+    )
+    for op, count in sorted(state.errors.items()):
+        errors.samples.append(Sample("realtimekit_coordination_errors_total", {"op": op}, count))
+    yield errors

@@ -335,10 +335,30 @@ class WebhooksConfig(_Model):
         return _https_url(value, insecure_ok, "webhooks.allow_insecure_http")
 
 
+class CoordinationConfig(_Model):
+    """Replicas coordinated through Redis: one budget per token, one leader per shard. The
+    password comes from ``password_file`` or ``password_env``, never from this file."""
+
+    redis_url: str
+    key_prefix: str = "realtimekit-exporter"
+    lease_seconds: float = Field(default=15.0, ge=1, le=3600, allow_inf_nan=False)
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None  # CA bundle for rediss://, when not the system's
+
+    @field_validator("password_file")
+    @classmethod
+    def _one_password_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("password_env") is not None:
+            raise ValueError("set password_env or password_file, not both")
+        return value
+
+
 class Config(_Model):
     api: ApiConfig = ApiConfig()
     poll: PollConfig = PollConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    coordination: CoordinationConfig | None = None
     apps: list[App] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -588,21 +608,55 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 def read_token(ref: TokenRef, environ: Mapping[str, str] | None = None) -> str:
     """Fetch a token from where ``ref`` says. The message of a failure never holds it."""
     if ref.file is not None:
-        key = f"{ref.key}.token_file"
-        data = read_file(ref.file, MAX_TOKEN_BYTES, key)
-        token = _decode(data, f"{key}: {ref.file!r}").strip()
-        if not token:
-            raise ConfigError([f"{key}: {ref.file!r} is empty"])
+        return read_secret(f"{ref.key}.token_file", path=ref.file, what="token")
+    name = ref.env or DEFAULT_TOKEN_ENV
+    return read_secret(f"{ref.key}.token_env", env=name, environ=environ, what="token")
+
+
+def read_secret(
+    key: str,
+    *,
+    path: str | None = None,
+    env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    what: str = "secret",
+) -> str:
+    """A secret (token, password) from a file or an environment variable, stripped; ``key``
+    names the config key in messages, which never hold the secret."""
+    if path is not None:
+        data = read_file(path, MAX_TOKEN_BYTES, key)
+        secret = _decode(data, f"{key}: {path!r}").strip()
+        if not secret:
+            raise ConfigError([f"{key}: {path!r} is empty"])
     else:
-        key = f"{ref.key}.token_env"
-        env = os.environ if environ is None else environ
-        name = ref.env or DEFAULT_TOKEN_ENV
-        token = env.get(name, "").strip()
-        if not token:
-            raise ConfigError([f"{key}: environment variable {name} is not set or empty"])
-    if any(c.isspace() or not c.isprintable() for c in token):
-        raise ConfigError([f"{key}: the token contains whitespace or control characters"])
-    return token
+        source = os.environ if environ is None else environ
+        secret = source.get(env or "", "").strip()
+        if not secret:
+            raise ConfigError([f"{key}: environment variable {env} is not set or empty"])
+    if any(c.isspace() or not c.isprintable() for c in secret):
+        raise ConfigError([f"{key}: the {what} contains whitespace or control characters"])
+    return secret
+
+
+def read_coordination_password(
+    config: Config, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The Redis password the ``coordination`` block names (None: none named)."""
+    coordination = config.coordination
+    if coordination is None:
+        return None
+    if coordination.password_file is not None:
+        return read_secret(
+            "coordination.password_file", path=coordination.password_file, what="password"
+        )
+    if coordination.password_env is not None:
+        return read_secret(
+            "coordination.password_env",
+            env=coordination.password_env,
+            environ=environ,
+            what="password",
+        )
+    return None
 
 
 def read_tokens(

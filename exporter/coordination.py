@@ -592,3 +592,76 @@ class StateMirror:
             except ValueError as err:
                 log.warning("coordination: %s: skipped: %s", self._key, err)
         return states
+
+
+class Coordinator:
+    """This process' part in a replicated deployment: one Redis client, the shared budgets of
+    its tokens, the lease of its shard, and the mirror of the leader's meeting states.
+
+    :meth:`run` steps the lease every ``lease_seconds / 3`` and, every :data:`MIRROR_SECONDS`,
+    either publishes this process' states (leader) or fetches the leader's (standby), so that a
+    standby that wins the lease serves complete values at once. ``on_leader(bool)`` is called
+    on the loop whenever leadership changes.
+    """
+
+    MIRROR_SECONDS: Final = 1.0
+
+    def __init__(self, settings: CoordinationSettings, shard: str) -> None:
+        self.settings = settings
+        self.stats = CoordinationStats()
+        self.redis = connect(settings)
+        self.replica = replica_id()
+        self.registry = ReplicaRegistry(self.redis, settings, self.replica, stats=self.stats)
+        self.lease = Lease(
+            self.redis,
+            settings,
+            shard,
+            self.replica,
+            stats=self.stats,
+            registry=self.registry,
+            hold_on_outage=True,
+        )
+        self.mirror = StateMirror(self.redis, settings, shard, stats=self.stats)
+        self.mirrored: dict[MeetingKey, MeetingState] = {}  # the leader's, as last fetched
+
+    def limiter(
+        self, token: str, requests: int, period_seconds: float, reserve_fraction: float
+    ) -> RateLimiter:
+        """The token's budget, shared by every replica."""
+        return SharedLimiter(
+            self.redis,
+            self.settings,
+            token,
+            requests,
+            period_seconds,
+            registry=self.registry,
+            stats=self.stats,
+            reserve_fraction=reserve_fraction,
+        )
+
+    async def run(
+        self,
+        states: Callable[[], Mapping[MeetingKey, MeetingState]],
+        on_leader: Callable[[bool], None],
+    ) -> None:
+        """Until cancelled: keep the lease, mirror the states, report leadership changes."""
+        leader, next_step = False, 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_step:
+                next_step = now + self.lease.interval
+                if await self.lease.step() != leader:
+                    leader = self.lease.is_leader
+                    on_leader(leader)
+            try:
+                if leader:
+                    await self.mirror.publish(states())
+                else:
+                    self.mirrored = await self.mirror.fetch()
+            except CoordinationError as err:
+                log.debug("coordination: mirror: %s", err)
+            await asyncio.sleep(self.MIRROR_SECONDS)
+
+    async def close(self) -> None:
+        await self.lease.release()
+        await self.redis.aclose()

@@ -74,6 +74,15 @@ class AppHealth:
 
 
 @dataclass(frozen=True, slots=True)
+class CoordinationState:
+    """A replica's view of its coordination through Redis."""
+
+    up: bool  # Redis reachable at the last operation
+    leader: bool  # this replica polls and exports its shard's meetings
+    errors: dict[str, int]  # failed Redis operations, by operation
+
+
+@dataclass(frozen=True, slots=True)
 class HealthSnapshot:
     """One consistent reading of :class:`Health`."""
 

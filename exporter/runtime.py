@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -31,9 +31,10 @@ from exporter.config import (
     read_file,
     read_tokens,
 )
+from exporter.coordination import CoordinationSettings, Coordinator
 from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ApiError, ConfigError, ExporterError
-from exporter.health import AppKey, Health
+from exporter.health import AppKey, CoordinationState, Health
 from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import MeetingKey
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
@@ -124,6 +125,7 @@ def build_runtime(
     sharding: Sharding | None = None,
     previous: Runtime | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    make_limiter: MakeLimiter | None = None,
 ) -> Runtime:
     """A Runtime for ``config`` (this shard's part of it). From ``previous``, what is still
     right is kept: the HTTP client (same timeout and pool size), the concurrency bound, and each
@@ -149,9 +151,7 @@ def build_runtime(
         ident = (source, tokens[source])
         if ident not in by_token:
             budget = limits.get(source, api.rate_limit)
-            limiter = RateLimiter(
-                budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
-            )
+            limiter = (make_limiter or _local_limiter)(tokens[source], budget)
             old = previous.by_token.get(ident) if previous is not None else None
             if old is not None and old.limiter.configured_spacing == limiter.configured_spacing:
                 limiter = old.limiter
@@ -164,6 +164,15 @@ def build_runtime(
             )
         clients[app.key] = by_token[ident]
     return Runtime(config, work, tokens, http, clients, by_token, slots)
+
+
+MakeLimiter = Callable[[str, RateLimit], RateLimiter]  # (token, budget) -> its limiter
+
+
+def _local_limiter(token: str, budget: RateLimit) -> RateLimiter:
+    return RateLimiter(
+        budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
+    )
 
 
 def _token_sources(work: Config | None) -> list[tuple[App, TokenSource]]:
@@ -183,6 +192,7 @@ class Service:
         redact: RedactingFilter,
         sharding: Sharding | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        redis_password: str | None = None,
     ) -> None:
         self.config_path = config_path  # None: nothing to re-read (the demo)
         self.sharding = sharding or Sharding()
@@ -197,8 +207,15 @@ class Service:
         self._failures = failures
         self._transport = transport
         self.health.set_shard(self.sharding.shard, self.sharding.total)
+        self.coordinator = _coordinator(config, redis_password, self.sharding)
+        self.leader = self.coordinator is None  # alone, this process always polls
         self.runtime = build_runtime(
-            config, tokens, health=self.health, sharding=self.sharding, transport=transport
+            config,
+            tokens,
+            health=self.health,
+            sharding=self.sharding,
+            transport=transport,
+            make_limiter=self._make_limiter,
         )
         self._retired: list[httpx.AsyncClient] = []  # closed at exit: polls may still use them
         self._reloading: asyncio.Future[tuple[bool, str]] | None = None
@@ -214,8 +231,13 @@ class Service:
     def start(self) -> None:
         self.scheduler.start()
         self.swap(self.runtime)
+        work: list[Coroutine[Any, Any, None]] = []
         if self.webhooks is not None:
-            task = asyncio.get_running_loop().create_task(self.webhooks.run())
+            work.append(self.webhooks.run())
+        if self.coordinator is not None:
+            work.append(self.coordinator.run(lambda: self.store.snapshot()[1], self.on_leader))
+        for coroutine in work:
+            task = asyncio.get_running_loop().create_task(coroutine)
             _background.add(task)  # cancelled with the others by close()
             task.add_done_callback(_background.discard)
 
@@ -226,15 +248,52 @@ class Service:
         self.runtime = runtime
         self.redact.secrets.update(runtime.tokens.values())
         intervals = self.webhooks.intervals() if self.webhooks is not None else {}
-        discovered = self.discovery.apply(runtime.discovery_plan(intervals))
-        self.store.set_targets({**runtime.targets(), **discovered})
-        poll_plan = runtime.poll_plan(intervals)
+        if self.leader:
+            discovery_plan, poll_plan = (
+                runtime.discovery_plan(intervals),
+                runtime.poll_plan(intervals),
+            )
+        else:  # a standby polls nothing and exports no meeting (sums across replicas stay right)
+            discovery_plan = replace(runtime.discovery_plan(), apps={})
+            poll_plan = replace(runtime.poll_plan(), meetings={})
+        discovered = self.discovery.apply(discovery_plan)
+        self.store.set_targets({**runtime.targets(), **discovered} if self.leader else {})
         self.poller.apply(poll_plan)
         apps = {app.key for app in runtime.apps}
         self._failures.keep_only(lambda k: k in apps or k in poll_plan.meetings or k in discovered)
         self.health.set_budgets(
             [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
         )
+
+    def coordination_state(self) -> CoordinationState:
+        """For the collector: Redis reachable, this replica the leader, errors by operation."""
+        assert self.coordinator is not None
+        stats = self.coordinator.stats
+        return CoordinationState(stats.up, self.leader, dict(stats.errors))
+
+    def _make_limiter(self, token: str, budget: RateLimit) -> RateLimiter:
+        if self.coordinator is None:
+            return _local_limiter(token, budget)
+        return self.coordinator.limiter(
+            token, budget.requests, budget.period_seconds, budget.reserve_fraction
+        )
+
+    def on_leader(self, leader: bool) -> None:
+        """Leadership changed (on the loop). A new leader starts from the states the old one
+        mirrored, so it serves complete values at once; a standby stops polling and exporting."""
+        log.warning(
+            "coordination: this replica is now %s of shard %d",
+            "the leader" if leader else "a standby", self.sharding.shard,
+        )  # fmt: skip
+        self.leader = leader
+        if leader and self.coordinator is not None:
+            mirrored = self.coordinator.mirrored
+            for key in mirrored:
+                self.discovery.adopt(key)  # discovered meetings of the old leader stay
+            self.swap(self.runtime)
+            self.store.load(mirrored)
+        else:
+            self.swap(self.runtime)
 
     def replan(self) -> None:
         """Apply the running Runtime again (the apps' intervals changed)."""
@@ -275,6 +334,7 @@ class Service:
                 sharding=self.sharding,
                 previous=self.runtime,
                 transport=self._transport,
+                make_limiter=self._make_limiter,
             )
             self.swap(runtime)
         except ConfigError as err:
@@ -324,9 +384,25 @@ class Service:
             await asyncio.wait(pending, timeout=1)
         for http in {id(h): h for h in (self.runtime.http, *self._retired)}.values():
             await http.aclose()
+        if self.coordinator is not None:
+            await self.coordinator.close()  # releases the lease: a standby takes over at once
 
 
 _background: set[asyncio.Task[Any]] = set()
+
+
+def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Coordinator | None:
+    block = config.coordination
+    if block is None:
+        return None
+    settings = CoordinationSettings(
+        redis_url=block.redis_url,
+        key_prefix=block.key_prefix,
+        lease_seconds=block.lease_seconds,
+        password=password,
+        ca_file=block.ca_file,
+    )
+    return Coordinator(settings, shard=str(sharding.shard))
 
 
 def _read(path: str) -> tuple[Config, Tokens]:

@@ -121,6 +121,17 @@ class Store:
             self._version += 1
             self.writes += 1
 
+    def load(self, states: Mapping[MeetingKey, MeetingState]) -> None:
+        """Take these states (another replica's, from the mirror) for the meetings exported
+        here, keeping this store's labels; one write."""
+        with self._lock:
+            mine = self._states
+            for key, state in states.items():
+                if key in mine:
+                    mine[key] = replace(state, labels=mine[key].labels)
+            self._version += 1
+            self.writes += 1
+
     def push(self, key: MeetingKey, answer: Answer, now: float) -> bool:
         """A valid answer that came without a poll (a webhook said a session started or
         ended): the poll's own numbers (duration, errors) stay. False for an unknown key."""

@@ -356,3 +356,56 @@ def test_an_ended_session_is_confirmed_once_not_every_cycle():
     states = cycle()
     assert api.confirmations() == ["m0"]
     assert states[key("m0")].answer is NO_ACTIVE_SESSION
+
+
+# --- the planner and the store batch at 100,000 sessions (issue 12) -----------------------------
+
+
+def test_a_cycle_of_100k_sessions_is_one_store_write_and_linear():
+    from exporter.client import Listing
+    from exporter.config import Discover
+    from exporter.discovery import plan_cycle
+
+    n = 100_000
+    sessions = [
+        Session(id=f"s{i}", status="LIVE", live_participants=1.0, associated_id=f"m{i}")
+        for i in range(n)
+    ]
+    rules = Discover(enabled=True, max_meetings=n)
+    store = Store()
+    store.set_targets({})
+    seen: dict[MeetingKey, float] = {}
+    for cycle, now in enumerate((1000.0, 1030.0)):
+        listing = Listing(sessions[cycle:], n - cycle, 1000, True)  # m0 ended before cycle 2
+        plan = plan_cycle(
+            rules,
+            (ACC, APP),
+            listing,
+            configured=frozenset(),
+            seen=seen,
+            last_live=store.last_live(seen),
+            now=now,
+            stale_after=90,
+        )
+        version, writes = store.snapshot()[0], store.writes
+        records = [(k, s, 0.1, now) for k, s in plan.record.items()]
+        records += [(k, NO_ACTIVE_SESSION, 0.1, now) for k in plan.idle]
+        store.apply(add=plan.add, record=records, remove=plan.expire)
+        assert store.writes == writes + 1  # the whole cycle is one write...
+        assert store.snapshot()[0] == version + 1  # ...and one version bump
+        seen = plan.seen
+    states = store.snapshot()[1]
+    assert len(states) == n and len(plan.add) == 0  # cycle 2 adds nothing new
+    assert plan.confirm == [key("m0")]  # was live, not listed: one call, not n
+    assert sum(isinstance(s.answer, Session) for s in states.values()) == n
+
+
+def test_a_store_batch_keeps_the_state_objects_it_does_not_name():
+    store = Store()
+    keys = [key(f"m{i}") for i in range(3)]
+    store.set_targets(dict.fromkeys(keys, ()))
+    before = store.snapshot()[1]
+    store.apply(record=[(keys[0], NO_ACTIVE_SESSION, 0.1, 1000.0)])
+    after = store.snapshot()[1]
+    assert after[keys[0]] is not before[keys[0]]
+    assert after[keys[1]] is before[keys[1]] and after[keys[2]] is before[keys[2]]  # fragments kept
