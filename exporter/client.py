@@ -355,7 +355,7 @@ class _Walk:
 
     def _misplaced(self, page_no: int, page: SessionsPage) -> bool:
         """Page 1 is not the first page, or page 0 is not a page (the base is the other one)."""
-        start = page.paging.start_offset if page.paging else None
+        start = _first_offset(page)
         empty_but_some = page.items == 0 and (self.total or 0) > 0
         return empty_but_some or (page_no == 1 and (start or 0) > 1)
 
@@ -375,7 +375,7 @@ class _Walk:
         return 0 if short and not self.saw_first and 0 not in self.read else None
 
     def _learn(self, page_no: int, page: SessionsPage, paging: Paging) -> None:
-        start, some = paging.start_offset, (self.total or 0) > 0
+        start, some = _first_offset(page), (self.total or 0) > 0
         if page.items and start == 1 and page_no in (0, 1):
             self.saw_first = True
             self._set_base(page_no)
@@ -484,6 +484,19 @@ def _parse(parse: Callable[..., T], raw: RawAnswer, **kw: int) -> T:
         raise ApiError(
             "invalid_response", f"answer could not be read: {type(err).__name__}", status=raw.status
         ) from None
+
+
+def _first_offset(page: SessionsPage) -> int | None:
+    """The 1-based offset of the page's first item: ``start_offset``, or worked out from
+    ``end_offset`` and the page's length when only that is given."""
+    paging = page.paging
+    if paging is None:
+        return None
+    if paging.start_offset is not None:
+        return paging.start_offset
+    if paging.end_offset is not None and page.items:
+        return paging.end_offset - page.items + 1
+    return None
 
 
 class ApiClient:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable
@@ -104,7 +105,20 @@ def setup_logging(
     quiet = logging.DEBUG if level == "debug" else logging.ERROR
     for name in ("httpx", "httpcore", "apscheduler"):
         logging.getLogger(name).setLevel(quiet)
+    threading.excepthook = _log_thread_exception  # no bare traceback on stderr, ever
     return handler
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    """An exception nobody caught in a thread: one record, through the format and redaction."""
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("exporter").error(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),  # type: ignore[arg-type]
+    )
 
 
 def where(key: MeetingKey) -> str:

@@ -55,14 +55,9 @@ def undetectable(fields: tuple[str, ...], n: int, base: int, capped: bool) -> st
     looks like the end); a cap with no paging at all (a capped page looks like the last one)."""
     if n == 0:
         return None
-    if base == 0 and "total_count" not in fields and "start_offset" in fields and n > PAGE:
-        return None  # page 1 starts past item 1: it is not the first page
-    if base == 0 and "total_count" not in fields and "end_offset" in fields and n > PAGE:
-        return (
-            "product gap: exporter/client.py _Walk._misplaced/_learn learn the page base from "
-            "start_offset only; a page 1 whose end_offset exceeds its item count shows items "
-            "before it, but is taken as the start of the list"
-        )
+    offsets = "start_offset" in fields or "end_offset" in fields
+    if base == 0 and "total_count" not in fields and offsets and n > PAGE:
+        return None  # page 1's offsets say it starts past item 1: it is not the first page
     if base == 0 and "total_count" not in fields:
         return "pages from 0 with neither total_count nor a page 1 past item 1: undetectable"
     if capped and not fields and n > PAGE:
