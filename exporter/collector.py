@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -38,8 +38,10 @@ if TYPE_CHECKING:
     from exporter.webhooks import WebhookCounts
 
 Extra = tuple[tuple[str, str], ...]  # labels a family adds to the meeting's own
-Value = Callable[[MeetingState, Answer | None], float | None]
-Samples = Callable[[MeetingState, Answer | None], tuple[tuple[Extra, float], ...]]
+# Readers get the meeting's state and its fresh answer (a Session for session-only families).
+Value = Callable[[MeetingState, Any], float | None]
+Samples = Callable[[MeetingState, Any], tuple[tuple[Extra, float], ...]]
+Key = Callable[[MeetingState, Any], Hashable]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +55,17 @@ class Family:
     help: str
     value: Value | None = None
     samples: Samples | None = None
+    #: What a labelled family's lines depend on: they are rendered once per distinct value.
+    key: Key | None = None
+    session_only: bool = False  # no sample unless the answer is a session (skipped fast)
+    #: A one-sample family whose values repeat (0/1, participant counts, a start time): its
+    #: line is rendered once per distinct value per meeting.
+    repeats: bool = False
+    sample_name: str = field(init=False)
 
-    @property
-    def sample_name(self) -> str:
-        return self.name + "_total" if self.kind == "counter" else self.name
-
-
-def _session(answer: Answer | None) -> Session | None:
-    return answer if isinstance(answer, Session) else None
+    def __post_init__(self) -> None:
+        name = self.name + "_total" if self.kind == "counter" else self.name
+        object.__setattr__(self, "sample_name", name)
 
 
 def _active(_: MeetingState, answer: Answer | None) -> float | None:
@@ -68,32 +73,25 @@ def _active(_: MeetingState, answer: Answer | None) -> float | None:
 
 
 def _live(_: MeetingState, answer: Answer | None) -> float | None:
-    return None if answer is None else s.live_participants if (s := _session(answer)) else 0.0
+    if answer is None:
+        return None
+    return answer.live_participants if isinstance(answer, Session) else 0.0
 
 
-def _consumed(_: MeetingState, answer: Answer | None) -> float | None:
-    s = _session(answer)
-    return None if s is None or s.minutes_consumed is None else s.minutes_consumed * 60
+def _consumed(_: MeetingState, s: Session) -> float | None:
+    return None if s.minutes_consumed is None else s.minutes_consumed * 60
 
 
 def _errors(state: MeetingState, _: Answer | None) -> tuple[tuple[Extra, float], ...]:
-    if not any(state.errors):
-        return ()
     pairs = zip(REASONS, state.errors, strict=True)
     return tuple(((("reason", reason),), float(count)) for reason, count in pairs if count)
 
 
-def _status(_: MeetingState, answer: Answer | None) -> tuple[tuple[Extra, float], ...]:
-    s = _session(answer)
-    if s is None:
-        return ()
+def _status(_: MeetingState, s: Session) -> tuple[tuple[Extra, float], ...]:
     return tuple(((("status", v),), 1.0 if s.status == v else 0.0) for v in SESSION_STATUSES)
 
 
-def _info(_: MeetingState, answer: Answer | None) -> tuple[tuple[Extra, float], ...]:
-    s = _session(answer)
-    if s is None:
-        return ()
+def _info(_: MeetingState, s: Session) -> tuple[tuple[Extra, float], ...]:
     extra = (
         ("session_id", s.id),
         ("type", s.type or ""),
@@ -109,6 +107,7 @@ FAMILIES: Final = (
         "gauge",
         "1 if the last poll of the meeting got a valid answer.",
         value=lambda st, _: None if st.up is None else float(st.up),
+        repeats=True,
     ),
     Family(
         "realtimekit_last_success_timestamp_seconds",
@@ -127,48 +126,59 @@ FAMILIES: Final = (
         "counter",
         "Failed polls of the meeting, by reason.",
         samples=_errors,
+        key=lambda st, _: st.errors,
     ),
     Family(
         "realtimekit_session_active",
         "gauge",
         "1 if the meeting has an active session, 0 if the API says it has none.",
         value=_active,
+        repeats=True,
     ),
     Family(
         "realtimekit_session_live_participants",
         "gauge",
         "Participants in the meeting's session now (0 when there is no active session).",
         value=_live,
+        repeats=True,
     ),
     Family(
         "realtimekit_session_max_concurrent_participants",
         "gauge",
         "Most participants at once in the meeting's current session.",
-        value=lambda _, a: s.max_concurrent_participants if (s := _session(a)) else None,
+        value=lambda _, s: s.max_concurrent_participants,
+        session_only=True,
     ),
     Family(
         "realtimekit_session_consumed_seconds",
         "gauge",
         "Participant time consumed by the meeting's current session, in seconds.",
         value=_consumed,
+        session_only=True,
     ),
     Family(
         "realtimekit_session_status",
         "gauge",
         "Status of the meeting's current session.",
         samples=_status,
+        key=lambda _, s: s.status,
+        session_only=True,
     ),
     Family(
         "realtimekit_session_info",
         "gauge",
         "Facts about the meeting's current session.",
         samples=_info,
+        key=lambda _, s: (s.id, s.type, s.meeting_display_name),
+        session_only=True,
     ),
     Family(
         "realtimekit_session_start_timestamp_seconds",
         "gauge",
         "Unix time the meeting's current session started.",
-        value=lambda _, a: s.started_at if (s := _session(a)) else None,
+        value=lambda _, s: s.started_at,
+        session_only=True,
+        repeats=True,
     ),
 )
 BUILD_INFO: Final = Family(
@@ -176,6 +186,20 @@ BUILD_INFO: Final = Family(
 )
 #: The lines of a fragment start after (key, state, fresh).
 _FIRST_LINE: Final = 3
+#: FAMILIES as the fast renderer walks them: one-sample families and labelled ones, those that
+#: need a session apart (a meeting without one skips them at once).
+_VALUES, _LABELLED = (
+    tuple(
+        tuple((i, f.sample_name, f.value, f.repeats) for i, f in enumerate(FAMILIES)
+              if f.value is not None and f.session_only is session)
+        for session in (False, True)
+    ),
+    tuple(
+        tuple((i, f.key) for i, f in enumerate(FAMILIES)
+              if f.value is None and f.session_only is session)
+        for session in (False, True)
+    ),
+)  # fmt: skip
 
 
 def meeting_labels(key: MeetingKey, labels: Labels, extra: Extra = ()) -> dict[str, str]:
@@ -215,7 +239,10 @@ class MeetingCollector(Collector):
         for key, state in states.items():
             labels = meeting_labels(key, state.labels)
             answer = state.fresh_answer(now, stale_after)
+            session = isinstance(answer, Session)
             for family, metric in zip(FAMILIES, families, strict=True):
+                if family.session_only and not session:
+                    continue
                 if family.value is not None:
                     value = family.value(state, answer)
                     if value is not None:
@@ -321,40 +348,49 @@ class _LabelText:
         self.key = key
         self.labels = labels
         self.base = "{" + label_text(meeting_labels(key, labels)) + "} "
-        self.lines: dict[tuple[int, tuple[tuple[Extra, float], ...]], bytes] = {}
+        self.lines: dict[tuple[int, Hashable], bytes] = {}
 
     def fragment(self, state: MeetingState, answer: Answer | None) -> tuple[object, ...]:
         """``(key, state, fresh, line of each family…)``, exactly as collect() and
         prometheus_client write them; ``b""`` for a family without samples. One flat tuple: at
-        10,000 meetings every extra object per poll feeds the garbage collector."""
-        out: list[object] = [self.key, state, answer is not None]
-        base = self.base
-        for i, family in enumerate(FAMILIES):
-            if family.value is not None:
-                value = family.value(state, answer)
-                out.append(
-                    b""
-                    if value is None
-                    else f"{family.sample_name}{base}{go_float(value)}\n".encode()
-                )
-                continue
-            assert family.samples is not None
-            samples = family.samples(state, answer)
-            out.append(self._labelled(i, family, samples) if samples else b"")
-        return tuple(out)
+        10,000 meetings every extra object per poll feeds the garbage collector. (The hot path
+        of a scrape when most meetings were polled since the last one: the table is walked
+        through :data:`_PLAN`, and session-only families are skipped without a call when there
+        is no session.)"""
+        out: list[bytes] = [b""] * len(FAMILIES)
+        groups = (0, 1) if isinstance(answer, Session) else (0,)
+        base, lines = self.base, self.lines
+        for group in groups:
+            for index, name, value_of, repeats in _VALUES[group]:
+                value = value_of(state, answer)  # type: ignore[misc]
+                if value is None:
+                    continue
+                if not repeats:
+                    out[index] = f"{name}{base}{go_float(value)}\n".encode()
+                    continue
+                cached = lines.get((index, value))
+                if cached is None:
+                    if len(lines) >= self.MAX_LINES:
+                        lines.clear()
+                    cached = lines[(index, value)] = f"{name}{base}{go_float(value)}\n".encode()
+                out[index] = cached
+            for index, key_of in _LABELLED[group]:
+                cached = lines.get((index, key_of(state, answer)))
+                out[index] = cached if cached is not None else self._labelled(index, state, answer)
+        return (self.key, state, answer is not None, *out)
 
-    def _labelled(
-        self, index: int, family: Family, samples: tuple[tuple[Extra, float], ...]
-    ) -> bytes:
-        cached = self.lines.get((index, samples))
-        if cached is None:
-            if len(self.lines) >= self.MAX_LINES:
-                self.lines.clear()
-            cached = self.lines[(index, samples)] = b"".join(
-                line(family.sample_name, meeting_labels(self.key, self.labels, extra), value)
-                for extra, value in samples
-            )
-        return cached
+    def _labelled(self, index: int, state: MeetingState, answer: Answer | None) -> bytes:
+        """A labelled family's lines, rendered and remembered under the family's key."""
+        family = FAMILIES[index]
+        assert family.samples is not None and family.key is not None
+        if len(self.lines) >= self.MAX_LINES:
+            self.lines.clear()
+        text = b"".join(
+            line(family.sample_name, meeting_labels(self.key, self.labels, extra), value)
+            for extra, value in family.samples(state, answer)
+        )
+        self.lines[(index, family.key(state, answer))] = text
+        return text
 
 
 class ExporterCollector(Collector):
