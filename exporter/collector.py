@@ -362,7 +362,7 @@ class _LabelText:
         base, lines = self.base, self.lines
         for group in groups:
             for index, name, value_of, repeats in _VALUES[group]:
-                value = value_of(state, answer)  # type: ignore[misc]
+                value = value_of(state, answer)
                 if value is None:
                     continue
                 if not repeats:
@@ -375,7 +375,7 @@ class _LabelText:
                     cached = lines[(index, value)] = f"{name}{base}{go_float(value)}\n".encode()
                 out[index] = cached
             for index, key_of in _LABELLED[group]:
-                cached = lines.get((index, key_of(state, answer)))
+                cached = lines.get((index, key_of(state, answer)))  # type: ignore[misc]
                 out[index] = cached if cached is not None else self._labelled(index, state, answer)
         return (self.key, state, answer is not None, *out)
 
