@@ -173,7 +173,9 @@ def test_state_round_trip() -> None:
     session = Session("s1", "LIVE", 3.0, max_concurrent_participants=5.0, started_at=1.5)
     states = [
         MeetingState(),
-        MeetingState(labels=(("team", "a"),), up=False, errors=(0, 2, 0, 0, 0, 0, 1)),
+        MeetingState(
+            labels=(("team", "a"),), up=False, errors=(0, 2, 0, 0, 0, 0, 1, 3)
+        ),  # one count per REASONS entry
         MeetingState(up=True, answer=session, last_success=1700000000.25, poll_duration=0.1),
         MeetingState(up=True, answer=NO_ACTIVE_SESSION, last_success=1.0),
     ]

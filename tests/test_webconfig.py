@@ -417,9 +417,9 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
     def query(expr: str) -> list[Any]:
         try:
             response = httpx.get(f"{api}/query", params={"query": expr}, timeout=2)
-        except httpx.TransportError:
+            return list(response.json().get("data", {}).get("result", []))
+        except (httpx.TransportError, ValueError):  # not up yet, or not answering JSON yet
             return []
-        return list(response.json().get("data", {}).get("result", []))
 
     try:
         up = wait_for(lambda: [r for r in query('up{job="rtk"}') if r["value"][1] == "1"], 30, 0.5)

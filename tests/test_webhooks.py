@@ -538,8 +538,8 @@ def test_helpers_are_typed_for_the_simulator() -> None:
 
 # --- the real exporter process, the simulator delivering signed webhooks ------------------------
 
-ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
-APP = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
+SIM_ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
+SIM_APP = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 
 
 def _free_port() -> int:
@@ -582,8 +582,8 @@ def _webhook_setup(
         "webhooks": {"listen_address": f"127.0.0.1:{port}", "public_key_url": sim.webhook_key_url},
         "apps": [
             {
-                "account_id": ACCOUNT,
-                "app_id": APP,
+                "account_id": SIM_ACCOUNT,
+                "app_id": SIM_APP,
                 "meetings": list(sim.meeting_ids),
                 "webhooks": {"enabled": True},
             }
@@ -642,7 +642,7 @@ def test_a_bad_signature_changes_nothing_but_its_counter(start_exporter):
         meeting = sim.meeting_ids[0]
         before = exporter.metrics_text()
         body = payload("meeting.started", meeting={"id": meeting, "sessionId": "forged"})
-        url = f"http://127.0.0.1:{port}/webhooks/{ACCOUNT}/{APP}"
+        url = f"http://127.0.0.1:{port}/webhooks/{SIM_ACCOUNT}/{SIM_APP}"
         answers = [
             httpx.post(url, content=body, headers={"rtk-signature": sig, "rtk-uuid": f"u{i}"})
             for i, sig in enumerate(["", "bm9wZQ==", "garbage!"])
