@@ -203,6 +203,11 @@ class Sampler:
             self.samples.append((time.monotonic(), views(self.procs)))
             self._stop.wait(SAMPLE_EVERY)
 
+    def cover(self, seconds: float) -> None:
+        """Wait until the samples reach ``seconds`` from now."""
+        end = time.monotonic() + seconds
+        wait_for(lambda: self.samples and self.samples[-1][0] >= end, timeout=seconds + 10)
+
     def longest_gap(self) -> float:
         """The longest time between two samples in which some replica served every meeting."""
         served = [t for t, seen in self.samples if any(v and v.serves_all() for v in seen)]
@@ -237,8 +242,7 @@ def test_two_replicas_share_one_budget_and_exactly_one_serves(
 ) -> None:
     leader, standby = start_pair(start_replica, ha_config(sim, make_redis()))
     with Sampler([leader, standby]) as sampler:
-        deadline = time.monotonic() + 20
-        wait_for(lambda: time.monotonic() >= deadline, timeout=25, interval=0.5)
+        sampler.cover(20)
     assert len(sampler.samples) >= 40
     for _, (lead, stand) in sampler.samples:
         assert lead is not None and stand is not None
@@ -280,8 +284,7 @@ def test_a_killed_leader_is_replaced_warm_without_a_gap_or_a_burst(
 
         wait_for(fresh, timeout=allowed, interval=SAMPLE_EVERY)
         took = time.monotonic() - killed
-        after = time.monotonic() + 4  # the new leader's first seconds of polling
-        wait_for(lambda: time.monotonic() >= after, timeout=6, interval=0.5)
+        sampler.cover(4)  # the new leader's first seconds of polling
     print(f"\nfailover: {took:.2f}s (allowed {allowed:.1f}s), gap {sampler.longest_gap():.2f}s")
     assert sampler.longest_gap() <= allowed
     assert_within_budget(sim)
@@ -304,8 +307,7 @@ def test_redis_down_and_back_keeps_the_leader_polling_within_the_budget(
     with Sampler([leader, standby]) as sampler:
         both = [leader, standby]
         wait_for(lambda: all(v and v.coordination_up == 0 for v in views(both)), timeout=10)
-        out_until = time.monotonic() + LEASE + 2  # longer than the lease
-        wait_for(lambda: time.monotonic() >= out_until, timeout=LEASE + 4, interval=0.5)
+        sampler.cover(LEASE + 2)  # longer than the lease
     for _, (lead, stand) in sampler.samples:
         assert lead is not None and stand is not None
         assert lead.leader == 1 and lead.serves_all(), lead  # holds on while Redis is out
@@ -317,9 +319,12 @@ def test_redis_down_and_back_keeps_the_leader_polling_within_the_budget(
     redis.start()
     wait_for(lambda: all(v and v.coordination_up == 1 for v in views(both)), timeout=15)
     the_leader(both, timeout=4 * LEASE + SLACK)
-    stable_until = time.monotonic() + 2 * LEASE  # and it stays so
-    wait_for(lambda: time.monotonic() >= stable_until, timeout=3 * LEASE, interval=0.5)
-    the_leader(both, timeout=1)
+    with Sampler(both) as after:
+        after.cover(2 * LEASE)  # and it stays so
+    for _, seen in after.samples:
+        assert sorted(v.leader for v in seen if v) == [0, 1], seen
+        assert [bool(v.up) for v in seen if v and v.leader] == [True], seen
+        assert [v.up for v in seen if v and not v.leader] == [{}], seen
     assert_within_budget(sim)
     assert_no_traceback(leader, standby)
 
@@ -380,8 +385,8 @@ def test_a_wrong_password_is_reported_in_one_clear_line(
 ) -> None:
     _, bad = start_with_passwords(tmp_path, sim, make_redis, start_replica)
     wait_for(lambda: warnings_about_redis(bad), timeout=5)
-    settle = time.monotonic() + LEASE  # a few more lease steps: still one line
-    wait_for(lambda: time.monotonic() >= settle, timeout=LEASE + 2, interval=0.5)
+    with Sampler([bad]) as more:
+        more.cover(LEASE)  # a few more lease steps: still one line
     lines = warnings_about_redis(bad)
     assert len(lines) == 1, lines
     assert "AuthenticationError" in lines[0] and PASSWORD not in lines[0], lines
