@@ -135,10 +135,12 @@ class CoordinationStats:
     up: bool = False
     leader: bool = False
     errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
+    last_error: str = ""  # what the last failure said (the password cut out)
 
-    def failed(self, op: str) -> None:
+    def failed(self, op: str, why: str = "") -> None:
         self.errors[op] = self.errors.get(op, 0) + 1
         self.up = False
+        self.last_error = why
 
     def succeeded(self) -> None:
         self.up = True
@@ -160,8 +162,9 @@ async def _call(
     try:
         result = await action
     except _REDIS_ERRORS as err:
-        stats.failed(op)
-        raise CoordinationError(f"redis {op} failed: {_describe(err, settings)}") from None
+        why = _describe(err, settings)
+        stats.failed(op, why)
+        raise CoordinationError(f"redis {op} failed: {why}") from None
     stats.succeeded()
     return result
 
@@ -645,7 +648,7 @@ class Coordinator:
         on_leader: Callable[[bool], None],
     ) -> None:
         """Until cancelled: keep the lease, mirror the states, report leadership changes."""
-        leader, next_step = False, 0.0
+        leader, next_step, reachable = False, 0.0, True
         while True:
             now = time.monotonic()
             if now >= next_step:
@@ -660,7 +663,22 @@ class Coordinator:
                     self.mirrored = await self.mirror.fetch()
             except CoordinationError as err:
                 log.debug("coordination: mirror: %s", err)
+            reachable = self._report(reachable, leader)
             await asyncio.sleep(self.MIRROR_SECONDS)
+
+    def _report(self, reachable: bool, leader: bool) -> bool:
+        """One line when Redis stops or starts answering a standby (a leader's budget says so
+        itself, as it falls back); returns whether it answers now."""
+        up = self.stats.up
+        if up != reachable and not leader:
+            if up:
+                log.warning("coordination: Redis reachable again; standing by")
+            else:
+                log.warning(
+                    "coordination: Redis unreachable (%s); standing by, not polling",
+                    self.stats.last_error or "no answer",
+                )
+        return up
 
     async def close(self) -> None:
         await self.lease.release()

@@ -371,12 +371,6 @@ def test_the_redis_password_never_shows(
     assert_no_traceback(good, bad)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: a replica that fails on Redis without being the leader (wrong password, "
-    "Redis down) logs it only at debug level (Lease.step/_unreachable, Coordinator.run); at the "
-    "default level nothing says coordination is down",
-)
 def test_a_wrong_password_is_reported_in_one_clear_line(
     tmp_path: Path,
     sim: Simulator,
