@@ -25,21 +25,18 @@ import asyncio
 import logging
 import math
 import re
-import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Final
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from typing import Any, Final
 
 from exporter.client import ApiClient, Listing
 from exporter.config import App, Discover
 from exporter.errors import ApiError
-from exporter.health import AppHealth, AppKey, Health, bump
-from exporter.logs import FailureLog, where
+from exporter.health import AppHealth, AppKey, bump
+from exporter.logs import where
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
-from exporter.poller import Outcome, add_job, fetch, same_interval
-from exporter.store import Labels, Recorded, Store
+from exporter.poller import Jobs, Outcome, add_job, fetch, same_interval
+from exporter.store import Labels, Recorded
 
 log = logging.getLogger(__name__)
 
@@ -161,25 +158,11 @@ class DiscoveryPlan:
         return self.intervals.get(app, self.interval)
 
 
-class Discovery:
+class Discovery(Jobs):
     """Runs one discovery job per app of a :class:`DiscoveryPlan`."""
 
-    def __init__(
-        self,
-        *,
-        scheduler: AsyncIOScheduler,
-        store: Store,
-        health: Health,
-        failures: FailureLog,
-        clock: Callable[[], float] = time.time,
-        timer: Callable[[], float] = time.perf_counter,
-    ) -> None:
-        self._scheduler = scheduler
-        self._store = store
-        self._health = health
-        self._failures = failures
-        self._clock = clock
-        self._timer = timer
+    def __init__(self, **parts: Any) -> None:
+        super().__init__(**parts)
         self._plan = DiscoveryPlan({}, 30.0, 90.0, asyncio.Semaphore(1))
         self._seen: dict[AppKey, dict[MeetingKey, float]] = {}  # discovered: when last listed
 

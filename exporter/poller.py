@@ -107,8 +107,9 @@ class PollPlan:
         return self.intervals.get(app, self.interval)
 
 
-class Poller:
-    """Schedules and runs the per-meeting polls of a :class:`PollPlan`."""
+class Jobs:
+    """What the poller and discovery share: the scheduler they add jobs to, the store and the
+    health they write, the failure log, and their clocks."""
 
     def __init__(
         self,
@@ -126,12 +127,19 @@ class Poller:
         self._failures = failures
         self._clock = clock
         self._timer = timer
+
+
+class Poller(Jobs):
+    """Schedules and runs the per-meeting polls of a :class:`PollPlan`."""
+
+    def __init__(self, **parts: Any) -> None:
+        super().__init__(**parts)
         self._plan = PollPlan({}, 30.0, 300.0, asyncio.Semaphore(1))
         self._streak: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
         self._backoff_until: dict[MeetingKey, float] = {}
         self._refreshed: dict[MeetingKey, float] = {}  # when a refresh last started
         self._running: set[asyncio.Task[None]] = set()
-        scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
+        self._scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
 
     def apply(self, plan: PollPlan) -> None:
         """Poll exactly the plan's meetings from now on. Meetings that stay keep their job and

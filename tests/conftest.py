@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -253,3 +254,72 @@ def sim_config(sim: Any, meetings: list[Any] | None = None, **poll: Any) -> dict
             }
         ],
     }
+
+
+# --- a real redis-server (the coordination and HA tests) ----------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A real ``redis-server`` on 127.0.0.1 that a test can stop and start again."""
+
+    def __init__(self, path: str, tmp: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.args = [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self.args += ["--appendonly", "no", "--dir", str(tmp), *extra]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10) -> None:
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"redis-server did not listen on {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def redis_server_path() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        message = "redis-server not installed (apt-get install redis-server)"
+        if os.environ.get("RTK_REQUIRE_TOOLS") == "1":
+            pytest.fail(message + " and RTK_REQUIRE_TOOLS=1")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture
+def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
+    """Start real redis-servers (extra flags: ``--requirepass …``), each in its own directory;
+    each can be stopped and started again on the same port."""
+    servers: list[RedisServer] = []
+
+    def make(*extra: str) -> RedisServer:
+        directory = tmp_path / f"redis{len(servers)}"
+        directory.mkdir()
+        server = RedisServer(redis_server_path(), directory, *extra)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()

@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import shutil
-import socket
 import statistics
-import subprocess
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -33,77 +28,15 @@ from exporter.coordination import (
 from exporter.errors import ApiError, ConfigError
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import MeetingState
-from tests.conftest import max_in_window
+from tests.conftest import RedisServer, max_in_window
 
 TOKEN = "tok-SECRET-abcdef0123456789"
 PASSWORD = "redis-PASS-9f8e7d6c"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class RedisServer:
-    """A real ``redis-server`` on 127.0.0.1 that a test can stop and start again."""
-
-    def __init__(self, path: str, tmp: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.args = [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        self.args += ["--appendonly", "no", "--dir", str(tmp), *extra]
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout: float = 10) -> None:
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise AssertionError(f"redis-server did not listen on {self.port} within {timeout}s")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-def redis_server_path() -> str:
-    path = shutil.which("redis-server")
-    if path is None:
-        message = "redis-server not installed (apt-get install redis-server)"
-        if os.environ.get("RTK_REQUIRE_TOOLS") == "1":
-            pytest.fail(message + " and RTK_REQUIRE_TOOLS=1")
-        pytest.skip(message)
-    return path
-
-
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    servers: list[RedisServer] = []
-
-    def make(*extra: str) -> RedisServer:
-        server = RedisServer(redis_server_path(), tmp_path, *extra)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def server(make_server: Callable[..., RedisServer]) -> RedisServer:
-    return make_server()
+def server(make_redis: Callable[..., RedisServer]) -> RedisServer:
+    return make_redis()
 
 
 def settings_for(server: RedisServer, **kw: object) -> CoordinationSettings:
@@ -373,9 +306,9 @@ def test_state_mirror_round_trip(server: RedisServer) -> None:
 
 
 def test_the_password_never_shows(
-    make_server: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
+    make_redis: Callable[..., RedisServer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = make_server("--requirepass", PASSWORD)
+    server = make_redis("--requirepass", PASSWORD)
     caplog.set_level(logging.DEBUG)
     good = settings_for(server, password=PASSWORD)
     wrong = settings_for(server, password=PASSWORD + "-wrong")

@@ -30,7 +30,8 @@ from tests.conftest import (
     sim_config,
     wait_for,
 )
-from tests.test_coordination import RedisServer, redis_server_path
+
+from .conftest import RedisServer
 
 LEASE = 3.0
 BUDGET = (60, 10)  # requests, seconds: the exporters' and the simulator's
@@ -41,25 +42,6 @@ PASSWORD = "redis-PASS-4b7e19c2d8"
 
 
 # --- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
-    """Start a real redis-server (extra flags: ``--requirepass …``); it can be stopped and
-    started again on the same port."""
-    servers: list[RedisServer] = []
-
-    def make(*extra: str) -> RedisServer:
-        directory = tmp_path / f"redis{len(servers)}"
-        directory.mkdir()
-        server = RedisServer(redis_server_path(), directory, *extra)
-        server.start()
-        servers.append(server)
-        return server
-
-    yield make
-    for server in servers:
-        server.stop()
 
 
 @pytest.fixture
