@@ -130,68 +130,100 @@ def create_app(
     the status page (``/``), ``config_text`` the running config with secrets redacted
     (``/config``); ``reload`` re-reads the config for ``POST /-/reload`` and says whether that
     worked."""
-    registry = CollectorRegistry(auto_describe=False)  # for the rare negotiations only
-    for collector in collectors:
-        registry.register(collector)
-    fallback = make_wsgi_app(registry)
-    gzip = PartsGzip()
+    return ExporterApp(collectors, telemetry_path, ready, status, config_text, reload)
 
-    def text(
-        start: StartResponse,
-        code: str,
-        body: str,
-        ctype: str = "text/plain",
-        extra: tuple[tuple[str, str], ...] = (),
-    ) -> list[bytes]:
-        data = body.encode()
-        length = ("Content-Length", str(len(data)))
-        start(code, [("Content-Type", f"{ctype}; charset=utf-8"), length, *extra])
-        return [data]
 
-    def metrics(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+Page = tuple[str, str, str, tuple[tuple[str, str], ...]]  # status, body, media type, headers
+
+
+class ExporterApp:
+    """The routes: the metrics, the pages (each a callable giving status, body, media type and
+    extra headers) and the reload endpoint."""
+
+    def __init__(
+        self,
+        collectors: Sequence[Collector],
+        telemetry_path: str,
+        ready: Callable[[], bool],
+        status: Callable[[], str],
+        config_text: Callable[[], str],
+        reload: Callable[[], tuple[bool, str]] | None,
+    ) -> None:
+        self._collectors = collectors
+        self._telemetry_path = telemetry_path
+        self._reload = reload
+        registry = CollectorRegistry(auto_describe=False)  # for the rare negotiations only
+        for collector in collectors:
+            registry.register(collector)
+        self._fallback = make_wsgi_app(registry)
+        self._gzip = PartsGzip()
+
+        def readiness() -> Page:
+            if ready():
+                return "200 OK", "Ready\n", "text/plain", ()
+            return (
+                "503 Service Unavailable",
+                "Not ready: first poll cycle running\n",
+                "text/plain",
+                (),
+            )
+
+        self._pages: dict[str, Callable[[], Page]] = {
+            "/": lambda: ("200 OK", status(), "text/html", _PAGE_HEADERS),
+            "/config": lambda: ("200 OK", config_text(), "text/plain", ()),
+            "/-/healthy": lambda: ("200 OK", "Healthy\n", "text/plain", ()),
+            "/-/ready": readiness,
+        }
+
+    def __call__(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/-/reload" and self._reload is not None:
+            if method != "POST":
+                return _empty(start, "405 Method Not Allowed", ("Allow", "POST"))
+            ok, message = self._reload()
+            return _text(start, "200 OK" if ok else "500 Internal Server Error", message + "\n")
+        if path != self._telemetry_path and path not in self._pages:
+            return _text(start, "404 Not Found", "Not found\n")
+        if method not in ("GET", "HEAD"):
+            return _empty(start, "405 Method Not Allowed", ("Allow", "GET, HEAD"))
+        if path == self._telemetry_path:
+            return self._metrics(environ, start)
+        return _text(start, *self._pages[path]())
+
+    def _metrics(self, environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
         answer = metrics_response(
-            collectors,
-            gzip,
+            self._collectors,
+            self._gzip,
             accept=environ.get("HTTP_ACCEPT"),
             accept_encoding=environ.get("HTTP_ACCEPT_ENCODING"),
             query=environ.get("QUERY_STRING", ""),
         )
         if answer is None:
-            return fallback(environ, start)  # type: ignore[no-any-return]
+            return self._fallback(environ, start)  # type: ignore[no-any-return]
         headers, parts = answer
         start("200 OK", headers)
         # Parts are sent one after the other, never copied into one body; HEAD gets the
         # headers (Content-Length included) of the same answer.
         return [] if environ.get("REQUEST_METHOD") == "HEAD" else parts
 
-    def app(environ: dict[str, Any], start: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        method = environ.get("REQUEST_METHOD", "GET")
-        if path == "/-/reload" and reload is not None:
-            if method != "POST":
-                start("405 Method Not Allowed", [("Allow", "POST"), ("Content-Length", "0")])
-                return [b""]
-            ok, message = reload()
-            return text(start, "200 OK" if ok else "500 Internal Server Error", message + "\n")
-        known = {telemetry_path, "/", "/config", "/-/healthy", "/-/ready"}
-        if path in known and method not in ("GET", "HEAD"):
-            start("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
-            return [b""]
-        if path == telemetry_path:
-            return metrics(environ, start)
-        if path == "/-/healthy":
-            return text(start, "200 OK", "Healthy\n")
-        if path == "/-/ready":
-            if ready():
-                return text(start, "200 OK", "Ready\n")
-            return text(start, "503 Service Unavailable", "Not ready: first poll cycle running\n")
-        if path == "/":
-            return text(start, "200 OK", status(), "text/html", _PAGE_HEADERS)
-        if path == "/config":
-            return text(start, "200 OK", config_text())
-        return text(start, "404 Not Found", "Not found\n")
 
-    return app
+def _text(
+    start: StartResponse,
+    code: str,
+    body: str,
+    ctype: str = "text/plain",
+    extra: tuple[tuple[str, str], ...] = (),
+) -> list[bytes]:
+    data = body.encode()
+    length = ("Content-Length", str(len(data)))
+    start(code, [("Content-Type", f"{ctype}; charset=utf-8"), length, *extra])
+    return [data]
+
+
+def _empty(start: StartResponse, code: str, *headers: tuple[str, str]) -> list[bytes]:
+    start(code, [*headers, ("Content-Length", "0")])
+    return [b""]
 
 
 #: The status page needs no script and loads nothing: say so to the browser too.
