@@ -10,8 +10,8 @@ clock — decides what to do with every meeting of the app:
   (counted);
 - a meeting that is not listed but may still be live — it was live at the last look (it may have
   ended, or slipped between two pages while others started or ended), its session in the listing
-  was malformed, or the listing fell short of ``total_count`` — is *confirmed* with one
-  active-session call, at most :data:`MAX_CONFIRMATIONS` per cycle;
+  was malformed, or it is a discovered one and the listing fell short of ``total_count`` — is
+  *confirmed* with one active-session call, at most :data:`MAX_CONFIRMATIONS` per cycle;
 - any other unlisted meeting is idle (``session_active 0``); a discovered meeting unlisted for
   ``stale_after`` seconds stops being exported.
 
@@ -84,10 +84,10 @@ def plan_cycle(
             continue
         if key in suspects or key in last_live:
             urgent.append(key)
-        elif not listing.complete:
-            maybe.append(key)  # a listing that fell short may have missed it
+        elif not listing.complete and key in seen:
+            maybe.append(key)  # a short listing may have missed it: ask rather than drop it
         else:
-            idle.append(key)
+            idle.append(key)  # not live at the last look: idle (a wrong guess lasts one cycle)
     confirm = (urgent + maybe)[:max_confirmations]
     if listing.complete:  # over the cap: believe the listing
         idle.extend(urgent[max_confirmations:])

@@ -409,3 +409,26 @@ def test_a_store_batch_keeps_the_state_objects_it_does_not_name():
     after = store.snapshot()[1]
     assert after[keys[0]] is not before[keys[0]]
     assert after[keys[1]] is before[keys[1]] and after[keys[2]] is before[keys[2]]  # fragments kept
+
+
+def test_an_incomplete_listing_asks_about_discovered_meetings_and_idles_configured_ones():
+    from exporter.client import Listing
+    from exporter.config import Discover
+    from exporter.discovery import plan_cycle
+
+    configured = frozenset(key(f"c{i}") for i in range(500))  # idle at the last look
+    seen = {key("d0"): 990.0, key("d1"): 990.0}  # discovered earlier, not listed now
+    listing = Listing([], 3, 1, False)  # total_count 3, nothing read: incomplete
+    plan = plan_cycle(
+        Discover(enabled=True),
+        (ACC, APP),
+        listing,
+        configured=configured,
+        seen=seen,
+        last_live=set(),
+        now=1000.0,
+        stale_after=30,
+    )
+    assert set(plan.idle) == configured  # every configured one gets a value, none waits
+    assert plan.confirm == [key("d0"), key("d1")]  # asked about, not dropped
+    assert plan.expire == []
