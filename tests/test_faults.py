@@ -114,7 +114,12 @@ def test_demand_above_budget_never_draws_a_429(start_exporter):
         config["api"]["rate_limit"] = {"requests": 30, "period_seconds": 10}
         exporter = start_exporter(config)
         started = time.time()
-        time.sleep(14)
+
+        def sent_since_start() -> list[float]:
+            return [t for t, _, _ in sim.request_log() if t >= started - 1]
+
+        # At 3 requests/s, 40 requests take more than one 10 s window: enough to judge it.
+        wait_for(lambda: len(sent_since_start()) >= 40, timeout=30)
         samples = exporter.scrape()
         log = sim.request_log()
         assert sim.status_counts().get(429, 0) == 0, sim.status_counts()
@@ -136,8 +141,12 @@ def test_a_429_stops_every_request_until_retry_after(simulator, start_exporter):
     wait_for(lambda: simulator.status_counts().get(429, 0) >= 1)
     limited_at = max(t for t, _, status in simulator.request_log() if status == 429)
     simulator.set_fault(a, None)
-    time.sleep(6)
-    after = sorted(t for t, _, _ in simulator.request_log() if t > limited_at)
+
+    def resumed() -> list[float]:
+        return sorted(t for t, _, _ in simulator.request_log() if t > limited_at)
+
+    wait_for(lambda: len(resumed()) >= 3, timeout=15)  # polling resumed after the pause
+    after = resumed()
     assert after, "polling resumed after Retry-After"
     assert after[0] >= limited_at + 5 - 0.05, after[0] - limited_at
     assert simulator.status_counts()[429] == 1

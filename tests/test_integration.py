@@ -186,3 +186,23 @@ def test_sigterm_with_requests_in_flight_exits_within_bound(start_exporter):
         assert "level=error" not in exporter.log()
     finally:
         sim.stop()
+
+
+def test_head_name_filters_and_refused_gzip_on_the_real_process(simulator, start_exporter):
+    import httpx
+
+    exporter = start_exporter(sim_config(simulator))
+    exporter.wait_ready()
+    url = exporter.base + "/metrics"
+    head = httpx.head(url, timeout=10)
+    full = httpx.get(url, timeout=10)
+    assert head.status_code == 200 and head.content == b""  # HEAD: headers only, no 405
+    assert head.headers["content-type"] == full.headers["content-type"]
+    only = httpx.get(url, params=[("name[]", "realtimekit_up")], timeout=10).text
+    families = {line.split()[2] for line in only.splitlines() if line.startswith("# TYPE")}
+    assert families == {"realtimekit_up"} and "realtimekit_up{" in only  # not an empty 200
+    refused = httpx.get(url, headers={"Accept-Encoding": "gzip;q=0"}, timeout=10)
+    assert "content-encoding" not in refused.headers
+    wanted = httpx.get(url, headers={"Accept-Encoding": "gzip"}, timeout=10)
+    assert wanted.headers.get("content-encoding") == "gzip"
+    assert "realtimekit_up{" in wanted.text  # httpx decoded it

@@ -367,3 +367,59 @@ def test_repeat_log_window():
     events.note("a", "a again")
     events.flush()
     assert seen[3:] == ["a again"]
+
+
+# --- the WSGI app itself, without sockets ---------------------------------------------------------
+
+
+def _call(app, method: str, path: str, query: str = "") -> tuple[str, dict[str, str], bytes]:
+    seen: dict[str, object] = {}
+
+    def start(status: str, headers: list[tuple[str, str]], exc_info: object = None) -> None:
+        seen["status"], seen["headers"] = status, dict(headers)
+
+    body = b"".join(
+        app({"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query}, start)
+    )
+    return str(seen["status"]), seen["headers"], body  # type: ignore[return-value]
+
+
+def test_the_wsgi_app_routes_without_a_socket():
+    from exporter.server import create_app
+
+    reloads: list[int] = []
+    ready = [False]
+
+    def reload() -> tuple[bool, str]:
+        reloads.append(1)
+        return True, "config reloaded"
+
+    app = create_app(
+        collectors=[],
+        telemetry_path="/metrics",
+        ready=lambda: ready[0],
+        status=lambda: "<html>status</html>",
+        config_text=lambda: "apps: []\n",
+        reload=reload,
+    )
+    assert _call(app, "GET", "/-/ready")[0].startswith("503")
+    ready[0] = True
+    assert _call(app, "GET", "/-/ready")[0].startswith("200")
+    status, headers, body = _call(app, "GET", "/")
+    assert status == "200 OK" and headers["Content-Type"].startswith("text/html")
+    assert (
+        "default-src 'none'" in headers["Content-Security-Policy"]
+        and body == b"<html>status</html>"
+    )
+    assert _call(app, "GET", "/config")[2] == b"apps: []\n"
+    assert _call(app, "POST", "/metrics")[0].startswith("405")
+    assert _call(app, "GET", "/-/reload")[0].startswith("405") and not reloads
+    assert _call(app, "POST", "/-/reload")[2] == b"config reloaded\n" and reloads == [1]
+    assert _call(app, "GET", "/nowhere")[0].startswith("404")
+    status, headers, body = _call(app, "HEAD", "/metrics")
+    get = _call(
+        app, "GET", "/metrics"
+    )  # no collectors: an empty body, but its headers all the same
+    assert (
+        status == "200 OK" and body == b"" and headers["Content-Length"] == get[1]["Content-Length"]
+    )
