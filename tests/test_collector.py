@@ -30,7 +30,7 @@ from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.server import metrics_response
 from exporter.store import Store
 
-from .conftest import require_binary
+from .conftest import FakeTime, require_binary
 
 ACC, APP = "023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 T0 = 1795849800.0
@@ -56,12 +56,7 @@ def live(**kw: object) -> Session:
     return Session(**(base | kw))  # type: ignore[arg-type]
 
 
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+Clock = FakeTime  # the shared fake clock: calling it gives .now
 
 
 def varied_store(clock: Clock) -> Store:

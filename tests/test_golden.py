@@ -8,7 +8,6 @@ and review the diff.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 from pathlib import Path
@@ -26,7 +25,7 @@ from exporter.model import MeetingKey
 from exporter.poller import Poller, PollPlan
 from exporter.store import Store
 
-from .conftest import TOKEN, require_binary
+from .conftest import TOKEN, reply, require_binary
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 ACC, APP = "023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
@@ -102,8 +101,7 @@ def render() -> str:
     def handler(request: httpx.Request) -> httpx.Response:
         queue = queues[request.url.path.split("/")[-2]]
         status, body = queue.pop(0) if len(queue) > 1 else queue[0]  # the last answer sticks
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(status, content=content, headers={"content-type": "application/json"})
+        return reply(status, body, content_type="application/json")
 
     now = [T0]
     ticks = iter(i * 0.125 for i in range(1000))

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.simulator import FaultConfig, PageServed, Simulator
 from exporter.webhooks import (
+from .conftest import FakeTime
     Event,
     KeySource,
     WebhookReceiver,
@@ -37,6 +38,7 @@ from exporter.webhooks import (
 )
 
 TOKEN = "test-token-123"
+
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 SESSION_FIELDS = {
     "id": str,
@@ -56,15 +58,14 @@ SESSION_FIELDS = {
 }
 
 
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
+class FakeClock(FakeTime):
+    """The shared fake clock, starting at the simulator tests' epoch, moved with ``advance``."""
 
-    def __call__(self) -> float:
-        return self.t
+    def __init__(self, t: float = T0) -> None:
+        super().__init__(t)
 
     def advance(self, seconds: float) -> None:
-        self.t += seconds
+        self.now += seconds
 
 
 MakeSim = Callable[..., Simulator]
