@@ -27,7 +27,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.simulator import FaultConfig, PageServed, Simulator
 from exporter.webhooks import (
-from .conftest import FakeTime
     Event,
     KeySource,
     WebhookReceiver,
@@ -36,6 +35,8 @@ from .conftest import FakeTime
     parse_well_known,
     verify,
 )
+
+from .conftest import FakeTime
 
 TOKEN = "test-token-123"
 
