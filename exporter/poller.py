@@ -49,6 +49,9 @@ HEADROOM = 1.05
 SHUTDOWN_GRACE = 3.0
 #: At most one refresh (a poll asked for by a webhook) per meeting in this many seconds.
 REFRESH_SECONDS = 3.0
+#: Refreshes may cost at most this share of what polling alone (every meeting at the configured
+#: interval) would, so that webhooks make the exporter cheaper however busy the meetings are.
+REFRESH_SHARE = 0.25
 
 Outcome = Answer | ApiError | None  # None: a bug of ours, logged with its traceback
 
@@ -137,7 +140,7 @@ class Poller(Jobs):
         self._plan = PollPlan({}, 30.0, 300.0, asyncio.Semaphore(1))
         self._streak: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
         self._backoff_until: dict[MeetingKey, float] = {}
-        self._refreshed: dict[MeetingKey, float] = {}  # when a refresh last started
+        self._refresher = Refresher(self._refresh, self._refresh_rate, clock=self._clock)
         self._running: set[asyncio.Task[None]] = set()
         self._scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
 
@@ -236,26 +239,19 @@ class Poller(Jobs):
         self._failures.outcome(key, where(key), outcome)
 
     def refresh(self, key: MeetingKey, client: ApiClient) -> bool:
-        """Poll ``key`` now, outside its schedule (a webhook said something changed), at most
-        once per :data:`REFRESH_SECONDS`, and only when the token's budget has a spare slot
-        (like a retry): a refresh never delays a routine poll, and the budget holds. False when
-        coalesced with a recent one or when the budget is busy (the routine polls are then
-        frequent anyway)."""
-        now = self._clock()
-        recent = now - self._refreshed.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS
-        if recent or not client.limiter.has_spare():
-            return False
-        if len(self._refreshed) > 10_000:  # forget the old ones
-            self._refreshed = {
-                k: t for k, t in self._refreshed.items() if now - t < REFRESH_SECONDS
-            }
-        self._refreshed[key] = now
-        task = asyncio.get_running_loop().create_task(self._refresh(key, client))
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
-        return True
+        """Poll ``key`` soon, outside its schedule (a webhook said something changed); see
+        :class:`Refresher` for the limits. False when coalesced with a recent or queued one."""
+        return self._refresher.ask(key, client)
+
+    def _refresh_rate(self) -> float:
+        """Prompt polls per second allowed in all: :data:`REFRESH_SHARE` of what polling every
+        exported meeting at the configured interval would cost (at least one per 5 s)."""
+        return max(0.2, REFRESH_SHARE * self._store.size() / self._plan.interval)
 
     async def _refresh(self, key: MeetingKey, client: ApiClient) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             async with self._plan.slots:
                 started = self._timer()
@@ -265,6 +261,9 @@ class Poller(Jobs):
             self._failures.outcome(key, where(key), outcome)
         except asyncio.CancelledError:
             log.debug("refresh of meeting %s cancelled", key.meeting_id)
+        finally:
+            if task is not None:
+                self._running.discard(task)
 
     async def drain(self, timeout: float = SHUTDOWN_GRACE) -> None:
         """Give the polls in flight up to ``timeout`` seconds to finish (shutdown)."""
@@ -289,6 +288,51 @@ class Poller(Jobs):
     def _on_overrun(self, event: JobSubmissionEvent) -> None:
         self._health.skipped("overrun")
         log.debug("job %s skipped: its previous run has not finished", event.job_id)
+
+
+class Refresher:
+    """Prompt polls asked for by webhook events. Each meeting is asked at most once per
+    :data:`REFRESH_SECONDS`; asks wait in a queue (a meeting once, however many events it had)
+    that is drained at ``rate()`` per second at most, and a refresh goes out only into a spare
+    slot of the token's budget (like a retry), so it never delays a routine poll. A storm of
+    events is a bounded, de-duplicated trickle of polls."""
+
+    def __init__(
+        self,
+        send: Callable[[MeetingKey, ApiClient], Coroutine[Any, Any, None]],
+        rate: Callable[[], float],
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+    ) -> None:
+        self._send, self._rate, self._clock, self._sleep = send, rate, clock, sleep
+        self._queue: dict[MeetingKey, ApiClient] = {}  # in order of asking
+        self._asked: dict[MeetingKey, float] = {}  # when each meeting was last asked for
+        self._draining: asyncio.Task[None] | None = None
+
+    def ask(self, key: MeetingKey, client: ApiClient) -> bool:
+        now = self._clock()
+        if key in self._queue or now - self._asked.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS:
+            return False
+        if len(self._asked) > 10_000:  # forget the old ones
+            self._asked = {k: t for k, t in self._asked.items() if now - t < REFRESH_SECONDS}
+        self._asked[key] = now
+        self._queue[key] = client
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+        return True
+
+    async def _drain(self) -> None:
+        """Send the oldest ask, then wait 1/rate: a lone ask goes out at once, a burst is paced
+        (the wait before the drain ends also spaces it from the next one)."""
+        while self._queue:
+            key, client = next(iter(self._queue.items()))
+            del self._queue[key]
+            if client.limiter.has_spare():
+                await self._send(key, client)
+            else:  # the budget is busy: routine polls are frequent; try again later
+                self._queue[key] = client
+            await self._sleep(1 / self._rate())
 
 
 async def fetch(client: ApiClient, key: MeetingKey) -> Outcome:

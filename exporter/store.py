@@ -73,6 +73,10 @@ class Store:
                 self._states.pop(key, None)
             self._version += 1
 
+    def size(self) -> int:
+        """How many meetings are exported."""
+        return len(self._states)
+
     def get(self, key: MeetingKey) -> MeetingState | None:
         with self._lock:
             return self._states.get(key)

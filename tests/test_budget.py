@@ -235,3 +235,33 @@ def test_demand_above_budget_stretches_the_interval_and_says_so(caplog: pytest.L
     (record,) = caplog.records
     assert "100 meetings every 5s need 20.00 requests/s" in record.getMessage()
     assert "raise poll.interval_seconds to at least" in record.getMessage()
+
+
+def test_refreshes_are_deduplicated_and_paced_at_the_refresh_rate():
+    from exporter.poller import Refresher
+
+    t = FakeTime()
+    sent: list[tuple[str, float]] = []
+
+    class Budget:  # a token budget that always has a spare slot
+        def has_spare(self) -> bool:
+            return True
+
+    class Spare:
+        limiter = Budget()
+
+    async def send(key: MeetingKey, client: object) -> None:
+        sent.append((key.meeting_id, t.now))
+
+    async def go() -> None:
+        refresher = Refresher(send, lambda: 2.0, clock=t.clock, sleep=t.sleep)
+        keys = [MeetingKey("acc", "app", f"m{i}") for i in range(5)]
+        for _ in range(3):  # a storm: every meeting asked three times at once
+            for key in keys:
+                refresher.ask(key, Spare())  # type: ignore[arg-type]
+        await refresher._draining  # type: ignore[misc]
+
+    asyncio.run(go())
+    assert [m for m, _ in sent] == ["m0", "m1", "m2", "m3", "m4"]  # once each, in order
+    gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sent)]
+    assert sent[0][1] == 1000.0 and gaps == [0.5] * 4  # the first at once, then 2 per second
