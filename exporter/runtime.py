@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -31,7 +31,6 @@ from exporter.config import (
     read_file,
     read_tokens,
 )
-from exporter.coordination import CoordinationSettings, Coordinator
 from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ApiError, ConfigError, ExporterError
 from exporter.health import AppKey, CoordinationState, Health
@@ -50,6 +49,9 @@ from exporter.webhooks import (
     implied_answer,
     load_public_key,
 )
+
+if TYPE_CHECKING:
+    from exporter.coordination import Coordinator
 
 log = logging.getLogger("exporter")
 
@@ -395,6 +397,9 @@ def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Co
     block = config.coordination
     if block is None:
         return None
+    # Imported only when configured: redis and limits cost ~20 MiB of RSS to load.
+    from exporter.coordination import CoordinationSettings, Coordinator
+
     settings = CoordinationSettings(
         redis_url=block.redis_url,
         key_prefix=block.key_prefix,
