@@ -103,7 +103,7 @@ def latency(events: int) -> list[float]:
                 while time.perf_counter() < deadline:
                     body = client.get(url).text
                     line = next((x for x in body.splitlines() if meeting in x and want in x), "")
-                    if line.endswith(" 1.0" if starting else " 0.0"):
+                    if line.endswith(" 1.0") is starting:  # ended: LIVE 0, or no session at all
                         break
                     time.sleep(0.005)
                 out.append(time.perf_counter() - started)
