@@ -589,6 +589,8 @@ def read_yaml(path: str | os.PathLike[str], what: str = "config file") -> Any:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = err.problem or "syntax error"
+        if "maximum nesting depth" in problem:  # newer libyaml stops deep input itself
+            problem = f"nested deeper than {MAX_YAML_DEPTH} levels"
         raise ConfigError([f"{path}: invalid YAML{where}: {problem}"]) from None
     except yaml.reader.ReaderError as err:
         raise ConfigError(

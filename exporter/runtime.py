@@ -495,16 +495,18 @@ class Webhooks:
         return dict.fromkeys(self.slow, self.settings.reconcile_interval_seconds)
 
     async def run(self) -> None:
-        """On the loop until cancelled: load the key (retried every 30 s until it loads), then
+        """On the loop until cancelled: load the key (retried after 1, 2, 4 … at most 30 s), then
         check every app's webhook health and re-plan polling when it changes."""
         self._loop = asyncio.get_running_loop()
+        delay = 1.0
         while self.keys.key is None:
             try:
                 await self.keys.refresh()
                 log.info("webhook public key loaded from %s", self.settings.public_key_url)
             except ExporterError as err:
-                log.warning("webhook public key not loaded, retrying in 30s: %s", err)
-                await asyncio.sleep(30)
+                log.warning("webhook public key not loaded, retrying in %gs: %s", delay, err)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 30.0)
         while True:
             healthy = self._healthy()
             if healthy != self.slow:

@@ -94,11 +94,11 @@ def _config_cases(tmp: Path) -> dict[str, tuple[Path, str]]:
         ),
         "deep-20000": (
             write(tmp / "deep.yml", deep(20_000)),
-            f"invalid YAML at line 1, column {MAX_YAML_DEPTH + 1}: nested deeper than",
+            f": nested deeper than {MAX_YAML_DEPTH} levels",  # the column: ours 101, newer libyaml 1001,
         ),
         "deep-200000": (
             write(tmp / "deeper.yml", deep(200_000)),
-            f"invalid YAML at line 1, column {MAX_YAML_DEPTH + 1}: nested deeper than",
+            f": nested deeper than {MAX_YAML_DEPTH} levels",  # the column: ours 101, newer libyaml 1001,
         ),
         "alias-bomb": (write(tmp / "bomb.yml", alias_bomb(3000)), "expands to more than"),
         "bad-date": (write(tmp / "date.yml", "x: 2024-13-45\n"), "invalid YAML: month must be"),
