@@ -323,3 +323,35 @@ def make_redis(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+def start_discovery(
+    config: Any,
+    client: Any,
+    *,
+    store: Any,
+    health: Any,
+    clock: Callable[[], float],
+    stale_after: float = 30.0,
+    interval: float = 10.0,
+) -> Any:
+    """A real Discovery over ``client`` for every app of ``config``, its meetings in ``store``;
+    its scheduler is not started: tests run cycles with ``discover_app`` themselves."""
+    import asyncio
+
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+    from exporter.discovery import Discovery, DiscoveryPlan
+    from exporter.logs import FailureLog
+
+    discovery = Discovery(
+        scheduler=AsyncIOScheduler(),
+        store=store,
+        health=health,
+        failures=FailureLog(clock=clock),
+        clock=clock,
+    )
+    apps = {app.key: (app, client) for app in config.apps}
+    discovered = discovery.apply(DiscoveryPlan(apps, interval, stale_after, asyncio.Semaphore(4)))
+    store.set_targets({**config.targets(), **discovered})
+    return discovery

@@ -7,17 +7,15 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.config import parse_config
-from exporter.discovery import Discovery, DiscoveryPlan
+from exporter.discovery import Discovery
 from exporter.health import Health
-from exporter.logs import FailureLog
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
 
-from .conftest import NO_SESSION_BODY, TOKEN, reply
+from .conftest import NO_SESSION_BODY, TOKEN, reply, start_discovery
 
 ACC, APP = "acc", "app"
 
@@ -115,17 +113,7 @@ def setup(api: FakeApi, discover: dict[str, Any] | None = None, meetings: list[A
         client = ApiClient(
             http, base_url="https://api.test/v4", token=TOKEN, limiter=RateLimiter(10**9, 1)
         )
-        discovery = Discovery(
-            scheduler=AsyncIOScheduler(),
-            store=store,
-            health=health,
-            failures=FailureLog(clock=lambda: now[0]),
-            clock=lambda: now[0],
-        )
-        apps = {app.key: (app, client) for app in config.apps}
-        discovered = discovery.apply(DiscoveryPlan(apps, 10, 30, asyncio.Semaphore(4)))
-        store.set_targets({**config.targets(), **discovered})
-        return discovery
+        return start_discovery(config, client, store=store, health=health, clock=lambda: now[0])
 
     loop = asyncio.new_event_loop()
     discovery = loop.run_until_complete(make())

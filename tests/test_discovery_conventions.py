@@ -15,18 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.config import parse_config
-from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.health import AppHealth, Health
-from exporter.logs import FailureLog
 from exporter.model import Session
 from exporter.simulator import PageServed, Simulator
 from exporter.store import MeetingState, Store
 
-from .conftest import TOKEN, sim_config, value, wait_for
+from .conftest import TOKEN, sim_config, start_discovery, value, wait_for
 
 PAGE = 25  # the items a page really holds, in every row: the server's cap or what is asked
 SIZES = [0, 1, PAGE - 1, PAGE, PAGE + 1, 3 * PAGE + 7]
@@ -127,15 +124,9 @@ async def discover(sim: Simulator, per_page: int, pages: list[PageServed]) -> li
     cycles = []
     async with http:
         client = ApiClient(http, base_url=sim.base_url, token=TOKEN, limiter=RateLimiter(10**9, 1))
-        discovery = Discovery(
-            scheduler=AsyncIOScheduler(),
-            store=store,
-            health=health,
-            failures=FailureLog(clock=lambda: now[0]),
-            clock=lambda: now[0],
+        discovery = start_discovery(
+            config, client, store=store, health=health, clock=lambda: now[0], stale_after=90
         )
-        apps = {app.key: (app, client) for app in config.apps}
-        store.set_targets(discovery.apply(DiscoveryPlan(apps, 10, 90, asyncio.Semaphore(4))))
         app_key = (sim.account_id, sim.app_id)
         for _ in range(CYCLES):
             before = live_in(sim)
