@@ -59,20 +59,6 @@ class Store:
             }
             self._version += 1
 
-    def add(self, key: MeetingKey, labels: Labels) -> None:
-        """Export one more meeting (a discovered one); no change if it is exported already."""
-        with self._lock:
-            if key not in self._states:
-                self._states[key] = MeetingState(labels=labels)
-                self._version += 1
-
-    def remove(self, keys: Iterable[MeetingKey]) -> None:
-        """Stop exporting these meetings; they vanish from the next scrape."""
-        with self._lock:
-            for key in keys:
-                self._states.pop(key, None)
-            self._version += 1
-
     def size(self) -> int:
         """How many meetings are exported."""
         return len(self._states)
