@@ -37,6 +37,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from exporter.config import split_host_port
 from exporter.errors import ConfigError
 from exporter.exposition import PartsGzip, render
 from exporter.logs import SUPPRESSED_LOG_SECONDS, RepeatLog
@@ -54,11 +55,10 @@ HANDSHAKE_TIMEOUT = 10.0
 
 def parse_listen_address(value: str) -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6addr]:PORT`` to ``(host, port)``."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError([f"--web.listen-address: {value!r} is not HOST:PORT"])
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port)
+    try:
+        return split_host_port(value)
+    except ValueError:
+        raise ConfigError([f"--web.listen-address: {value!r} is not HOST:PORT"]) from None
 
 
 def accepts_gzip(header: str | None) -> bool:
