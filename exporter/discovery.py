@@ -193,20 +193,25 @@ class Discovery(Jobs):
             kept.update(dict.fromkeys(seen, labels))
         return kept
 
-    def adopt(self, key: MeetingKey) -> bool:
-        """Export a meeting of a discovering app that a webhook said started, before the next
-        listing: it is discovered now (and expires like any other). False when the app is not
-        discovering or the cap ``max_meetings`` is reached."""
-        target = self._plan.apps.get(key.app)
-        if target is None:
-            return False
-        app = target[0]
-        seen = self._seen.setdefault(key.app, {})
-        if key not in seen and len(seen) >= app.discover.max_meetings:
-            return False
-        seen[key] = self._clock()
-        self._store.apply(add={key: tuple(sorted(app.discover.labels.items()))})
-        return True
+    def adopt(self, keys: Iterable[MeetingKey]) -> set[MeetingKey]:
+        """Export meetings of discovering apps before their next listing (a webhook said one
+        started; a new HA leader takes over the old leader's): they are discovered now and
+        expire like any other. Returns those adopted: not those of apps that do not discover,
+        nor those over ``max_meetings``. One store write for all."""
+        now, added = self._clock(), {}
+        for key in keys:
+            target = self._plan.apps.get(key.app)
+            if target is None:
+                continue
+            rules = target[0].discover
+            seen = self._seen.setdefault(key.app, {})
+            if key not in seen and len(seen) >= rules.max_meetings:
+                continue
+            seen[key] = now
+            added[key] = tuple(sorted(rules.labels.items()))
+        if added:
+            self._store.apply(add=added)
+        return set(added)
 
     async def discover_app(self, app_key: AppKey) -> None:
         """One discovery cycle of an app. Never raises."""

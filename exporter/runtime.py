@@ -290,8 +290,7 @@ class Service:
         self.leader = leader
         if leader and self.coordinator is not None:
             mirrored = self.coordinator.mirrored
-            for key in mirrored:
-                self.discovery.adopt(key)  # discovered meetings of the old leader stay
+            self.discovery.adopt(mirrored)  # the old leader's discovered meetings stay
             self.swap(self.runtime)
             self.store.load(mirrored)
         else:
@@ -547,7 +546,7 @@ class Webhooks:
             return
         key = MeetingKey(*app_key, event.meeting_id)
         state = service.store.get(key)
-        if state is None and event.name == "meeting.started" and service.discovery.adopt(key):
+        if state is None and event.name == "meeting.started" and service.discovery.adopt([key]):
             state = service.store.get(key)
         if state is None:
             return  # not a meeting this process exports
