@@ -274,6 +274,44 @@ class AppWebhooks(_Model):
     enabled: bool = False
 
 
+class Recordings(_Model):
+    """Watch the app's recordings with one windowed listing per interval (``GET /recordings``)."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(default=60.0, gt=0, le=WEEK, allow_inf_nan=False)
+    window_hours: float = Field(default=24.0, gt=0, le=24 * 31, allow_inf_nan=False)
+
+
+class Livestreams(_Model):
+    """Watch the app's livestreams with one listing per interval (``GET /livestreams``)."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(default=60.0, gt=0, le=WEEK, allow_inf_nan=False)
+
+
+class Usage(_Model):
+    """Minutes per day from ``GET /analytics/daywise``, pulled at most every interval."""
+
+    enabled: bool = False
+    interval_seconds: float = Field(default=900.0, gt=0, le=WEEK, allow_inf_nan=False)
+
+
+class Quality(_Model):
+    """Call quality from the peer reports of sampled peers that left (needs webhooks)."""
+
+    enabled: bool = False
+    sample_fraction: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
+    max_reports_per_hour: int = Field(default=600, gt=0, le=MAX_REQUESTS)
+    delay_seconds: float = Field(default=60.0, ge=0, le=WEEK, allow_inf_nan=False)
+
+
+class MetricsOptions(_Model):
+    """Cardinality the operator controls: per-meeting series, and the title label."""
+
+    per_meeting: bool = True
+    display_name: bool = True
+
+
 class App(_TokenFields):
     account_id: str
     app_id: str
@@ -282,11 +320,20 @@ class App(_TokenFields):
     )
     discover: Discover = Discover()
     webhooks: AppWebhooks = AppWebhooks()
+    recordings: Recordings = Recordings()
+    livestreams: Livestreams = Livestreams()
+    usage: Usage = Usage()
+    quality: Quality = Quality()
+    metrics: MetricsOptions = MetricsOptions()
 
     @model_validator(mode="after")
     def _something_to_watch(self) -> App:
         if not self.meetings and not self.discover.enabled:
             raise ValueError("meetings must list at least one entry (or enable discover)")
+        if self.quality.enabled and not self.webhooks.enabled:
+            raise ValueError(
+                "quality.enabled needs webhooks.enabled: peer ids arrive with webhook events"
+            )
         return self
 
     @property
@@ -296,7 +343,7 @@ class App(_TokenFields):
     @field_validator("account_id", "app_id")
     @classmethod
     def _ids(cls, value: str) -> str:
-        return _check_id(value, 32)
+        return _check_id(value, 64)
 
     @field_validator("meetings")
     @classmethod
@@ -320,6 +367,17 @@ class WebhooksConfig(_Model):
     max_body_bytes: int = Field(default=1 << 20, gt=0, le=64 << 20)
     #: Polling interval of an app while its webhooks are healthy.
     reconcile_interval_seconds: float = Field(default=300.0, gt=0, le=WEEK, allow_inf_nan=False)
+    #: Base URL at which RealtimeKit reaches this receiver; enables the registration check.
+    public_url: str | None = None
+    registration_check_seconds: float = Field(default=600.0, gt=0, le=WEEK, allow_inf_nan=False)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        insecure_ok = info.data.get("allow_insecure_http", False)
+        return _https_url(value, insecure_ok, "webhooks.allow_insecure_http").rstrip("/")
 
     @field_validator("listen_address")
     @classmethod

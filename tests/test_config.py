@@ -24,8 +24,8 @@ CASES = {
     "no-apps": ["apps: required key is missing"],
     "duplicate-meeting": ["apps[0].meetings: meeting 'm1' is listed more than once"],
     "account-too-long": [
-        "apps[0].account_id: id '023e105f4ecef8ad9ca31a8372d0c3531' is 33 characters long, "
-        "at most 32 allowed"
+        "apps[0].account_id: id '023e105f4ecef8ad9ca31a8372d0c353023e105f4ecef8ad9ca31a8372d0c3531' "
+        "is 65 characters long, at most 64 allowed"
     ],
     "id-slash": [f"apps[0].meetings[0].id: invalid id 'a/b': {ID_CHARS}"],
     "id-question": [f"apps[0].app_id: invalid id 'app?x=1': {ID_CHARS}"],
@@ -258,3 +258,30 @@ def test_startup_errors_are_one_line_without_traceback(tmp_path: Path):
         assert proc.returncode == 1
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_app_ids_of_36_characters_are_accepted() -> None:
+    """Dyte-era organisation ids were 36-character UUIDs; the published maxLength 32 is not
+    trusted (issue 22, item 10): the character set is what keeps a path safe."""
+    uuid = "6bf2b8be-04dd-4191-b602-1128921a306b"
+    config = parse_config({"apps": [{"account_id": uuid, "app_id": uuid, "meetings": ["m1"]}]})
+    assert config.apps[0].app_id == uuid
+
+
+def test_new_pull_keys_have_the_contract_defaults() -> None:
+    config = parse_config({"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1"]}]})
+    app = config.apps[0]
+    assert (app.recordings.enabled, app.recordings.interval_seconds, app.recordings.window_hours) == (False, 60, 24)
+    assert (app.livestreams.enabled, app.livestreams.interval_seconds) == (False, 60)
+    assert (app.usage.enabled, app.usage.interval_seconds) == (False, 900)
+    q = app.quality
+    assert (q.enabled, q.sample_fraction, q.max_reports_per_hour, q.delay_seconds) == (False, 1.0, 600, 60)
+    assert (app.metrics.per_meeting, app.metrics.display_name) == (True, True)
+    assert config.webhooks.public_url is None and config.webhooks.registration_check_seconds == 600
+
+
+def test_quality_needs_webhooks() -> None:
+    with pytest.raises(ConfigError, match="quality.enabled needs webhooks.enabled"):
+        parse_config(
+            {"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1"], "quality": {"enabled": True}}]}
+        )
