@@ -271,17 +271,35 @@ def test_app_ids_of_36_characters_are_accepted() -> None:
 def test_new_pull_keys_have_the_contract_defaults() -> None:
     config = parse_config({"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1"]}]})
     app = config.apps[0]
-    assert (app.recordings.enabled, app.recordings.interval_seconds, app.recordings.window_hours) == (False, 60, 24)
+    assert (
+        app.recordings.enabled,
+        app.recordings.interval_seconds,
+        app.recordings.window_hours,
+    ) == (False, 60, 24)
     assert (app.livestreams.enabled, app.livestreams.interval_seconds) == (False, 60)
     assert (app.usage.enabled, app.usage.interval_seconds) == (False, 900)
     q = app.quality
-    assert (q.enabled, q.sample_fraction, q.max_reports_per_hour, q.delay_seconds) == (False, 1.0, 600, 60)
+    assert (q.enabled, q.sample_fraction, q.max_reports_per_hour, q.delay_seconds) == (
+        False,
+        1.0,
+        600,
+        60,
+    )
     assert (app.metrics.per_meeting, app.metrics.display_name) == (True, True)
     assert config.webhooks.public_url is None and config.webhooks.registration_check_seconds == 600
 
 
 def test_quality_needs_webhooks() -> None:
-    with pytest.raises(ConfigError, match="quality.enabled needs webhooks.enabled"):
+    with pytest.raises(ConfigError, match=r"quality\.enabled needs webhooks\.enabled"):
         parse_config(
-            {"apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1"], "quality": {"enabled": True}}]}
+            {
+                "apps": [
+                    {
+                        "account_id": "a",
+                        "app_id": "b",
+                        "meetings": ["m1"],
+                        "quality": {"enabled": True},
+                    }
+                ]
+            }
         )
