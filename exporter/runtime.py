@@ -28,11 +28,11 @@ from exporter.config import (
     RateLimit,
     WebhooksConfig,
     load_config,
-    read_file,
     read_tokens,
 )
 from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ApiError, ConfigError, ExporterError
+from exporter.files import read_file
 from exporter.health import AppKey, CoordinationState, Health
 from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import MeetingKey

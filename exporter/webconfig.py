@@ -50,9 +50,9 @@ from typing import Any, Final
 
 import bcrypt
 
-from exporter.config import MAX_CONFIG_BYTES, read_file, read_yaml
-from exporter.config import yaml_type as _yaml_type
 from exporter.errors import ConfigError
+from exporter.files import MAX_CONFIG_BYTES, read_file, read_yaml
+from exporter.files import yaml_type as _yaml_type
 
 log = logging.getLogger(__name__)
 

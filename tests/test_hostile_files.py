@@ -19,16 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import (
-    MAX_CONFIG_BYTES,
-    MAX_TOKEN_BYTES,
-    MAX_YAML_DEPTH,
-    ConfigError,
-    load_config,
-    parse_config,
-    read_file,
-    read_tokens,
-)
+from exporter.config import ConfigError, load_config, parse_config, read_tokens
+from exporter.files import MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, MAX_YAML_DEPTH, read_file
 
 from .conftest import TOKEN
 
