@@ -46,7 +46,6 @@ from bench._common import (
     table,
     tmpdir,
 )
-from exporter.client import RateLimiter
 from exporter.coordination import (
     CoordinationSettings,
     CoordinationStats,
@@ -55,6 +54,7 @@ from exporter.coordination import (
     SharedLimiter,
     connect,
 )
+from exporter.limiter import RateLimiter
 from exporter.simulator import Simulator
 from tests.conftest import max_in_window, parse_metrics
 from tests.test_coordination import RedisServer

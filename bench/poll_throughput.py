@@ -37,8 +37,9 @@ from bench._common import (
     table,
     tmpdir,
 )
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.health import Health
+from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog
 from exporter.model import MeetingKey
 from exporter.poller import Poller, PollPlan

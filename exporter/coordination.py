@@ -10,7 +10,7 @@ Keys (``P`` is ``key_prefix``; a token appears only as a hash, never itself)::
     P:state:<shard>                   hash "account/app/meeting" → JSON of a MeetingState
 
 The shared budget is two ``limits`` moving windows in Redis plus the local even spacing of
-:class:`~exporter.client.RateLimiter`: a hard cap of ``requests`` per ``ceil(period + margin)``
+:class:`~exporter.limiter.RateLimiter`: a hard cap of ``requests`` per ``ceil(period + margin)``
 seconds (no window of ``period`` ever sees more than ``requests``, whatever the replicas do) and a
 spread cap of ``n`` per ``W`` seconds with ``n / W <= 1 / spacing`` (so replicas together do not
 fill the cap in a burst and then wait). ``limits`` alone gives only the cap: a moving window
@@ -42,8 +42,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError
 
-from exporter.client import RateLimiter
 from exporter.errors import ApiError, ConfigError, ExporterError
+from exporter.limiter import RateLimiter
 from exporter.model import MeetingKey
 from exporter.store import MeetingState
 
@@ -218,7 +218,7 @@ def spread_window(spacing: float, period: float) -> tuple[int, int]:
 
 
 class SharedLimiter(RateLimiter):
-    """A :class:`~exporter.client.RateLimiter` whose budget every replica on the same token
+    """A :class:`~exporter.limiter.RateLimiter` whose budget every replica on the same token
     shares through Redis, and whose 429 pause reaches every replica.
 
     ``acquire`` waits for the local spacing, then for an entry in both shared windows (see the

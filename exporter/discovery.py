@@ -29,12 +29,13 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
-from exporter.client import ApiClient, Listing
+from exporter.client import ApiClient
 from exporter.config import App, Discover
 from exporter.errors import ApiError
 from exporter.health import AppHealth, AppKey, bump
 from exporter.logs import where
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
+from exporter.paging import Listing
 from exporter.poller import Jobs, Outcome, add_job, fetch, same_interval
 from exporter.store import Labels, Recorded
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.config import (
     App,
     Config,
@@ -34,6 +34,7 @@ from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ApiError, ConfigError, ExporterError
 from exporter.files import read_file
 from exporter.health import AppKey, CoordinationState, Health
+from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import MeetingKey
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan

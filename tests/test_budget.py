@@ -11,9 +11,10 @@ import httpx
 import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.errors import ApiError
 from exporter.health import Health
+from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog
 from exporter.model import MeetingKey
 from exporter.poller import Poller, PollPlan

@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.errors import REASONS, ApiError
+from exporter.limiter import RateLimiter
 from exporter.model import NO_ACTIVE_SESSION, InvalidSession, MeetingKey, Session, parse_timestamp
 
 from .conftest import TOKEN

@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.errors import ApiError
+from exporter.limiter import RateLimiter
 from exporter.model import TRUNCATED, Session
 
 from .conftest import TOKEN
@@ -141,7 +142,7 @@ def test_ratelimit_policy_below_the_budget_lowers_the_rate_once(caplog: pytest.L
     c = Clock()
     lim = RateLimiter(1200, 300, clock=c.clock, wall=c.wall, sleep=c.sleep)
     configured = lim.per_second
-    caplog.set_level(logging.WARNING, logger="exporter.client")
+    caplog.set_level(logging.WARNING, logger="exporter.limiter.local")
     policy = httpx.Headers({"Ratelimit-Policy": '"default";q=600;w=300, "burst";q=5000;w=300'})
     for _ in range(3):
         lim.observe(200, policy)

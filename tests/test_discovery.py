@@ -8,10 +8,11 @@ from typing import Any
 
 import httpx
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.config import parse_config
 from exporter.discovery import Discovery
 from exporter.health import Health
+from exporter.limiter import RateLimiter
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
 
@@ -350,9 +351,9 @@ def test_an_ended_session_is_confirmed_once_not_every_cycle():
 
 
 def test_a_cycle_of_100k_sessions_is_one_store_write_and_linear():
-    from exporter.client import Listing
     from exporter.config import Discover
     from exporter.discovery import plan_cycle
+    from exporter.paging import Listing
 
     n = 100_000
     sessions = [
@@ -400,9 +401,9 @@ def test_a_store_batch_keeps_the_state_objects_it_does_not_name():
 
 
 def test_an_incomplete_listing_asks_about_discovered_meetings_and_idles_configured_ones():
-    from exporter.client import Listing
     from exporter.config import Discover
     from exporter.discovery import plan_cycle
+    from exporter.paging import Listing
 
     configured = frozenset(key(f"c{i}") for i in range(500))  # idle at the last look
     seen = {key("d0"): 990.0, key("d1"): 990.0}  # discovered earlier, not listed now

@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.config import parse_config
 from exporter.health import AppHealth, Health
+from exporter.limiter import RateLimiter
 from exporter.model import Session
 from exporter.simulator import PageServed, Simulator
 from exporter.store import MeetingState, Store

@@ -17,9 +17,10 @@ import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, generate_latest
 
-from exporter.client import ApiClient, RateLimiter, make_http_client
+from exporter.client import ApiClient, make_http_client
 from exporter.collector import MeetingCollector
 from exporter.health import Health
+from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog
 from exporter.model import MeetingKey
 from exporter.poller import Poller, PollPlan

@@ -19,10 +19,10 @@ import httpx
 import pytest
 import yaml
 
-from exporter.client import RateLimiter
 from exporter.config import Config, parse_config
 from exporter.errors import ApiError
 from exporter.health import Health
+from exporter.limiter import RateLimiter
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.status import classify, config_page, redact, status_page
 from exporter.store import MeetingState, Store
