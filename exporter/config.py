@@ -38,7 +38,7 @@ from pydantic import (
 
 from exporter.errors import ConfigError
 from exporter.files import read_secret, read_yaml, yaml_type
-from exporter.model import MeetingKey
+from exporter.model import SAFE_ID, MeetingKey, TokenSource
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
@@ -72,7 +72,6 @@ MAX_CONCURRENCY: Final = 10_000  # poll.concurrency
 MAX_MEETINGS: Final = 10**6  # discover.max_meetings
 _LIMIT_NAMES: Final = {WEEK: "7 days", MONTH: "30 days"}
 
-_ID_CHARS = re.compile(r"[A-Za-z0-9_-]+")
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
@@ -81,7 +80,7 @@ def _check_id(value: str, max_len: int) -> str:
         raise ValueError("must not be empty")
     if len(value) > max_len:
         raise ValueError(f"id {value!r} is {len(value)} characters long, at most {max_len} allowed")
-    if not _ID_CHARS.fullmatch(value):
+    if not SAFE_ID.fullmatch(value):
         raise ValueError(f"invalid id {value!r}: use only letters, digits, '-' and '_'")
     return value
 
@@ -132,7 +131,7 @@ class TokenRef:
         return self.file if self.file is not None else "$" + (self.env or DEFAULT_TOKEN_ENV)
 
     @property
-    def source(self) -> tuple[str | None, str | None]:
+    def source(self) -> TokenSource:
         """Identity of the token: apps naming the same variable or file share one budget."""
         return (None, self.file) if self.file is not None else (self.env or DEFAULT_TOKEN_ENV, None)
 

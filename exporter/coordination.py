@@ -44,7 +44,7 @@ from redis.exceptions import LockError, RedisError
 
 from exporter.errors import ApiError, ConfigError, ExporterError
 from exporter.limiter import RateLimiter
-from exporter.model import MeetingKey
+from exporter.model import MeetingKey, meeting_path, parse_meeting_path
 from exporter.store import MeetingState
 
 log = logging.getLogger(__name__)
@@ -533,16 +533,9 @@ def decode_state(data: bytes | str) -> MeetingState:
     return state
 
 
-def _field(key: MeetingKey) -> str:
-    return f"{key.account_id}/{key.app_id}/{key.meeting_id}"
-
-
 def _key(field_name: bytes | str) -> MeetingKey:
     text = field_name.decode() if isinstance(field_name, bytes) else field_name
-    parts = text.split("/")
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f"invalid meeting field {field_name!r}")
-    return MeetingKey(*parts)
+    return parse_meeting_path(text)
 
 
 class StateMirror:
@@ -571,9 +564,9 @@ class StateMirror:
             pipe.delete(self._key)
             previous = {}
         changed = {
-            _field(k): encode_state(v) for k, v in states.items() if previous.get(k) is not v
+            meeting_path(k): encode_state(v) for k, v in states.items() if previous.get(k) is not v
         }
-        gone = [_field(k) for k in previous if k not in states]
+        gone = [meeting_path(k) for k in previous if k not in states]
         if changed:
             pipe.hset(self._key, mapping=changed)  # type: ignore[arg-type]
         if gone:

@@ -32,9 +32,9 @@ from typing import Any, Final
 from exporter.client import ApiClient
 from exporter.config import App, Discover
 from exporter.errors import ApiError
-from exporter.health import AppHealth, AppKey, bump
+from exporter.health import AppHealth, bump
 from exporter.logs import where
-from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
+from exporter.model import NO_ACTIVE_SESSION, SAFE_ID, AppKey, MeetingKey, Session
 from exporter.paging import Listing
 from exporter.poller import Jobs, Outcome, add_job, fetch, same_interval
 from exporter.store import Labels, Recorded
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 JOB_PREFIX: Final = "discover:"
 #: At most this many unlisted meetings are confirmed per app and cycle.
 MAX_CONFIRMATIONS: Final = 100
-_SAFE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +110,7 @@ def _by_meeting(app_key: AppKey, sessions: Iterable[Session]) -> dict[MeetingKey
     listed: dict[MeetingKey, Session] = {}
     for session in sessions:
         meeting = session.associated_id
-        if meeting is None or not _SAFE_ID.fullmatch(meeting):
+        if meeting is None or not SAFE_ID.fullmatch(meeting):
             continue  # cannot be exported (or safely asked about) under that id
         key = MeetingKey(*app_key, meeting)
         other = listed.get(key)

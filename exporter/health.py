@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Final, Protocol
 
-AppKey = tuple[str, str]  # (account_id, app_id)
+from exporter.model import AppKey
 
 #: Upper bounds of the request-duration histogram, in seconds.
 DURATION_BUCKETS: Final = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

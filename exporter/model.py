@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 from exporter.errors import ApiError
 
@@ -32,10 +32,18 @@ TRUNCATED: Final = "…[truncated]"
 MAX_PARTICIPANTS: Final = 10**7
 MAX_MINUTES: Final = 10**12 / 60  # consumed minutes, so that the seconds stay below 10^12
 MAX_COUNT: Final = 10**9  # paging counts and offsets
-#: What an id must look like to be used as a label value or in a request path.
+#: What an id (account, app, meeting) must look like to be used as a label value or in a request
+#: path: the one rule of the config, listings and webhooks.
 SAFE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: API error messages are cut to this length before they reach a log line or an error.
 MAX_MESSAGE_CHARS: Final = 300
+
+
+#: One app: ``(account_id, app_id)``.
+AppKey: TypeAlias = tuple[str, str]
+#: Identity of a token, as :attr:`exporter.config.TokenRef.source`: ``(env, None)`` or
+#: ``(None, file)``; apps naming the same one share one request budget.
+TokenSource: TypeAlias = tuple[str | None, str | None]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -47,8 +55,27 @@ class MeetingKey:
     meeting_id: str
 
     @property
-    def app(self) -> tuple[str, str]:
+    def app(self) -> AppKey:
         return (self.account_id, self.app_id)
+
+
+def meeting_path(key: MeetingKey) -> str:
+    """A meeting as one string, ``"account/app/meeting"`` (job ids, shard hashing, the HA
+    mirror); :func:`parse_meeting_path` reads it back.
+
+    >>> meeting_path(MeetingKey("acc", "app", "m-1"))
+    'acc/app/m-1'
+    """
+    return f"{key.account_id}/{key.app_id}/{key.meeting_id}"
+
+
+def parse_meeting_path(text: str) -> MeetingKey:
+    """The inverse of :func:`meeting_path`. Raises ValueError unless ``text`` is three
+    non-empty parts."""
+    parts = text.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ValueError(f"invalid meeting path {text[:200]!r}")
+    return MeetingKey(*parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,9 +33,9 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from exporter.client import ApiClient
 from exporter.errors import ApiError
-from exporter.health import AppKey, Health
+from exporter.health import Health
 from exporter.logs import FailureLog, where
-from exporter.model import Answer, MeetingKey
+from exporter.model import Answer, AppKey, MeetingKey, meeting_path
 from exporter.store import Store
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def same_interval(seconds: float, other: float) -> bool:
 
 
 def job_id(key: MeetingKey) -> str:
-    return f"{JOB_PREFIX}{key.account_id}/{key.app_id}/{key.meeting_id}"
+    return JOB_PREFIX + meeting_path(key)
 
 
 @dataclass(frozen=True)

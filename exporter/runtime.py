@@ -33,10 +33,10 @@ from exporter.config import (
 from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ApiError, ConfigError, ExporterError
 from exporter.files import read_file
-from exporter.health import AppKey, CoordinationState, Health
+from exporter.health import CoordinationState, Health
 from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog, RedactingFilter
-from exporter.model import MeetingKey
+from exporter.model import AppKey, MeetingKey, TokenSource
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
 from exporter.shard import filter_config, shard_rate_limits
 from exporter.store import Labels, Store
@@ -58,7 +58,6 @@ log = logging.getLogger("exporter")
 
 #: Seconds a SIGHUP waits before reloading, so that a burst of signals is one reload.
 RELOAD_DEBOUNCE = 0.3
-TokenSource = tuple[str | None, str | None]
 Tokens = dict[TokenSource, str]
 ClientKey = tuple[TokenSource, str]  # (token source, token)
 T = TypeVar("T")

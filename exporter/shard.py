@@ -30,14 +30,11 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Final, TypeAlias
+from typing import Final
 
-from exporter.config import DEFAULT_TOKEN_ENV, App, Config, Meeting, RateLimit
+from exporter.config import App, Config, Meeting, RateLimit, TokenRef
 from exporter.errors import ConfigError
-
-#: Identity of a token, as :attr:`exporter.config.TokenRef.source`: ``(env, None)`` or
-#: ``(None, file)``.
-TokenSource: TypeAlias = tuple[str | None, str | None]
+from exporter.model import MeetingKey, TokenSource, meeting_path
 
 _MASK64: Final = (1 << 64) - 1
 _JUMP_MULTIPLIER: Final = 2862933555777941757
@@ -143,7 +140,10 @@ def units(config: Config) -> list[Unit]:
         if app.discover.enabled:
             out.append(Unit(base, app, None, token, app_demand(app)))
         else:
-            out.extend(Unit(f"{base}/{m.id}", app, m, token, 1) for m in app.meetings)
+            out.extend(
+                Unit(meeting_path(MeetingKey(*app.key, m.id)), app, m, token, 1)
+                for m in app.meetings
+            )
     return out
 
 
@@ -222,8 +222,7 @@ def apportion(amount: int, weights: dict[int, int]) -> dict[int, int]:
 
 def token_name(token: TokenSource) -> str:
     """How a token is named to an operator: ``$ENV_VAR`` or the file path (never the token)."""
-    env, file = token
-    return file if file is not None else "$" + (env or DEFAULT_TOKEN_ENV)
+    return str(TokenRef(*token, key=""))
 
 
 def request_split(config: Config, total: int) -> dict[tuple[TokenSource, int], int]:

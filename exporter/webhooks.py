@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -48,8 +47,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from exporter.errors import ConfigError, ExporterError
-from exporter.health import AppKey
-from exporter.model import Answer, Session, parse_timestamp
+from exporter.model import SAFE_ID, Answer, AppKey, Session, parse_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,6 @@ PublicKey = rsa.RSAPublicKey
 PrivateKey = rsa.RSAPrivateKey
 StartResponse = Callable[..., Any]
 
-DEFAULT_PUBLIC_KEY_URL: Final = "https://api.realtime.cloudflare.com/.well-known/webhooks.json"
 DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
 #: A failed signature triggers at most one key re-fetch per this many seconds.
 REFETCH_INTERVAL_SECONDS: Final = 600.0
@@ -76,7 +73,6 @@ EVENTS: Final = (
 #: Values of the ``result`` label of ``realtimekit_webhook_requests_total``.
 RESULTS: Final = ("accepted", "duplicate", "bad_signature", "malformed", "unknown_app", "too_large")
 
-SAFE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 #: JSON nesting deeper than this is malformed (real payloads are 3 levels deep).
 MAX_DEPTH: Final = 32
 #: Integer literals longer than this are malformed (no field needs more than a Unix time in ms).
