@@ -32,6 +32,8 @@ TRUNCATED: Final = "…[truncated]"
 MAX_PARTICIPANTS: Final = 10**7
 MAX_MINUTES: Final = 10**12 / 60  # consumed minutes, so that the seconds stay below 10^12
 MAX_COUNT: Final = 10**9  # paging counts and offsets
+#: The fields of ``paging`` that are read, in :class:`Paging`'s order.
+PAGING_FIELDS: Final = ("total_count", "start_offset", "end_offset", "per_page", "page_no")
 #: What an id (account, app, meeting) must look like to be used as a label value or in a request
 #: path: the one rule of the config, listings and webhooks.
 SAFE_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -312,11 +314,14 @@ def error_for_status(status: int, doc: Any) -> ApiError:
 
 @dataclass(frozen=True, slots=True)
 class Paging:
-    """A page's ``paging``; each field ``None`` when missing or unusable (1-based item offsets)."""
+    """A page's ``paging``; each field ``None`` when missing or unusable (1-based item offsets).
+    ``per_page`` and ``page_no`` are the server's echo of the page it served, when it sends one."""
 
     total_count: int | None = None
     start_offset: int | None = None
     end_offset: int | None = None
+    per_page: int | None = None
+    page_no: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,7 +335,11 @@ class SessionsPage:
 
 
 def _count(raw: dict[str, Any], key: str) -> int | None:
+    """A count or offset in ``[0, MAX_COUNT]``. Cloudflare's types make them numbers, so an
+    integral float (``25.0``) is that integer; ``25.5``, ``true`` or a string is unusable."""
     value = raw.get(key)
+    if isinstance(value, float) and value.is_integer():  # False for inf and nan
+        value = int(value) if 0 <= value <= MAX_COUNT else None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT:
         return None
     return value
@@ -344,9 +353,7 @@ def _paging(doc: dict[str, Any]) -> Paging | None:
         raw = doc["data"].get("paging")
     if not isinstance(raw, dict):
         return None
-    paging = Paging(
-        _count(raw, "total_count"), _count(raw, "start_offset"), _count(raw, "end_offset")
-    )
+    paging = Paging(*(_count(raw, name) for name in PAGING_FIELDS))
     return None if paging == Paging() else paging
 
 

@@ -64,10 +64,13 @@ class Walk:
 
     def add(self, page_no: int, page: SessionsPage) -> int | None:
         """Take in one page; the page_no to read next, or ``None`` when the walk is done."""
+        paging = page.paging or Paging()
+        if page_no == 0 and paging.page_no == 1:  # served page 0 as page 1: pages count from 1
+            page_no = 1
+            self._set_base(1)
         self.read[page_no] = page
         self.ids.update(s.id for s in page.sessions)
         self.invalid_keys.update(i.meeting_id or (i.page, i.index) for i in page.invalid)
-        paging = page.paging or Paging()
         if paging.total_count is not None:
             self.total = paging.total_count
             self.totals.add(self.total)
@@ -92,7 +95,8 @@ class Walk:
             return True
         if self.total is not None:  # a short page proves nothing: only the count or the offset
             return paging.end_offset is not None and paging.end_offset >= self.total
-        if page.paging is None:  # nothing to learn from: a page shorter than asked ends it
+        if paging.start_offset is None and paging.end_offset is None:
+            # No offsets to learn from: a page shorter than asked (or than known) ends it.
             return page.items < (self.model.size or self.per_page)
         return self.model.size is not None and page.items < self.model.size
 
@@ -114,8 +118,12 @@ class Walk:
         if not page.items:
             return
         end, total = paging.end_offset, self.total
-        if page.items >= self.per_page or (end is not None and total is not None and end < total):
-            self._set_size(page.items)  # not the last page, so a full one
+        if (
+            page.items >= self.per_page
+            or (end is not None and total is not None and end < total)
+            or page.items == paging.per_page  # the server's own page size: a full page
+        ):
+            self._set_size(page.items)
             return
         size, base = self.model.size, self.model.base
         if size is not None and (
