@@ -34,7 +34,7 @@ from exporter.config import App, Discover
 from exporter.errors import ApiError
 from exporter.health import AppHealth, bump
 from exporter.logs import where
-from exporter.model import NO_ACTIVE_SESSION, SAFE_ID, AppKey, MeetingKey, Session
+from exporter.model import NO_ACTIVE_SESSION, SAFE_ID, AppKey, MeetingKey, Session, active_rank
 from exporter.paging import Listing
 from exporter.poller import Jobs, Outcome, add_job, fetch, same_interval
 from exporter.store import Labels, Recorded
@@ -106,7 +106,8 @@ def plan_cycle(
 
 
 def _by_meeting(app_key: AppKey, sessions: Iterable[Session]) -> dict[MeetingKey, Session]:
-    """Listed sessions by meeting, the latest started one when a meeting has several."""
+    """Listed sessions by meeting; of several, the one its active-session endpoint would
+    answer (:func:`~exporter.model.active_rank`)."""
     listed: dict[MeetingKey, Session] = {}
     for session in sessions:
         meeting = session.associated_id
@@ -114,9 +115,27 @@ def _by_meeting(app_key: AppKey, sessions: Iterable[Session]) -> dict[MeetingKey
             continue  # cannot be exported (or safely asked about) under that id
         key = MeetingKey(*app_key, meeting)
         other = listed.get(key)
-        if other is None or (session.started_at or 0) >= (other.started_at or 0):
+        if other is None or active_rank(session) >= active_rank(other):
             listed[key] = session
     return listed
+
+
+def live_totals(listing: Listing) -> tuple[int, float]:
+    """``(sessions, participants)`` live in an app, each meeting counted once with the session
+    exported for it: the API's ``total_count`` (else the sessions read) less the extra sessions
+    of meetings listed more than once, and the participants of one session per meeting."""
+    best: dict[str, Session] = {}
+    alone: list[Session] = []  # no meeting id: each its own
+    for session in listing.sessions:
+        meeting = session.associated_id
+        if meeting is None:
+            alone.append(session)
+        elif meeting not in best or active_rank(session) >= active_rank(best[meeting]):
+            best[meeting] = session
+    extra = len(listing.sessions) - len(best) - len(alone)
+    reported = listing.total_count if listing.total_count is not None else len(listing.sessions)
+    live = sum(s.live_participants for s in [*best.values(), *alone])
+    return max(0, reported - extra), live
 
 
 def _accept(
@@ -346,8 +365,7 @@ class Discovery(Jobs):
                 "interval of %gs (%d session(s), %d page(s))",
                 *app_key, duration, every, len(listing.sessions), listing.pages,
             )  # fmt: skip
-        total = listing.total_count if listing.total_count is not None else len(listing.sessions)
-        live = sum(s.live_participants for s in listing.sessions)
+        total, live = live_totals(listing)
 
         def change(old: AppHealth) -> AppHealth:
             new = replace(old, up=True, live_sessions=total, live_participants=live)

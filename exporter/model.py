@@ -93,6 +93,15 @@ class Session:
     type: str | None = None
     meeting_display_name: str | None = None
     associated_id: str | None = None
+    created_at: float | None = None  # Unix time
+
+
+def active_rank(session: Session) -> tuple[bool, float]:
+    """Orders a meeting's live sessions as its active-session endpoint answers: the one of type
+    ``meeting`` before ``livestream`` or ``participant`` ones, then the newest (``started_at``,
+    else ``created_at``). A listing may hold several sessions of one meeting; the largest rank
+    is the one exported and counted."""
+    return (session.type == "meeting", session.started_at or session.created_at or 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +221,7 @@ def parse_session(data: Any, where: str = "data") -> Session:
         type=_label(_string(data, "type")),
         meeting_display_name=_label(_string(data, "meeting_display_name")),
         associated_id=_string(data, "associated_id"),
+        created_at=parse_timestamp(data.get("created_at")),
     )
 
 

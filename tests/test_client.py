@@ -91,6 +91,7 @@ def test_live_session_is_parsed_and_request_is_well_formed():
         type="meeting",
         meeting_display_name="Weekly sync",
         associated_id="m-1",
+        created_at=1795849200.0,
     )
     (request,) = seen
     assert request.method == "GET"
