@@ -20,7 +20,7 @@ from typing import Final, TypeVar
 import httpx
 
 from exporter import __version__
-from exporter.errors import ApiError
+from exporter.errors import TOKEN_REASONS, ApiError
 from exporter.health import RequestStats
 from exporter.limiter import RateLimiter
 from exporter.limiter.local import header_value
@@ -127,7 +127,9 @@ class ApiClient:
     """Reads the RealtimeKit API with one token. Several clients may share one ``httpx`` client.
 
     ``timeout_seconds`` bounds each request from connect to last byte (the wait for a slot of
-    the budget is not part of it); by default the longest timeout of the httpx client."""
+    the budget is not part of it); by default the longest timeout of the httpx client.
+    ``token_name`` is how failures of the token (:data:`~exporter.errors.TOKEN_REASONS`) name it.
+    """
 
     def __init__(
         self,
@@ -140,8 +142,10 @@ class ApiClient:
         max_body_bytes: int = MAX_BODY_BYTES,
         timeout_seconds: float | None = None,
         timer: Callable[[], float] = time.perf_counter,
+        token_name: str = "the API token",
     ) -> None:
         self._http = http
+        self.token_name = token_name
         self._base = base_url.rstrip("/")
         self._headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": ACCEPT_ENCODING}
         self._max_body = max_body_bytes
@@ -161,7 +165,7 @@ class ApiClient:
             f"/accounts/{key.account_id}/realtime/kit/{key.app_id}"
             f"/meetings/{key.meeting_id}/active-session"
         )
-        return _parse(parse_active_session, await self.get(path))
+        return await self._answer(parse_active_session, path)
 
     def page_size(self, account_id: str, app_id: str) -> int | None:
         """How many items the app's ``/sessions`` pages were seen to hold (``None`` until a walk
@@ -196,14 +200,30 @@ class ApiClient:
         while page_no is not None and pages < max_pages:
             pages += 1
             try:
-                raw = await self.get(path, list_params(per_page, page_no))
-                page = _parse(parse_sessions_page, raw, page_no=page_no)
+                params = list_params(per_page, page_no)
+                page = await self._answer(parse_sessions_page, path, params, page_no=page_no)
             except ApiError:
                 if not walk.ended:
                     raise
                 break  # the last-resort page 0 failed: the walk stays as it was
             page_no = walk.add(page_no, page)
         return walk.listing(pages)
+
+    async def _answer(
+        self,
+        parse: Callable[..., T],
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        **kw: int,
+    ) -> T:
+        """:meth:`get` and a parser of :mod:`exporter.model`; a failure of the token's own says
+        which token it is."""
+        try:
+            return _parse(parse, await self.get(path, params), **kw)
+        except ApiError as err:
+            if err.reason in TOKEN_REASONS:
+                err.token = self.token_name
+            raise
 
     async def get(self, path: str, params: Mapping[str, str | int] | None = None) -> RawAnswer:
         """Wait for a slot of the token's budget, send one GET and read the answer (at most

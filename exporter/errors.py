@@ -20,6 +20,9 @@ REASONS: Final = (
     "invalid_response",
     "not_found",  # appended: the order indexes stored counters and golden output
 )
+#: Reasons that belong to the token rather than to one meeting: a rejected token (401/403) and a
+#: paused budget (429) fail every request sent with it alike.
+TOKEN_REASONS: Final = ("auth", "rate_limited")
 
 
 class ExporterError(Exception):
@@ -38,7 +41,9 @@ class ApiError(ExporterError):
     """A request to the RealtimeKit API did not give a valid answer.
 
     ``reason`` is one of :data:`REASONS`; ``status`` is the HTTP status when there was one;
-    ``retry_after`` is the number of seconds the API asked us to wait (429), when it said.
+    ``retry_after`` is the number of seconds the API asked us to wait (429), when it said;
+    ``token`` names the token (``$ENV_VAR`` or its file, never the token itself) when the
+    reason is one of :data:`TOKEN_REASONS`, so that its failures can be reported once.
     """
 
     def __init__(
@@ -48,10 +53,12 @@ class ApiError(ExporterError):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        token: str | None = None,
     ) -> None:
         if reason not in REASONS:
             raise ValueError(f"unknown poll error reason {reason!r}")
         self.reason = reason
         self.status = status
         self.retry_after = retry_after
+        self.token = token
         super().__init__(message)

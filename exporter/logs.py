@@ -129,7 +129,12 @@ def where(key: MeetingKey) -> str:
 class FailureLog:
     """One line when a meeting (or an app's discovery) starts failing or changes failure
     reason, one when it recovers. Repeated identical failures go to debug so that a dead API
-    cannot flood the log; at most once a minute one line says how many were held back."""
+    cannot flood the log; at most once a minute one line says how many were held back.
+
+    A failure of the token's own (an :class:`ApiError` naming its ``token``: rejected, or its
+    budget paused) is one line per token and reason, however many meetings use the token, and
+    its end one line when the first of them gets an answer again; the meetings' own lines of it
+    go to debug and into the summary."""
 
     def __init__(
         self,
@@ -142,6 +147,8 @@ class FailureLog:
         self._down: dict[Hashable, str] = {}  # what failed last time: its reason
         self._suppressed: Counter[Hashable] = Counter()  # repeated failures not logged, by key
         self._suppressed_since = clock()
+        self._token_down: set[tuple[str, str]] = set()  # (token, reason) failing now
+        self._by_token: dict[Hashable, tuple[str, str]] = {}  # key -> its token failure
 
     def outcome(self, key: Hashable, where: str, outcome: object) -> None:
         """Log what one poll's ``outcome`` (an answer, an ApiError, or None: not the API's
@@ -149,17 +156,45 @@ class FailureLog:
         if isinstance(outcome, ApiError):
             status = "" if outcome.status is None else f" status={outcome.status}"
             line = f"poll failed {where} reason={outcome.reason}{status}: {outcome}"
-            if self._down.get(key) != outcome.reason:
+            token = None if outcome.token is None else (outcome.token, outcome.reason)
+            if token is not None and token not in self._token_down:
+                self._token_down.add(token)
+                self._log.warning(
+                    "poll failed with token %s reason=%s%s: %s (first: %s); every poll with "
+                    "this token fails alike until it recovers: one line here, the rest at debug",
+                    outcome.token, outcome.reason, status, outcome, where,
+                )  # fmt: skip
+                self._down[key] = outcome.reason
+            elif self._down.get(key) != outcome.reason and token is None:
                 self._down[key] = outcome.reason
                 self._log.warning(line)
             else:
+                self._down[key] = outcome.reason
                 self._log.debug(line)
                 self._suppressed[key] += 1
+            self._mark_token(key, token)
         elif outcome is not None and key in self._down:
             del self._down[key]
             repeats = self._suppressed.pop(key, 0)
-            self._log.info("poll recovered %s after %d more failed poll(s)", where, repeats)
+            token = self._by_token.pop(key, None)
+            if token is None:
+                self._log.info("poll recovered %s after %d more failed poll(s)", where, repeats)
+            else:
+                self._token_recovered(token, where, repeats)
         self._summarize()
+
+    def _mark_token(self, key: Hashable, token: tuple[str, str] | None) -> None:
+        if token is not None:
+            self._by_token[key] = token
+        else:
+            self._by_token.pop(key, None)
+
+    def _token_recovered(self, token: tuple[str, str], where: str, repeats: int) -> None:
+        line = "poll recovered %s after %d more failed poll(s)"
+        if token in self._token_down:  # the first meeting of the token to get an answer again
+            self._token_down.discard(token)
+            self._log.info("polls with token %s work again (were failing with reason=%s)", *token)
+        self._log.debug(line, where, repeats)
 
     def recovered(self, keys: Iterable[MeetingKey]) -> None:
         """Many meetings got a valid answer at once (a discovery listing): only those that were
@@ -172,6 +207,8 @@ class FailureLog:
     def keep_only(self, keep: Callable[[Hashable], bool]) -> None:
         """Forget what is not polled any more (a reload removed it)."""
         self._down = {k: v for k, v in self._down.items() if keep(k)}
+        self._by_token = {k: v for k, v in self._by_token.items() if keep(k)}
+        self._token_down &= set(self._by_token.values())
 
     def _summarize(self) -> None:
         now = self._clock()

@@ -38,7 +38,7 @@ from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import AppKey, MeetingKey, TokenSource
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
-from exporter.shard import filter_config, shard_rate_limits
+from exporter.shard import filter_config, shard_rate_limits, token_name
 from exporter.store import Labels, Store
 from exporter.webhooks import (
     REFRESHING,
@@ -163,6 +163,7 @@ def build_runtime(
                 token=tokens[source],
                 limiter=limiter,
                 stats=health.requests,
+                token_name=token_name(source),
             )
         clients[app.key] = by_token[ident]
     return Runtime(config, work, tokens, http, clients, by_token, slots)
