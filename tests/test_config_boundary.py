@@ -408,3 +408,23 @@ def test_config_check_and_start_fail_alike(name: str, tmp_path: Path) -> None:
         assert TOKEN not in run.stdout + run.stderr
     assert check.stderr.startswith(f"config invalid: {path}\n")
     assert len(start.stderr.strip().splitlines()) == 1, start.stderr  # one line at start
+
+
+@pytest.mark.process
+def test_without_the_ha_extra_check_and_start_say_so_in_one_line(tmp_path: Path) -> None:
+    """The real process, with ``limits`` made unimportable (``sys.modules['limits'] = None``
+    in a sitecustomize: ``find_spec`` then answers None, as when the package is absent)."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['limits'] = None\n")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"apps": [APP], **_coordination()}))
+    env = base_env() | {"PYTHONPATH": str(site)}
+    check = run_exporter(path, "--config.check", env=env)
+    start = run_exporter(path, "--web.listen-address", "127.0.0.1:0", env=env)
+    assert check.returncode == start.returncode == 1
+    assert check.stderr == f"config invalid: {path}\n  {HA_EXTRA}\n"
+    assert start.stderr == f"realtimekit-exporter: error: {path}: {HA_EXTRA}\n"
+    # The same file without the block starts the check fine in that environment.
+    path.write_text(yaml.safe_dump({"apps": [APP]}))
+    assert run_exporter(path, "--config.check", env=env).returncode == 0
