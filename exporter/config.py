@@ -54,7 +54,7 @@ from exporter.appconfig import (
     split_host_port,
 )
 from exporter.errors import ConfigError
-from exporter.files import read_public_key, read_secret, read_yaml, yaml_type
+from exporter.files import read_ca_bundle, read_public_key, read_secret, read_yaml, yaml_type
 from exporter.model import MeetingKey
 
 __all__ = [
@@ -224,6 +224,20 @@ class CoordinationConfig(StrictModel):
     @classmethod
     def _password_env(cls, value: str | None) -> str | None:
         return check_env_name(value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        url = info.data.get("redis_url")  # absent when it is invalid: said there
+        if url is not None and not url.lower().startswith("rediss://"):
+            raise ValueError("is only used with a rediss:// (TLS) redis_url")
+        try:
+            read_ca_bundle(value, "coordination.ca_file")
+        except ConfigError as err:
+            raise ValueError(err.problems[0].removeprefix("coordination.ca_file: ")) from None
+        return value
 
     @field_validator("password_file")
     @classmethod

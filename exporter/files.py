@@ -9,6 +9,7 @@ values with its aliases expanded. Every failure is a :class:`ConfigError` naming
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from collections.abc import Mapping
 from typing import Any, Final
@@ -210,3 +211,13 @@ def read_public_key(path: str, key: str) -> rsa.RSAPublicKey:
     """The RSA public key in the PEM file ``path`` (at most :data:`MAX_KEY_BYTES`, read like
     every file here); ``key`` names the config key in messages."""
     return parse_public_key(read_file(path, MAX_KEY_BYTES, key), source=f"{key}: {path!r}")
+
+
+def read_ca_bundle(path: str, key: str) -> None:
+    """Check that ``path`` holds PEM CA certificates a TLS client can load (at most
+    :data:`MAX_CONFIG_BYTES`); ``key`` names the config key in messages."""
+    text = decode_text(read_file(path, MAX_CONFIG_BYTES, key), f"{key}: {path!r}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (ssl.SSLError, ValueError):
+        raise ConfigError([f"{key}: {path!r} holds no usable PEM certificate"]) from None

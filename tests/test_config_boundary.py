@@ -106,6 +106,50 @@ def test_coordination_block_rules(block: dict[str, Any], expected: str) -> None:
     assert problems_of(with_coordination(**block)) == [expected]
 
 
+def self_signed_ca(path: Path) -> Path:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_coordination_ca_file_is_checked_at_load(tmp_path: Path) -> None:
+    ca = str(self_signed_ca(tmp_path / "ca.pem"))
+    tls = "rediss://127.0.0.1:6380/0"
+    config = parse_config(with_coordination(redis_url=tls, ca_file=ca))
+    assert config.coordination is not None and config.coordination.ca_file == ca
+    assert problems_of(with_coordination(ca_file=ca)) == [
+        "coordination.ca_file: is only used with a rediss:// (TLS) redis_url"
+    ]
+    missing = tmp_path / "missing.pem"
+    assert problems_of(with_coordination(redis_url=tls, ca_file=str(missing))) == [
+        f"coordination.ca_file: cannot read '{missing}': No such file or directory"
+    ]
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    assert problems_of(with_coordination(redis_url=tls, ca_file=str(junk))) == [
+        f"coordination.ca_file: '{junk}' holds no usable PEM certificate"
+    ]
+
+
 def test_coordination_needs_the_ha_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without redis or limits installed a coordination block is one line naming the extra
     (issue 27); a config without one does not care."""
@@ -338,6 +382,11 @@ FAILURES: dict[str, tuple[dict[str, Any], dict[str, str | None], list[str]]] = {
         _coordination(password_env="REDIS_PASSWORD"),
         {"REDIS_PASSWORD": ""},
         ["coordination.password_env: environment variable REDIS_PASSWORD is not set or empty"],
+    ),
+    "redis-ca-file-missing": (
+        _coordination(redis_url="rediss://127.0.0.1:1/0", ca_file="{tmp}/no-ca.pem"),
+        {},
+        ["coordination.ca_file: cannot read '{tmp}/no-ca.pem': No such file or directory"],
     ),
     "webhook-key-file-missing": (
         {"webhooks": {"listen_address": "127.0.0.1:0", "public_key_file": "{tmp}/missing.pem"}},
