@@ -374,6 +374,8 @@ def _messages(err: ValidationError) -> list[str]:
             msg = msg.replace("Input should be", "must be")
             if kind.endswith("_type"):
                 msg += f" (got {yaml_type(e.get('input'))})"
+        if e["loc"][-1:] == ("[key]",) and kind != "value_error":  # a key that is no string
+            msg = f"name {e['loc'][-2]!r} {msg}"
         path = _path(e["loc"])
         lines += [f"{path}: {line}" for line in msg.split("\n")]  # a validator's several problems
     return lines

@@ -183,6 +183,14 @@ def test_every_bad_label_is_reported_and_the_dunder_prefix_is_named() -> None:
     ]
 
 
+def test_a_label_name_that_is_no_string_is_named() -> None:
+    meeting = {"id": "m1", "labels": {1: "x", "ok": 2}}
+    assert problems_of({"apps": [{**APP, "meetings": [meeting]}]}) == [
+        "apps[0].meetings[0].labels: name 1 must be a valid string (got an integer)",
+        "apps[0].meetings[0].labels.ok: must be a valid string (got an integer)",
+    ]
+
+
 # --- the webhook key file is read and parsed at load ---------------------------------------------
 
 
