@@ -16,6 +16,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,9 @@ from exporter.config import (
     split_host_port,
 )
 from exporter.errors import ConfigError, ExporterError
+from exporter.limiter import RateLimiter
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
+from exporter.poller import over_budget
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
 from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
@@ -43,6 +46,8 @@ from exporter.webconfig import load_web_config
 log = logging.getLogger("exporter")
 
 PROG = "realtimekit-exporter"
+#: Bound of ``--total-shards``: far beyond any deployment (kube-state-metrics runs a handful).
+MAX_SHARDS = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,10 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--total-shards",
         dest="total_shards",
-        type=int,
+        type=_shard_count,
         default=1,
         metavar="M",
-        help="split the work and each token's budget over M shards (default: 1, no sharding)",
+        help=f"split the work and each token's budget over M shards, 1 to {MAX_SHARDS} "
+        "(default: 1, no sharding)",
     )
     p.add_argument(
         "--pod",
@@ -198,12 +204,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     if args.demo and not any(a.startswith("--web.listen-address") for a in given):
         args.listen_address = f"127.0.0.1:{DEFAULT_PORT}"  # the demo stays on loopback
-    try:
+    try:  # the flags: their problems name the flag, not the config file
         host, port = parse_listen_address(args.listen_address)
         _check_telemetry_path(args.telemetry_path)
-        sharding = Sharding(
-            resolve_shard(args.shard, args.total_shards, args.pod), args.total_shards
-        )
+        sharding = _sharding(args)
+    except ConfigError as err:
+        return fail(str(err))
+    try:
         launch = demo_launch() if args.demo else _file_launch(args.config_file)
     except ConfigError as err:
         if args.config_check:
@@ -215,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _invalid(args.config_file, problems) if problems else _config_ok(args, launch)
         if problems:
             return fail("; ".join(problems))
-        assert launch.tokens is not None
+        assert launch.tokens is not None and sharding is not None
         server = Server(host, port, args.telemetry_path, args.web_config_file)
         return asyncio.run(run(launch, server, redact, sharding))
     except OSError as err:
@@ -225,6 +232,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if launch.cleanup is not None:
             launch.cleanup()
+
+
+def _sharding(args: argparse.Namespace) -> Sharding | None:
+    """This process' shard (None: ``--config.check`` of every shard, none named)."""
+    if args.config_check and args.shard is None and args.pod is None:
+        return None
+    return Sharding(resolve_shard(args.shard, args.total_shards, args.pod), args.total_shards)
+
+
+def _shard_count(text: str) -> int:
+    """``--total-shards``: a whole number from 1 to :data:`MAX_SHARDS` (argparse's usage error
+    otherwise: a huge count would cost memory in proportion before anything runs)."""
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:20]!r} is not a whole number") from None
+    if not 1 <= count <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"must be from 1 to {MAX_SHARDS}, got {text[:20]}")
+    return count
 
 
 def _check_telemetry_path(path: str) -> None:
@@ -269,7 +295,7 @@ def _invalid(path: str, problems: list[str]) -> int:
 
 def _config_ok(args: argparse.Namespace, launch: Launch) -> int:
     config = launch.config
-    for warning in config.warnings():
+    for warning in config.warnings() + budget_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     sources = sorted({str(config.token_ref(app)) for app in config.apps})
     discovering = sum(app.discover.enabled for app in config.apps)
@@ -281,6 +307,25 @@ def _config_ok(args: argparse.Namespace, launch: Launch) -> int:
     if args.total_shards > 1:
         print(describe_split(config, args.total_shards))
     return 0
+
+
+def budget_warnings(config: Config) -> list[str]:
+    """What the poller says at start when the listed meetings of plain apps need more than
+    their token's budget (one line per token; the whole config, as if unsharded: each shard's
+    part of a budget follows its part of the demand)."""
+    budget = config.api.rate_limit
+    spacing = RateLimiter(
+        budget.requests, budget.period_seconds, reserve_fraction=budget.reserve_fraction
+    ).spacing
+    polled = Counter(
+        config.token_ref(app).source
+        for app in config.apps
+        if not app.discover.enabled
+        for _ in app.meetings
+    )
+    every = config.poll.interval_seconds
+    found = (over_budget(count, every, spacing) for count in polled.values())
+    return [warning for warning in found if warning is not None]
 
 
 @dataclass(frozen=True)

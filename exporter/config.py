@@ -1,4 +1,5 @@
-"""Load and validate the config file into frozen, typed objects.
+"""Load and validate the config file into frozen, typed objects: the one boundary of everything
+start-up reads.
 
 Everything about the file is checked before anything runs, and every problem is reported with its
 key path::
@@ -7,116 +8,100 @@ key path::
     Traceback (most recent call last):
     ConfigError: apps[0].meetings[1].id: invalid id 'a/b': use only letters, digits, '-' and '_'
 
-The API token is never part of the config object: :func:`read_token` fetches it from the environment
-variable or file that the config names, and no message ever contains it.
+``--config.check``, a real start and a reload all go through :func:`load_config` and the
+``read_*`` functions here, so they agree on every config: the ``coordination`` block's rules, the
+webhook key file (read and parsed at load), the tokens and the Redis password. The API token is
+never part of the config object: :func:`read_token` fetches it from the environment variable or
+file that the config names, and no message ever contains it.
 
 Files are read by :mod:`exporter.files` (bounded, never blocking); every number must be finite
 and within a bound no sane deployment reaches (see ``WEEK`` and the ``MAX_*`` constants; the
-message names it).
+message names it). The per-app blocks live in :mod:`exporter.appconfig`.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import importlib.util
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
-from urllib.parse import urlsplit
+from typing import Any, Final
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from exporter.appconfig import (
+    MAX_CONCURRENCY,
+    MAX_MEETINGS,
+    MAX_REQUESTS,
+    MONTH,
+    RESERVED_LABELS,
+    WEEK,
+    App,
+    AppWebhooks,
+    Discover,
+    Livestreams,
+    Meeting,
+    MetricsOptions,
+    Quality,
+    RateLimit,
+    Recordings,
+    StrictModel,
+    TokenFields,
+    Usage,
+    check_env_name,
+    https_url,
+    redis_url_problems,
+    split_host_port,
 )
-
 from exporter.errors import ConfigError
-from exporter.files import read_secret, read_yaml, yaml_type
-from exporter.model import SAFE_ID, MeetingKey, TokenSource
+from exporter.files import read_ca_bundle, read_public_key, read_secret, read_yaml, yaml_type
+from exporter.model import MeetingKey, TokenSource
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TOKEN_ENV",
+    "DEFAULT_WEBHOOK_KEY_URL",
+    "HA_EXTRA",
+    "MAX_CONCURRENCY",
+    "MAX_MEETINGS",
+    "MAX_REQUESTS",
+    "MONTH",
+    "RESERVED_LABELS",
+    "WEEK",
+    "ApiConfig",
+    "App",
+    "AppWebhooks",
+    "Config",
+    "ConfigError",
+    "CoordinationConfig",
+    "Discover",
+    "Livestreams",
+    "Meeting",
+    "MetricsOptions",
+    "PollConfig",
+    "Quality",
+    "RateLimit",
+    "Recordings",
+    "TokenRef",
+    "Usage",
+    "WebhooksConfig",
+    "load_config",
+    "parse_config",
+    "read_coordination_password",
+    "read_token",
+    "read_tokens",
+    "restart_needed",
+    "split_host_port",
+]
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 DEFAULT_TOKEN_ENV = "CLOUDFLARE_API_TOKEN"
 DEFAULT_WEBHOOK_KEY_URL = "https://api.realtime.cloudflare.com/.well-known/webhooks.json"
+#: What a ``coordination`` block needs installed, and the line saying so when it is not.
+HA_PACKAGES: Final = ("redis", "limits")
+HA_EXTRA: Final = "coordination needs the ha extra: pip install 'realtimekit-exporter[ha]'"
 
-#: Labels the exporter sets itself; static meeting labels must not reuse them.
-RESERVED_LABELS = frozenset(
-    {
-        "account_id",
-        "app_id",
-        "meeting_id",
-        "reason",
-        "status",
-        "session_id",
-        "type",
-        "meeting_display_name",
-        "version",
-        "code",
-        "token",
-        "job",
-        "instance",
-    }
-)
-
-# Upper bounds of the numbers in the config: far beyond any sane deployment, low enough that
-# every derived value (timedelta, sleep, budget arithmetic) stays finite and in range.
-WEEK: Final = 7 * 86400  # intervals, timeouts, backoff, the budget period
-MONTH: Final = 30 * 86400  # poll.stale_after_seconds
-MAX_REQUESTS: Final = 10**7  # api.rate_limit.requests
-MAX_CONCURRENCY: Final = 10_000  # poll.concurrency
-MAX_MEETINGS: Final = 10**6  # discover.max_meetings
 _LIMIT_NAMES: Final = {WEEK: "7 days", MONTH: "30 days"}
-
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-def _check_id(value: str, max_len: int) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    if len(value) > max_len:
-        raise ValueError(f"id {value!r} is {len(value)} characters long, at most {max_len} allowed")
-    if not SAFE_ID.fullmatch(value):
-        raise ValueError(f"invalid id {value!r}: use only letters, digits, '-' and '_'")
-    return value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class RateLimit(_Model):
-    """The token's request budget: ``requests`` per ``period_seconds``, shared by every poll."""
-
-    requests: int = Field(default=1200, gt=0, le=MAX_REQUESTS)
-    period_seconds: float = Field(default=300.0, gt=0, le=WEEK, allow_inf_nan=False)
-    #: Part of the budget left to the token's other users (dashboard, scripts): 0 <= x < 1.
-    reserve_fraction: float = Field(default=0.0, ge=0, lt=1, allow_inf_nan=False)
-
-
-class _TokenFields(_Model):
-    """``token_env`` or ``token_file``: where a token comes from (never the token itself)."""
-
-    token_env: str | None = None
-    token_file: str | None = None
-
-    @field_validator("token_env")
-    @classmethod
-    def _token_env(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
-
-    @field_validator("token_file")
-    @classmethod
-    def _one_token_source(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("token_env") is not None:
-            raise ValueError("set token_env or token_file, not both")
-        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +121,7 @@ class TokenRef:
         return (None, self.file) if self.file is not None else (self.env or DEFAULT_TOKEN_ENV, None)
 
 
-class ApiConfig(_TokenFields):
+class ApiConfig(TokenFields):
     allow_insecure_http: bool = False  # declared first: base_url's check reads it
     base_url: str = DEFAULT_BASE_URL
     timeout_seconds: float = Field(default=10.0, gt=0, le=WEEK, allow_inf_nan=False)
@@ -146,42 +131,10 @@ class ApiConfig(_TokenFields):
     @classmethod
     def _base_url(cls, value: str, info: ValidationInfo) -> str:
         insecure_ok = info.data.get("allow_insecure_http", False)
-        return _https_url(value, insecure_ok, "api.allow_insecure_http").rstrip("/")
+        return https_url(value, insecure_ok, "api.allow_insecure_http").rstrip("/")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6addr]:PORT`` to ``(host, port)``;
-    ``ValueError`` otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _https_url(value: str, insecure_ok: bool, key: str) -> str:
-    """An http(s) URL without query or fragment; plain http only to loopback unless allowed."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{value!r} is not an http(s) URL")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{value!r} must not have a query or fragment")
-    if parts.scheme == "http" and not insecure_ok and not _is_loopback(parts.hostname):
-        raise ValueError(
-            f"{value!r} is plain http to a non-loopback host; use https or set {key}: true"
-        )
-    return value
-
-
-class PollConfig(_Model):
+class PollConfig(StrictModel):
     interval_seconds: float = Field(default=30.0, gt=0, le=WEEK, allow_inf_nan=False)
     stale_after_seconds: float | None = Field(default=None, gt=0, le=MONTH, allow_inf_nan=False)
     concurrency: int = Field(default=10, gt=0, le=MAX_CONCURRENCY)
@@ -196,161 +149,7 @@ class PollConfig(_Model):
         return self.stale_after_seconds
 
 
-def _meeting_from_str(value: Any) -> Any:
-    return {"id": value} if isinstance(value, str) else value
-
-
-class Meeting(_Model):
-    id: str
-    labels: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("id")
-    @classmethod
-    def _id(cls, value: str) -> str:
-        return _check_id(value, 128)
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_labels(value)
-
-
-def _check_labels(value: dict[str, str]) -> dict[str, str]:
-    for name in value:
-        if not _LABEL_NAME.fullmatch(name) or name.startswith("__"):
-            raise ValueError(f"invalid label name {name!r}: use [a-zA-Z_][a-zA-Z0-9_]*")
-        if name in RESERVED_LABELS:
-            raise ValueError(f"label name {name!r} clashes with a label of the exporter")
-    return value
-
-
-class Discover(_Model):
-    """Find an app's live meetings by listing its sessions (one request per page)."""
-
-    enabled: bool = False
-    per_page: int = Field(default=100, gt=0, le=1000)
-    max_meetings: int = Field(default=5000, gt=0, le=MAX_MEETINGS)
-    include: list[str] = Field(default_factory=list)  # only these meeting ids (when not empty)
-    exclude: list[str] = Field(default_factory=list)
-    name_regex: str | None = None  # re.search on the meeting's display name
-    labels: dict[str, str] = Field(default_factory=dict)  # static labels of discovered meetings
-
-    @field_validator("include", "exclude")
-    @classmethod
-    def _ids(cls, value: list[str]) -> list[str]:
-        return [_check_id(v, 128) for v in value]
-
-    @field_validator("name_regex")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except re.error as err:
-                raise ValueError(f"invalid regular expression {value!r}: {err}") from None
-        return value
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
-        return _check_labels(value)
-
-
-class AppWebhooks(_Model):
-    """Take this app's signed webhooks (``POST /webhooks/{account_id}/{app_id}``)."""
-
-    enabled: bool = False
-
-
-class _Pull(_Model):
-    """An app-level pull: off by default, at most once per ``interval_seconds``."""
-
-    enabled: bool = False
-    interval_seconds: float = Field(default=60.0, gt=0, le=WEEK, allow_inf_nan=False)
-
-
-class Recordings(_Pull):
-    """Watch the app's recordings with one windowed listing per interval (``GET /recordings``)."""
-
-    window_hours: float = Field(default=24.0, gt=0, le=24 * 31, allow_inf_nan=False)
-
-
-class Livestreams(_Pull):
-    """Watch the app's livestreams with one listing per interval (``GET /livestreams``)."""
-
-
-class Usage(_Pull):
-    """Minutes per day from ``GET /analytics/daywise``, pulled at most every interval."""
-
-    interval_seconds: float = Field(default=900.0, gt=0, le=WEEK, allow_inf_nan=False)
-
-
-class Quality(_Model):
-    """Call quality from the peer reports of sampled peers that left (needs webhooks)."""
-
-    enabled: bool = False
-    sample_fraction: float = Field(default=1.0, ge=0, le=1, allow_inf_nan=False)
-    max_reports_per_hour: int = Field(default=600, gt=0, le=MAX_REQUESTS)
-    delay_seconds: float = Field(default=60.0, ge=0, le=WEEK, allow_inf_nan=False)
-
-
-_PULL_KEYS: Final = ("recordings", "livestreams", "usage", "quality")
-_METRIC_KEYS: Final = ("per_meeting", "display_name")
-_NOT_YET: Final = "not implemented in this version yet; ignored"
-
-
-class MetricsOptions(_Model):
-    """Cardinality the operator controls: per-meeting series, and the title label."""
-
-    per_meeting: bool = True
-    display_name: bool = True
-
-
-class App(_TokenFields):
-    account_id: str
-    app_id: str
-    meetings: list[Annotated[Meeting, BeforeValidator(_meeting_from_str)]] = Field(
-        default_factory=list
-    )
-    discover: Discover = Discover()
-    webhooks: AppWebhooks = AppWebhooks()
-    recordings: Recordings = Recordings()
-    livestreams: Livestreams = Livestreams()
-    usage: Usage = Usage()
-    quality: Quality = Quality()
-    metrics: MetricsOptions = MetricsOptions()
-
-    @model_validator(mode="after")
-    def _something_to_watch(self) -> App:
-        if not self.meetings and not self.discover.enabled:
-            raise ValueError("meetings must list at least one entry (or enable discover)")
-        if self.quality.enabled and not self.webhooks.enabled:
-            raise ValueError(
-                "quality.enabled needs webhooks.enabled: peer ids arrive with webhook events"
-            )
-        return self
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.account_id, self.app_id)
-
-    @field_validator("account_id", "app_id")
-    @classmethod
-    def _ids(cls, value: str) -> str:
-        return _check_id(value, 64)
-
-    @field_validator("meetings")
-    @classmethod
-    def _unique(cls, value: list[Meeting]) -> list[Meeting]:
-        seen: set[str] = set()
-        for meeting in value:
-            if meeting.id in seen:
-                raise ValueError(f"meeting {meeting.id!r} is listed more than once")
-            seen.add(meeting.id)
-        return value
-
-
-class WebhooksConfig(_Model):
+class WebhooksConfig(StrictModel):
     """The webhook receiver: its own listener (off unless ``listen_address`` is set), so it can
     face the internet while ``/metrics`` stays internal."""
 
@@ -378,13 +177,26 @@ class WebhooksConfig(_Model):
         if value is None:
             return None
         insecure_ok = info.data.get("allow_insecure_http", False)
-        url = _https_url(value, insecure_ok, "webhooks.allow_insecure_http")
+        url = https_url(value, insecure_ok, "webhooks.allow_insecure_http")
         return url.rstrip("/") if info.field_name == "public_url" else url
 
+    @field_validator("public_key_file")
+    @classmethod
+    def _key_file(cls, value: str | None) -> str | None:
+        """Read and parsed here, at load, so that --config.check finds what start would."""
+        if value is not None:
+            key = "webhooks.public_key_file"
+            try:
+                read_public_key(value, key)
+            except ConfigError as err:
+                raise ValueError(err.problems[0].removeprefix(f"{key}: ")) from None
+        return value
 
-class CoordinationConfig(_Model):
+
+class CoordinationConfig(StrictModel):
     """Replicas coordinated through Redis: one budget per token, one leader per shard. The
-    password comes from ``password_file`` or ``password_env``, never from this file."""
+    password comes from ``password_file`` or ``password_env``, never from this file (nor from
+    the URL: ``redis_url`` is shown on ``/config``)."""
 
     redis_url: str
     key_prefix: str = "realtimekit-exporter"
@@ -392,6 +204,40 @@ class CoordinationConfig(_Model):
     password_env: str | None = None
     password_file: str | None = None
     ca_file: str | None = None  # CA bundle for rediss://, when not the system's
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        problems = redis_url_problems(value)
+        if problems:
+            raise ValueError("\n".join(problems))  # one line each: see _messages
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("must be non-empty, without spaces")
+        return value
+
+    @field_validator("password_env")
+    @classmethod
+    def _password_env(cls, value: str | None) -> str | None:
+        return check_env_name(value)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        url = info.data.get("redis_url")  # absent when it is invalid: said there
+        if url is not None and not url.lower().startswith("rediss://"):
+            raise ValueError("is only used with a rediss:// (TLS) redis_url")
+        try:
+            read_ca_bundle(value, "coordination.ca_file")
+        except ConfigError as err:
+            raise ValueError(err.problems[0].removeprefix("coordination.ca_file: ")) from None
+        return value
 
     @field_validator("password_file")
     @classmethod
@@ -401,7 +247,12 @@ class CoordinationConfig(_Model):
         return value
 
 
-class Config(_Model):
+_PULL_KEYS: Final = ("recordings", "livestreams", "usage", "quality")
+_METRIC_KEYS: Final = ("per_meeting", "display_name")
+_NOT_YET: Final = "not implemented in this version yet; ignored"
+
+
+class Config(StrictModel):
     api: ApiConfig = ApiConfig()
     poll: PollConfig = PollConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
@@ -458,9 +309,24 @@ class Config(_Model):
                 f"api.timeout_seconds ({api.timeout_seconds:g}) is longer than "
                 f"poll.interval_seconds ({poll.interval_seconds:g})"
             )
+        out.extend(self._reconcile_outlives_stale())
         out.extend(self._not_yet_acted_on())
         # Demand above the request budget is reported by the poller, which stretches the interval.
         return out
+
+    def _reconcile_outlives_stale(self) -> list[str]:
+        """An explicit ``stale_after_seconds`` below the reconcile interval: apps with healthy
+        webhooks are polled less often than that, so their values outlive it."""
+        stale, reconcile = self.poll.stale_after_seconds, self.webhooks.reconcile_interval_seconds
+        hooked = [f"apps[{i}]" for i, app in enumerate(self.apps) if app.webhooks.enabled]
+        if stale is None or stale >= reconcile or not hooked:
+            return []
+        return [
+            f"poll.stale_after_seconds ({stale:g}) is shorter than "
+            f"webhooks.reconcile_interval_seconds ({reconcile:g}) of {', '.join(hooked)} "
+            "(webhooks enabled): while their webhooks are healthy those apps are polled every "
+            f"{reconcile:g}s, and their values are kept that long (stale_after_seconds is a floor)"
+        ]
 
     def _not_yet_acted_on(self) -> list[str]:
         """Keys of the next round that this version accepts but does not act on yet: said at
@@ -476,6 +342,8 @@ class Config(_Model):
 
 
 def _path(loc: tuple[int | str, ...]) -> str:
+    if loc[-2:-1] and loc[-1] == "[key]":  # a bad key of a map: named by its message
+        loc = loc[:-2]
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -506,7 +374,10 @@ def _messages(err: ValidationError) -> list[str]:
             msg = msg.replace("Input should be", "must be")
             if kind.endswith("_type"):
                 msg += f" (got {yaml_type(e.get('input'))})"
-        lines.append(f"{_path(e['loc'])}: {msg}")
+        if e["loc"][-1:] == ("[key]",) and kind != "value_error":  # a key that is no string
+            msg = f"name {e['loc'][-2]!r} {msg}"
+        path = _path(e["loc"])
+        lines += [f"{path}: {line}" for line in msg.split("\n")]  # a validator's several problems
     return lines
 
 
@@ -517,9 +388,17 @@ def parse_config(data: Any) -> Config:
     if not isinstance(data, Mapping):
         raise ConfigError(["(top level): the config must be a mapping of keys"])
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_messages(err)) from None
+    if config.coordination is not None and not ha_installed():
+        raise ConfigError([HA_EXTRA])
+    return config
+
+
+def ha_installed() -> bool:
+    """Whether the packages of the ``ha`` extra (Redis coordination) can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in HA_PACKAGES)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -575,3 +454,35 @@ def read_tokens(
     if problems:
         raise ConfigError(problems)
     return tokens
+
+
+#: The blocks a reload cannot change: they are read once, at start.
+RESTART_BLOCKS: Final = ("coordination", "webhooks")
+
+
+def restart_needed(running: Config, loaded: Config) -> str | None:
+    """The line a reload logs when ``loaded`` changes a block that only a restart applies
+    (None: nothing such changed)::
+
+        config reload: coordination.redis_url, webhooks.listen_address changed; a reload keeps
+        the running values, restart to apply them
+    """
+    changed: list[str] = []
+    for block in RESTART_BLOCKS:
+        old, new = getattr(running, block), getattr(loaded, block)
+        if old == new:
+            continue
+        if old is None or new is None:
+            changed.append(block)
+            continue
+        changed += [
+            f"{block}.{name}"
+            for name in type(new).model_fields
+            if getattr(old, name) != getattr(new, name)
+        ]
+    if not changed:
+        return None
+    return (
+        f"config reload: {', '.join(changed)} changed; a reload keeps the running values, "
+        "restart to apply them"
+    )

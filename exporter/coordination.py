@@ -30,7 +30,6 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
-from urllib.parse import urlsplit
 
 import redis.asyncio as aredis
 from limits import RateLimitItem, RateLimitItemPerSecond
@@ -42,7 +41,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import LockError, RedisError
 
-from exporter.errors import ApiError, ConfigError, ExporterError
+from exporter.errors import ApiError, ExporterError
 from exporter.limiter import RateLimiter
 from exporter.model import MeetingKey, meeting_path, parse_meeting_path
 from exporter.store import MeetingState
@@ -73,32 +72,6 @@ class CoordinationSettings:
     lease_seconds: float = 15.0
     password: str | None = field(default=None, repr=False)
     ca_file: str | None = None  # CA bundle for rediss://, when not the system's
-
-    def __post_init__(self) -> None:
-        problems = _problems(self)
-        if problems:
-            raise ConfigError(problems)
-
-
-def _problems(settings: CoordinationSettings) -> list[str]:
-    problems = []
-    try:
-        url = urlsplit(settings.redis_url)
-        has_password = url.password is not None
-    except ValueError:
-        return ["coordination.redis_url: not a valid URL"]
-    if url.scheme not in ("redis", "rediss") or not url.hostname:
-        problems.append("coordination.redis_url: must be redis://host:port/db or rediss://…")
-    if has_password:
-        problems.append(
-            "coordination.redis_url: must not contain a password; "
-            "give it in a password file or environment variable"
-        )
-    if not settings.key_prefix or any(c.isspace() for c in settings.key_prefix):
-        problems.append("coordination.key_prefix: must be non-empty, without spaces")
-    if not 1.0 <= settings.lease_seconds <= 3600:
-        problems.append("coordination.lease_seconds: must be between 1 and 3600")
-    return problems
 
 
 def connect(settings: CoordinationSettings, *, timeout: float = 2.0) -> aredis.Redis:

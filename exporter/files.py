@@ -9,17 +9,22 @@ values with its aliases expanded. Every failure is a :class:`ConfigError` naming
 from __future__ import annotations
 
 import os
+import ssl
 import stat
 from collections.abc import Mapping
 from typing import Any, Final
 
 import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.errors import ConfigError
 
 # Size caps of the files the exporter reads, checked with a bounded read.
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # the config, the web config, certificates and keys
 MAX_TOKEN_BYTES: Final = 64 * 1024  # a token file
+MAX_KEY_BYTES: Final = 64 * 1024  # a PEM public key (the webhook signing key)
 #: Deepest nesting of mappings and lists a YAML file may have (a config needs 6).
 MAX_YAML_DEPTH: Final = 100
 #: Most values (scalars, mappings, lists) a YAML file may hold once its aliases are expanded.
@@ -189,3 +194,30 @@ def read_secret(
     if any(c.isspace() or not c.isprintable() for c in secret):
         raise ConfigError([f"{key}: the {what} contains whitespace or control characters"])
     return secret
+
+
+def parse_public_key(pem: bytes, *, source: str = "public key") -> rsa.RSAPublicKey:
+    """An RSA public key from PEM bytes; a :class:`ConfigError` naming ``source`` otherwise."""
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise ConfigError([f"{source}: not a PEM public key ({err})"]) from None
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ConfigError([f"{source}: a {type(key).__name__} key, RSA expected"])
+    return key
+
+
+def read_public_key(path: str, key: str) -> rsa.RSAPublicKey:
+    """The RSA public key in the PEM file ``path`` (at most :data:`MAX_KEY_BYTES`, read like
+    every file here); ``key`` names the config key in messages."""
+    return parse_public_key(read_file(path, MAX_KEY_BYTES, key), source=f"{key}: {path!r}")
+
+
+def read_ca_bundle(path: str, key: str) -> None:
+    """Check that ``path`` holds PEM CA certificates a TLS client can load (at most
+    :data:`MAX_CONFIG_BYTES`); ``key`` names the config key in messages."""
+    text = decode_text(read_file(path, MAX_CONFIG_BYTES, key), f"{key}: {path!r}")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
+    except (ssl.SSLError, ValueError):
+        raise ConfigError([f"{key}: {path!r} holds no usable PEM certificate"]) from None

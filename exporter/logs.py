@@ -20,7 +20,14 @@ from exporter.errors import ApiError
 if TYPE_CHECKING:
     from exporter.model import MeetingKey
 
-LEVELS: Final = ("debug", "info", "warning", "error")
+#: ``--log.level`` values: ``warn`` is how node_exporter (promslog) spells ``warning``.
+LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 FORMATS: Final = ("logfmt", "json")
 REDACTED: Final = "<redacted>"
 #: How often a line sums up the repeated failures that were not logged one by one.
@@ -99,7 +106,7 @@ def setup_logging(
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    root.setLevel(LEVELS[level])
     # Libraries are chatty (a line per request or job run, a warning per skipped job run that the
     # poller already counts): show them only when debugging.
     quiet = logging.DEBUG if level == "debug" else logging.ERROR

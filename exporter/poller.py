@@ -62,6 +62,21 @@ def stretched_interval(meetings: int, spacing: float, interval: float) -> float:
     return max(interval, meetings * spacing * HEADROOM)
 
 
+def over_budget(meetings: int, every: float, spacing: float) -> str | None:
+    """The warning when ``meetings`` polled every ``every`` seconds on one token whose budget
+    gives a slot every ``spacing`` seconds need more than it allows (None: they fit); said by
+    the poller, which stretches their interval, and by ``--config.check``."""
+    needed = stretched_interval(meetings, spacing, every)
+    if needed <= every:
+        return None
+    return (
+        f"{meetings} meetings every {every:g}s need {meetings / every:.2f} requests/s but the "
+        f"token's budget allows {1 / spacing:.2f}/s: polling them every {needed:.1f}s instead; "
+        f"raise poll.interval_seconds to at least {needed:.0f}, poll fewer meetings, or use a "
+        "token with more budget"
+    )
+
+
 def add_job(
     scheduler: AsyncIOScheduler,
     job_id: str,
@@ -186,13 +201,9 @@ class Poller(Jobs):
             demand = sum(1 / plan.interval_of(key.app) for key in members)  # requests/s
             every = len(members) / demand  # the configured interval (when all are alike)
             needed = stretched_interval(len(members), limiter.spacing, every)
-            if needed > every:
-                log.warning(
-                    "%d meetings every %gs need %.2f requests/s but the token's budget allows "
-                    "%.2f/s: polling them every %.1fs instead; raise poll.interval_seconds to "
-                    "at least %.0f, poll fewer meetings, or use a token with more budget",
-                    len(members), every, demand, limiter.per_second, needed, needed,
-                )  # fmt: skip
+            warning = over_budget(len(members), every, limiter.spacing)
+            if warning is not None:
+                log.warning(warning)
             for key in members:  # each stretched in proportion when needed (needed >= every)
                 own = plan.interval_of(key.app)
                 alike = abs(own - every) <= 1e-9 * every  # every meeting at one interval

@@ -29,6 +29,7 @@ from exporter.config import (
     WebhooksConfig,
     load_config,
     read_tokens,
+    restart_needed,
 )
 from exporter.discovery import Discovery, DiscoveryPlan
 from exporter.errors import ApiError, ConfigError, ExporterError
@@ -326,7 +327,7 @@ class Service:
             message = "reload: the demo has no config file to re-read"
             log.error("config reload failed, keeping the running config: %s", message)
             return False, f"reload failed, running config kept: {message}"
-        path = self.config_path
+        path, running = self.config_path, self.config
         try:
             config, tokens = await off_loop(lambda: _read(path))
             runtime = build_runtime(
@@ -348,6 +349,8 @@ class Service:
             log.exception("config reload failed, keeping the running config")
             return False, "reload failed (internal error), running config kept"
         self.health.reloaded(True)
+        if (restart := restart_needed(running, config)) is not None:
+            log.warning(restart)
         for warning in config.warnings():
             log.warning(warning)
         message = (
