@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import config, discovery, model, shard, webhooks
+from exporter import appconfig, config, discovery, model, shard, webhooks
 from exporter.config import TokenRef
 from exporter.model import MeetingKey, meeting_path, parse_meeting_path
 
@@ -22,7 +22,7 @@ def test_a_path_that_is_not_three_ids_is_refused_naming_it(text: str):
 
 
 def test_every_module_checks_ids_with_the_one_rule():
-    assert config.SAFE_ID is model.SAFE_ID
+    assert appconfig.SAFE_ID is model.SAFE_ID
     assert discovery.SAFE_ID is model.SAFE_ID
     assert webhooks.SAFE_ID is model.SAFE_ID
     assert model.SAFE_ID.fullmatch("Ab_9-x") and not model.SAFE_ID.fullmatch("a/b")
