@@ -253,7 +253,7 @@ class Coordinator:
     MIRROR_SECONDS: Final = 1.0
 
     def __init__(self, settings: CoordinationSettings, shard: str) -> None:
-        self.settings = settings
+        self.settings, self.shard = settings, shard
         self.stats = CoordinationStats()
         self.redis = connect(settings)
         self.link = link_for(settings, self.redis, self.stats)
@@ -280,6 +280,7 @@ class Coordinator:
             token,
             requests,
             period_seconds,
+            share=self.shard,  # each shard's part of the budget has its own windows
             replicas=lambda: self.registry.count,
             reserve_fraction=reserve_fraction,
         )

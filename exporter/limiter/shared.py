@@ -3,8 +3,13 @@ fallback (as gitlab-ci-pipelines-exporter keeps ``ratelimit/{local,redis}``).
 
 Keys (``P`` is ``key_prefix``; a token appears only as a hash, never itself)::
 
-    P:limits:LIMITER/<token-hash>/…   the shared budget (``limits`` moving windows)
-    P:pause:<token-hash>              Unix time until which the token is paused (after a 429)
+    P:limits:LIMITER/<token-hash>/<share>/…   the budget of one share (``limits`` moving windows)
+    P:pause:<token-hash>                      Unix time until which the token is paused (a 429)
+
+A *share* is the part of the token's budget one shard was given (:mod:`exporter.shard` splits
+it from the config): each share has its own windows, so shards never take from each other's
+part and together use the whole budget; the replicas of one shard share its windows. A 429
+pauses the whole token, so the pause is one key for every share.
 
 The shared budget is two ``limits`` moving windows in Redis plus the local even spacing of
 :class:`~exporter.client.RateLimiter`: a hard cap of ``requests`` per ``ceil(period + margin)``
@@ -75,6 +80,7 @@ class SharedLimiter(RateLimiter):
         requests: int,
         period_seconds: float,
         *,
+        share: str = "0",
         replicas: Callable[[], int] = lambda: 1,
         reserve_fraction: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
@@ -91,8 +97,8 @@ class SharedLimiter(RateLimiter):
         )
         self._link, self._replicas = link, replicas
         self._requests, self._reserve = requests, reserve_fraction
-        self._id = token_hash(token)
-        self._pause_key = link.key("pause", self._id)
+        self._id = f"{token_hash(token)}/{share}"
+        self._pause_key = link.key("pause", token_hash(token))
         storage = RedisStorage(
             f"async+{'rediss' if link.tls else 'redis'}://localhost:6379",  # unused: pool given
             implementation="redispy",
@@ -135,17 +141,21 @@ class SharedLimiter(RateLimiter):
             await self._shared_slot()
         except CoordinationError as err:
             self._redis_failed(err)
-            if fallback is None:
-                await self._fallback_slot(self._start_fallback(err))
+            if fallback is None:  # one fallback, even when callers fail at once
+                await self._fallback_slot(self._fallback or self._start_fallback(err))
             return
         if fallback is not None:
             self._recovering()
 
     async def _fallback_slot(self, fallback: RateLimiter) -> None:
+        """A slot of the fallback budget, honouring the token's pause before and after every
+        wait (a 429 that arrives meanwhile stops the request)."""
         wait = self._hold_until - self._clock()
         if wait > 0:
             await self._sleep(wait)
+        self._check_pause(self._clock())
         await fallback.acquire()
+        self._check_pause(self._clock())
 
     async def _shared_slot(self) -> None:
         for _ in range(MAX_WAITS):
@@ -182,6 +192,9 @@ class SharedLimiter(RateLimiter):
             wall=self._wall,
             sleep=self._sleep,
         )
+        left = self._paused_until - self._clock()
+        if left > 0:
+            fallback.pause(left)  # a 429 seen before the switch still holds
         self._hold_until = self._clock() + self._spread_w + fallback.spacing
         self._fallback = fallback
         log.warning(
@@ -215,13 +228,19 @@ class SharedLimiter(RateLimiter):
             raw = await self._redis_op("pause", self._link.redis.get(self._pause_key))
         except CoordinationError:
             return  # the shared slot will notice and fall back
-        left = float(raw) - self._wall() if raw else 0.0
+        left = _unix_time(raw) - self._wall()
         if left > 0:
-            super().pause(left)
+            self._pause_here(left)
+
+    def _pause_here(self, seconds: float) -> None:
+        super().pause(seconds)
+        if self._fallback is not None:
+            self._fallback.pause(seconds)
 
     def pause(self, seconds: float) -> None:
-        """Pause here at once, and on every replica (written to Redis in the background)."""
-        super().pause(seconds)
+        """Pause here at once (the fallback too), and on every replica (written to Redis in
+        the background)."""
+        self._pause_here(seconds)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -242,5 +261,14 @@ class SharedLimiter(RateLimiter):
         if await redis.set(self._pause_key, repr(until), px=ttl_ms, nx=True):
             return
         current = await redis.get(self._pause_key)
-        if current is None or float(current) < until:
+        if current is None or _unix_time(current) < until:
             await redis.set(self._pause_key, repr(until), px=ttl_ms)
+
+
+def _unix_time(raw: bytes | str | None) -> float:
+    """A pause as stored in Redis; 0 (no pause) for anything that is not a finite number."""
+    try:
+        value = float(raw) if raw is not None and len(raw) <= 32 else 0.0
+    except ValueError:
+        return 0.0
+    return value if math.isfinite(value) else 0.0
