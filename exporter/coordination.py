@@ -5,8 +5,8 @@ Keys (``P`` is ``key_prefix``; a token appears only as a hash, never itself)::
 
     P:limits:LIMITER/<token-hash>/…   the shared budget (:mod:`exporter.limiter.shared`)
     P:pause:<token-hash>              Unix time until which the token is paused (after a 429)
-    P:replicas:<replica-id>           one per live replica, with a TTL
-    P:lease:<shard>                   the shard's leader (redis-py ``Lock``, value = replica id)
+    P:replicas:<shard>                the shard's live replicas (a sorted set, by expiry)
+    P:lease:<shard>                   the shard's leader (its replica id, with a TTL)
     P:state:<shard>                   the leader's meeting states (:mod:`exporter.mirror`)
 
 Layers, one way: :mod:`exporter.redislink` (a Redis client, counted calls) ← the shared
@@ -22,16 +22,14 @@ import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
 import redis.asyncio as aredis
-from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import LockError
 
 from exporter.client import RateLimiter
 from exporter.errors import ConfigError
@@ -39,7 +37,6 @@ from exporter.limiter.shared import SharedLimiter
 from exporter.mirror import StateMirror
 from exporter.model import MeetingKey
 from exporter.redislink import (
-    REDIS_ERRORS,
     CoordinationError,
     CoordinationStats,
     RedisLink,
@@ -100,6 +97,7 @@ def connect(settings: CoordinationSettings, *, timeout: float = 2.0) -> aredis.R
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
+        driver_info=None,  # no CLIENT SETINFO: a new connection costs no extra round trips
         **options,
     )
 
@@ -117,43 +115,70 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class ReplicaRegistry:
-    """Which replicas are alive: each refreshes ``P:replicas:<id>`` with a TTL; ``count`` is
-    the number seen at the last successful refresh (at least 1, this replica)."""
+_ANNOUNCE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+_TAKE_OR_RENEW: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, ARGV[1]}
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, ARGV[1]}
+end
+return {0, holder}
+"""
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+MAX_REPLICAS: Final = 1000  # the count is capped: a flood of entries cannot zero a budget
 
-    def __init__(self, link: RedisLink, replica: str, *, lease_seconds: float) -> None:
-        self._link = link
-        self._key = link.key("replicas", replica)
-        self._pattern = link.key("replicas", "*")
+
+class ReplicaRegistry:
+    """The live replicas of one shard: a sorted set ``P:replicas:<shard>`` of replica ids scored
+    by when each entry expires (Redis' clock), refreshed by each replica; ``count`` is the number
+    seen at the last successful refresh (at least 1, this replica). One key, one script: no step
+    reads keys it does not own."""
+
+    def __init__(
+        self, link: RedisLink, replica: str, *, lease_seconds: float, shard: str = "0"
+    ) -> None:
+        self._link, self._replica = link, replica
+        self._key = link.key("replicas", shard)
         self._ttl_ms = int(lease_seconds * 2000)
         self.count = 1
 
     async def refresh(self) -> int:
-        """Announce this replica and count the others. Raises CoordinationError."""
-        await self._link.call("replicas", self._announce())
+        """Announce this replica and count the shard's. Raises CoordinationError."""
+        seen = await self._link.call(
+            "replicas", self._link.redis.eval(_ANNOUNCE, 1, self._key, self._replica, self._ttl_ms)
+        )
+        self.count = min(MAX_REPLICAS, max(1, int(seen)))
         return self.count
-
-    async def _announce(self) -> None:
-        redis = self._link.redis
-        await redis.set(self._key, b"1", px=self._ttl_ms)
-        seen = 0
-        async for _ in redis.scan_iter(match=self._pattern, count=100):
-            seen += 1
-            if seen >= 1000:
-                break
-        self.count = max(1, seen)
 
 
 class Lease:
-    """Leadership of one shard: a redis-py :class:`~redis.asyncio.lock.Lock` of
-    ``lease_seconds``, renewed every third of it.
+    """Leadership of one shard, held in one place (:attr:`is_leader`): the key
+    ``P:lease:<shard>`` holds the leader's id for ``lease_seconds``; one script takes it when
+    free or renews it when ours, every ``lease_seconds / 3``.
 
-    A standby tries to take the lease at every step, so it takes over at most ``lease +
-    lease/3`` after the holder's last renewal. The holder loses leadership when the lock turned
-    out to be someone else's, or when it could not renew for two thirds of the lease (so it
-    stops before another replica can take over). With ``hold_on_outage`` a holder that cannot
-    reach Redis at all keeps leading until Redis answers again (the issue's "keep polling inside
-    the fallback budget"); a standby never takes over while Redis is unreachable either way.
+    The leader stops leading before its lease can pass to another replica: at the latest
+    ``lease_seconds - margin`` after it *sent* its last successful renewal (Redis counts the
+    lease from when it ran the script, which is later), however slowly Redis answers — a
+    renewal still unanswered then is abandoned. ``margin`` is 10 % of the lease, at least
+    0.5 s. A standby takes over at most ``lease + lease/3`` after the holder's last renewal.
+    With ``hold_on_outage`` a holder whose Redis *refuses* connections (down for every replica)
+    keeps leading until Redis answers again; a Redis that does not answer in time may be
+    answering others, so then the holder steps down. A standby never takes over while Redis is
+    unreachable.
     """
 
     def __init__(
@@ -163,71 +188,85 @@ class Lease:
         replica: str,
         *,
         lease_seconds: float,
-        registry: ReplicaRegistry | None = None,
         hold_on_outage: bool = False,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._link, self._registry = link, registry
-        self._replica, self._hold = replica, hold_on_outage
-        self._clock, self._sleep = clock, sleep
+        self._link, self._replica, self._hold = link, replica, hold_on_outage
+        self._clock = clock
+        self.key = link.key("lease", shard)
         self.seconds = lease_seconds
         self.interval = lease_seconds / 3
-        self._lock = Lock(
-            link.redis,
-            link.key("lease", shard),
-            timeout=lease_seconds,
-            blocking=False,
-            thread_local=False,
-        )
+        self.margin = max(0.5, 0.1 * lease_seconds)
         self._leader = False
-        self._renewed = -math.inf
+        self._holding = False  # leading on through an outage (hold_on_outage)
+        self._renewed = -math.inf  # when the last successful take or renewal was sent
+        self._started = -math.inf  # when the last step began
+        self.holder = ""  # who holds the lease, as last seen ("" unknown)
 
     @property
     def is_leader(self) -> bool:
         return self._leader
 
-    async def run(self) -> None:
-        """Take or renew the lease every ``lease_seconds / 3``, until cancelled."""
-        while True:
-            await self.step()
-            await self._sleep(self.interval)
+    def deadline(self) -> float:
+        """When this leader must have stopped leading unless it renews (monotonic)."""
+        return self._renewed + self.seconds - self.margin
+
+    def next_step_in(self) -> float:
+        """Seconds until the next step is due: an interval after the last one began (however
+        long Redis took to answer it), and at the latest at a leader's deadline."""
+        due = self._started + self.interval
+        if self._leader and not self._holding:
+            due = min(due, self.deadline())
+        return max(0.0, due - self._clock())
 
     async def step(self) -> bool:
-        """One try to take or renew the lease; returns :attr:`is_leader`."""
-        started = self._clock()
+        """One try to take or renew the lease, bounded by the deadline. Returns is_leader."""
+        started = self._started = self._clock()
+        bounded = self._leader and not self._holding
+        left = self.deadline() - started if bounded else None
+        if left is not None and left <= 0:
+            self._set_leader(False, "could not renew the lease in time")
+            return False
         try:
-            await self._link.call("lease", self._take_or_renew(started))
-            if self._registry is not None:
-                await self._registry.refresh()
+            # EVAL, not EVALSHA: one round trip always (a NOSCRIPT retry would cost three)
+            take = self._link.redis.eval(_TAKE_OR_RENEW, 1, self.key, *self._args())
+            call = self._link.call("lease", take)
+            ours, holder = await asyncio.wait_for(call, timeout=left)
+        except TimeoutError:
+            self._set_leader(False, f"renewal unanswered after {left:.2f}s; stepped down in time")
         except CoordinationError as err:
-            self._unreachable(started, err)
+            self._unreachable(err)
+        else:
+            self._answered(started, bool(ours), holder)
         return self._leader
 
-    async def _take_or_renew(self, started: float) -> None:
-        if self._leader:
-            try:
-                await self._lock.reacquire()
-                self._renewed = started
-                return
-            except LockError:
-                self._set_leader(False, "the lease is no longer ours")
-        if await self._lock.acquire(blocking=False, token=self._replica):
+    def _args(self) -> list[str | int]:
+        return [self._replica, max(1, int(self.seconds * 1000))]
+
+    def _answered(self, started: float, ours: bool, holder: bytes | str) -> None:
+        self._holding = False
+        self.holder = holder.decode(errors="replace") if isinstance(holder, bytes) else holder
+        if ours:
             self._renewed = started
             self._set_leader(True, "took the lease")
+        else:
+            self._set_leader(False, "the lease is no longer ours")
 
-    def _unreachable(self, started: float, err: CoordinationError) -> None:
+    def _unreachable(self, err: CoordinationError) -> None:
         log.debug("coordination: %s", err)
-        expired = started - self._renewed >= self.seconds - self.interval
-        if self._leader and expired and not self._hold:
+        if not self._leader:
+            return
+        if self._hold and not err.timeout:
+            self._holding = True  # Redis is down for everyone: nobody can take over
+        elif self._clock() >= self.deadline():
             self._set_leader(False, "could not renew the lease in time")
 
     def _set_leader(self, leader: bool, why: str) -> None:
         if leader != self._leader:
-            log.warning(
-                "coordination: %s %s: %s", self._lock.name, "leader" if leader else "standby", why
-            )
+            log.warning("coordination: %s %s: %s", self.key, "leader" if leader else "standby", why)
         self._leader = leader
+        if not leader:
+            self._holding = False
 
     async def release(self) -> None:
         """Give the lease up (on shutdown) so a standby takes over at once."""
@@ -235,39 +274,36 @@ class Lease:
             return
         self._set_leader(False, "released")
         try:
-            await self._lock.release()
-        except (*REDIS_ERRORS, LockError) as err:
-            log.debug("coordination: release: %s", self._link.describe(err))
+            release = self._link.redis.eval(_RELEASE, 1, self.key, self._replica)
+            await self._link.call("lease", release)
+        except CoordinationError as err:
+            log.debug("coordination: release: %s", err)
 
 
 class Coordinator:
     """This process' part in a replicated deployment: one Redis client, the shared budgets of
     its tokens, the lease of its shard, and the mirror of the leader's meeting states.
 
-    :meth:`run` steps the lease every ``lease_seconds / 3`` and, every :data:`MIRROR_SECONDS`,
-    either publishes this process' states (leader) or fetches the leader's (standby), so that a
-    standby that wins the lease serves complete values at once. ``on_leader(bool)`` is called
-    on the loop whenever leadership changes.
+    :meth:`run` keeps the lease in a task of its own (every ``lease_seconds / 3``, and at its
+    deadline: a slow mirror never delays a renewal) and, every :data:`MIRROR_SECONDS`, either
+    publishes this process' states (leader) or fetches the leader's (standby), so that a standby
+    that wins the lease serves complete values at once. ``on_leader(bool)`` is called on the
+    loop whenever leadership changes.
     """
 
     MIRROR_SECONDS: Final = 1.0
 
-    def __init__(self, settings: CoordinationSettings, shard: str) -> None:
+    def __init__(
+        self, settings: CoordinationSettings, shard: str, *, replica: str | None = None
+    ) -> None:
         self.settings, self.shard = settings, shard
         self.stats = CoordinationStats()
         self.redis = connect(settings)
         self.link = link_for(settings, self.redis, self.stats)
-        self.replica = replica_id()
+        self.replica = replica or replica_id()
         lease = settings.lease_seconds
-        self.registry = ReplicaRegistry(self.link, self.replica, lease_seconds=lease)
-        self.lease = Lease(
-            self.link,
-            shard,
-            self.replica,
-            lease_seconds=lease,
-            registry=self.registry,
-            hold_on_outage=True,
-        )
+        self.registry = ReplicaRegistry(self.link, self.replica, lease_seconds=lease, shard=shard)
+        self.lease = Lease(self.link, shard, self.replica, lease_seconds=lease, hold_on_outage=True)
         self.mirror = StateMirror(self.link, shard, ttl_ms=int(lease * 10_000))
         self.mirrored: dict[MeetingKey, MeetingState] = {}  # the leader's, as last fetched
 
@@ -296,16 +332,25 @@ class Coordinator:
         on_leader: Callable[[bool], None],
     ) -> None:
         """Until cancelled: keep the lease, mirror the states, report leadership changes."""
-        next_step, reachable = 0.0, True
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._keep_lease(on_leader))
+            group.create_task(self._mirror(states))
+
+    async def _keep_lease(self, on_leader: Callable[[bool], None]) -> None:
         while True:
-            now = time.monotonic()
-            if now >= next_step:
-                next_step = now + self.lease.interval
-                before = self.lease.is_leader
-                if await self.lease.step() != before:
-                    on_leader(self.lease.is_leader)
+            before = self.lease.is_leader
+            if await self.lease.step() != before:
+                on_leader(self.lease.is_leader)
+            await asyncio.sleep(self.lease.next_step_in())
+
+    async def _mirror(self, states: Callable[[], Mapping[MeetingKey, MeetingState]]) -> None:
+        reachable, next_count = True, 0.0
+        while True:
             leader = self.lease.is_leader
             try:
+                if time.monotonic() >= next_count:
+                    next_count = time.monotonic() + self.lease.interval
+                    await self.registry.refresh()
                 if leader:
                     await self.mirror.publish(states())
                 else:

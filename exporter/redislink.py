@@ -16,6 +16,7 @@ from typing import Final, TypeVar
 
 import redis.asyncio as aredis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from exporter.errors import ExporterError
 
@@ -29,7 +30,13 @@ _T = TypeVar("_T")
 
 
 class CoordinationError(ExporterError):
-    """A Redis operation failed. The message names the operation, never the password."""
+    """A Redis operation failed. The message names the operation, never the password.
+    ``timeout``: Redis did not answer in time (it may be answering others), as opposed to
+    refusing or dropping the connection (down for everyone)."""
+
+    def __init__(self, message: str, *, timeout: bool = False) -> None:
+        super().__init__(message)
+        self.timeout = timeout
 
 
 @dataclass(slots=True)
@@ -87,6 +94,7 @@ class RedisLink:
         except REDIS_ERRORS as err:
             why = self.describe(err)
             self.stats.failed(op, why)
-            raise CoordinationError(f"redis {op} failed: {why}") from None
+            timeout = isinstance(err, RedisTimeoutError | TimeoutError)
+            raise CoordinationError(f"redis {op} failed: {why}", timeout=timeout) from None
         self.stats.succeeded()
         return result
