@@ -18,11 +18,12 @@ limiter and the mirror ← this module (settings, replicas, the lease, and the
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -110,6 +111,17 @@ def link_for(
     return RedisLink(redis, settings.key_prefix, password=settings.password, stats=stats, tls=tls)
 
 
+def deployment_of(apps: Iterable[tuple[str, str]]) -> str:
+    """A short name of a deployment: a hash of the apps its config watches (every shard and
+    replica of one deployment reads the same config, so they agree).
+
+    >>> deployment_of([("a", "y"), ("a", "x")]) == deployment_of([("a", "x"), ("a", "y")])
+    True
+    """
+    text = "\n".join(sorted({f"{account}/{app}" for account, app in apps}))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def replica_id() -> str:
     """This process's id among the replicas: the host name (the pod's) and the process id."""
     return f"{socket.gethostname()}:{os.getpid()}"
@@ -189,9 +201,12 @@ class Lease:
         *,
         lease_seconds: float,
         hold_on_outage: bool = False,
+        deployment: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._link, self._replica, self._hold = link, replica, hold_on_outage
+        self._link, self._hold, self._deployment = link, hold_on_outage, deployment
+        # The lease's value: who holds it, and of which deployment (see deployment_of).
+        self._replica = f"{replica} {deployment}" if deployment else replica
         self._clock = clock
         self.key = link.key("lease", shard)
         self.seconds = lease_seconds
@@ -202,6 +217,7 @@ class Lease:
         self._renewed = -math.inf  # when the last successful take or renewal was sent
         self._started = -math.inf  # when the last step began
         self.holder = ""  # who holds the lease, as last seen ("" unknown)
+        self.foreign = ""  # the holder's deployment when it is not ours (else "")
 
     @property
     def is_leader(self) -> bool:
@@ -246,11 +262,33 @@ class Lease:
     def _answered(self, started: float, ours: bool, holder: bytes | str) -> None:
         self._holding = False
         self.holder = holder.decode(errors="replace") if isinstance(holder, bytes) else holder
+        self._check_deployment(ours)
         if ours:
             self._renewed = started
             self._set_leader(True, "took the lease")
         else:
             self._set_leader(False, "the lease is no longer ours")
+
+    def _check_deployment(self, ours: bool) -> None:
+        """Say once (and keep in :attr:`foreign`) when the holder is of another deployment: a
+        config watching other apps under the same ``key_prefix`` would otherwise keep this
+        replica standing by, silently, for ever."""
+        replica, _, theirs = self.holder[:200].partition(" ")
+        foreign = "" if ours or not theirs or theirs == self._deployment else theirs
+        if foreign and foreign != self.foreign:
+            log.warning(
+                "coordination: %s is held by %s of another deployment (its config watches "
+                "other apps: %s, here %s); this replica stays standby and exports no meeting. "
+                "Give each deployment its own coordination.key_prefix (or, during a config "
+                "rollout, this ends when every replica runs the new config)",
+                self.key,
+                replica,
+                foreign,
+                self._deployment or "unknown",
+            )
+        elif self.foreign and not foreign:
+            log.warning("coordination: %s: no longer held by another deployment", self.key)
+        self.foreign = foreign
 
     def _unreachable(self, err: CoordinationError) -> None:
         log.debug("coordination: %s", err)
@@ -294,7 +332,12 @@ class Coordinator:
     MIRROR_SECONDS: Final = 1.0
 
     def __init__(
-        self, settings: CoordinationSettings, shard: str, *, replica: str | None = None
+        self,
+        settings: CoordinationSettings,
+        shard: str,
+        *,
+        replica: str | None = None,
+        apps: Iterable[tuple[str, str]] = (),
     ) -> None:
         self.settings, self.shard = settings, shard
         self.stats = CoordinationStats()
@@ -303,7 +346,11 @@ class Coordinator:
         self.replica = replica or replica_id()
         lease = settings.lease_seconds
         self.registry = ReplicaRegistry(self.link, self.replica, lease_seconds=lease, shard=shard)
-        self.lease = Lease(self.link, shard, self.replica, lease_seconds=lease, hold_on_outage=True)
+        deployment = deployment_of(apps)
+        self.lease = Lease(
+            self.link, shard, self.replica, lease_seconds=lease, hold_on_outage=True,
+            deployment=deployment,
+        )  # fmt: skip
         self.mirror = StateMirror(self.link, shard, ttl_ms=int(lease * 10_000))
         self.mirrored: dict[MeetingKey, MeetingState] = {}  # the leader's, as last fetched
 
@@ -325,6 +372,18 @@ class Coordinator:
     def leader(self) -> bool:
         """This replica leads its shard (the lease says so; nothing else holds it)."""
         return self.lease.is_leader
+
+    @property
+    def conflict(self) -> str:
+        """A sentence for the status page when another deployment holds this shard's lease
+        under the same ``key_prefix`` (this replica then stands by for ever), else ""."""
+        if not self.lease.foreign:
+            return ""
+        return (
+            f"Standing by: the lease {self.lease.key} is held by another deployment (config "
+            f"watching other apps, {self.lease.foreign}); give each deployment its own "
+            "coordination.key_prefix."
+        )
 
     async def run(
         self,
