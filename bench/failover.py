@@ -46,15 +46,9 @@ from bench._common import (
     table,
     tmpdir,
 )
-from exporter.coordination import (
-    CoordinationSettings,
-    CoordinationStats,
-    Coordinator,
-    ReplicaRegistry,
-    SharedLimiter,
-    connect,
-)
+from exporter.coordination import CoordinationSettings, Coordinator, connect, link_for
 from exporter.limiter import RateLimiter
+from exporter.limiter.shared import SharedLimiter
 from exporter.simulator import Simulator
 from tests.conftest import max_in_window, parse_metrics
 from tests.test_coordination import RedisServer
@@ -186,10 +180,10 @@ async def redis_cost(url: str, count: int) -> tuple[float, float]:
     """Median seconds of one acquire: (shared through Redis, local)."""
     settings = CoordinationSettings(redis_url=url, key_prefix="bench")
     redis = connect(settings)
-    stats = CoordinationStats()
-    registry = ReplicaRegistry(redis, settings, "bench", stats=stats)
+    link = link_for(settings, redis)
+    stats = link.stats
     big = (10**7, 1.0)
-    shared = SharedLimiter(redis, settings, TOKEN, *big, registry=registry, stats=stats)
+    shared = SharedLimiter(link, TOKEN, *big)
     local = RateLimiter(*big)
     await acquire_costs(shared, 20)  # connection set up
     shared_costs = await acquire_costs(shared, count)

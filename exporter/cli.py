@@ -390,7 +390,9 @@ async def run(
             stale_after=service.config.poll.stale_after,
             version=__version__,
             telemetry_path=where.telemetry_path,
-            note=_share(service).strip(),
+            note=(
+                _share(service) + ((service.coordinator and service.coordinator.conflict) or "")
+            ).strip(),
         )
 
     app = create_app(

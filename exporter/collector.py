@@ -624,6 +624,13 @@ def _coordination_metrics(state: CoordinationState) -> Iterator[Metric]:
         "1 if the last operation on Redis succeeded (shared budget, lease, state mirror).",
         1.0 if state.up else 0.0,
     )
+    yield _single(
+        "realtimekit_coordination_lease_conflict",
+        "gauge",
+        "1 if another deployment (a config watching other apps) holds this shard's lease under "
+        "the same key_prefix, so this replica stands by; else 0.",
+        1.0 if state.conflict else 0.0,
+    )
     errors = Metric(
         "realtimekit_coordination_errors", "Failed Redis operations, by operation.", "counter"
     )

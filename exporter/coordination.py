@@ -3,63 +3,47 @@ leader per shard, and the leader's meeting states mirrored so a standby takes ov
 
 Keys (``P`` is ``key_prefix``; a token appears only as a hash, never itself)::
 
-    P:limits:LIMITER/<token-hash>/…   the shared budget (``limits`` moving windows)
+    P:limits:LIMITER/<token-hash>/…   the shared budget (:mod:`exporter.limiter.shared`)
     P:pause:<token-hash>              Unix time until which the token is paused (after a 429)
-    P:replicas:<replica-id>           one per live replica, with a TTL
-    P:lease:<shard>                   the shard's leader (redis-py ``Lock``, value = replica id)
-    P:state:<shard>                   hash "account/app/meeting" → JSON of a MeetingState
+    P:replicas:<shard>                the shard's live replicas (a sorted set, by expiry)
+    P:lease:<shard>                   the shard's leader (its replica id, with a TTL)
+    P:state:<shard>                   the leader's meeting states (:mod:`exporter.mirror`)
 
-The shared budget is two ``limits`` moving windows in Redis plus the local even spacing of
-:class:`~exporter.limiter.RateLimiter`: a hard cap of ``requests`` per ``ceil(period + margin)``
-seconds (no window of ``period`` ever sees more than ``requests``, whatever the replicas do) and a
-spread cap of ``n`` per ``W`` seconds with ``n / W <= 1 / spacing`` (so replicas together do not
-fill the cap in a burst and then wait). ``limits`` alone gives only the cap: a moving window
-admits ``requests`` at once. Redis failures fall back to a local limiter with ``requests /
-replicas`` (see :class:`SharedLimiter`).
+Layers, one way: :mod:`exporter.redislink` (a Redis client, counted calls) ← the shared
+limiter and the mirror ← this module (settings, replicas, the lease, and the
+:class:`Coordinator` that ties them together). Leadership is held in one place:
+:attr:`Lease.is_leader`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 
 import redis.asyncio as aredis
-from limits import RateLimitItem, RateLimitItemPerSecond
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
-from pydantic import TypeAdapter, ValidationError
-from redis.asyncio.lock import Lock
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import LockError, RedisError
 
-from exporter.errors import ApiError, ExporterError
 from exporter.limiter import RateLimiter
-from exporter.model import MeetingKey, meeting_path, parse_meeting_path
+from exporter.limiter.shared import SharedLimiter
+from exporter.mirror import StateMirror
+from exporter.model import MeetingKey
+from exporter.redislink import (
+    CoordinationError,
+    CoordinationStats,
+    RedisLink,
+    log,
+)
 from exporter.store import MeetingState
 
-log = logging.getLogger(__name__)
-
-#: Values of the ``op`` label of ``realtimekit_coordination_errors_total``.
-OPS: Final = ("limiter", "pause", "replicas", "lease", "publish", "fetch")
-PAUSE_READ_SECONDS: Final = 1.0  # how often acquire reads the shared pause
-RECONNECT_SECONDS: Final = 1.0  # how often a replica in fallback tries Redis again
-MAX_WAITS: Final = 10_000  # bound on the waits of one acquire for a full shared window
-_STATE: Final = TypeAdapter(MeetingState)
-_T = TypeVar("_T")
-_REDIS_ERRORS: Final = (RedisError, OSError)
-
-
-class CoordinationError(ExporterError):
-    """A Redis operation failed. The message names the operation, never the password."""
+__all__ = ["CoordinationError", "CoordinationSettings", "Coordinator", "Lease", "connect"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +70,28 @@ def connect(settings: CoordinationSettings, *, timeout: float = 2.0) -> aredis.R
         socket_connect_timeout=timeout,
         socket_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
+        driver_info=None,  # no CLIENT SETINFO: a new connection costs no extra round trips
         **options,
     )
+
+
+def link_for(
+    settings: CoordinationSettings, redis: aredis.Redis, stats: CoordinationStats | None = None
+) -> RedisLink:
+    """The :class:`RedisLink` of ``settings`` over ``redis`` (the password hidden in errors)."""
+    tls = settings.redis_url.startswith("rediss:")
+    return RedisLink(redis, settings.key_prefix, password=settings.password, stats=stats, tls=tls)
+
+
+def deployment_of(apps: Iterable[tuple[str, str]]) -> str:
+    """A short name of a deployment: a hash of the apps its config watches (every shard and
+    replica of one deployment reads the same config, so they agree).
+
+    >>> deployment_of([("a", "y"), ("a", "x")]) == deployment_of([("a", "x"), ("a", "y")])
+    True
+    """
+    text = "\n".join(sorted({f"{account}/{app}" for account, app in apps}))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def replica_id() -> str:
@@ -95,384 +99,184 @@ def replica_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def token_hash(token: str) -> str:
-    """The name of a token in Redis keys: a hash, so the token itself is never stored."""
-    return hashlib.sha256(token.encode()).hexdigest()[:32]
-
-
-@dataclass(slots=True)
-class CoordinationStats:
-    """What the collector exports: ``realtimekit_coordination_up``,
-    ``realtimekit_exporter_leader`` and ``realtimekit_coordination_errors_total{op}``."""
-
-    up: bool = False
-    leader: bool = False
-    errors: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OPS, 0))
-    last_error: str = ""  # what the last failure said (the password cut out)
-
-    def failed(self, op: str, why: str = "") -> None:
-        self.errors[op] = self.errors.get(op, 0) + 1
-        self.up = False
-        self.last_error = why
-
-    def succeeded(self) -> None:
-        self.up = True
-
-
-def _describe(err: BaseException, settings: CoordinationSettings) -> str:
-    """An error's type and text, with the password cut out should a library ever show it."""
-    text = f"{type(err).__name__}: {err}"
-    return text.replace(settings.password, "***") if settings.password else text
-
-
-async def _call(
-    stats: CoordinationStats,
-    settings: CoordinationSettings,
-    op: str,
-    action: Awaitable[_T],
-) -> _T:
-    """Run one Redis operation: count it, and translate a failure into CoordinationError."""
-    try:
-        result = await action
-    except _REDIS_ERRORS as err:
-        why = _describe(err, settings)
-        stats.failed(op, why)
-        raise CoordinationError(f"redis {op} failed: {why}") from None
-    stats.succeeded()
-    return result
+_ANNOUNCE: Final = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return redis.call('ZCARD', KEYS[1])
+"""
+_TAKE_OR_RENEW: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, ARGV[1]}
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {1, ARGV[1]}
+end
+return {0, holder}
+"""
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+MAX_REPLICAS: Final = 1000  # the count is capped: a flood of entries cannot zero a budget
 
 
 class ReplicaRegistry:
-    """Which replicas are alive: each refreshes ``P:replicas:<id>`` with a TTL; ``count`` is
-    the number seen at the last successful refresh (at least 1, this replica)."""
+    """The live replicas of one shard: a sorted set ``P:replicas:<shard>`` of replica ids scored
+    by when each entry expires (Redis' clock), refreshed by each replica; ``count`` is the number
+    seen at the last successful refresh (at least 1, this replica). One key, one script: no step
+    reads keys it does not own."""
 
     def __init__(
-        self,
-        redis: aredis.Redis,
-        settings: CoordinationSettings,
-        replica: str,
-        *,
-        stats: CoordinationStats,
+        self, link: RedisLink, replica: str, *, lease_seconds: float, shard: str = "0"
     ) -> None:
-        self._redis, self._settings, self._stats = redis, settings, stats
-        self._key = f"{settings.key_prefix}:replicas:{replica}"
-        self._pattern = f"{settings.key_prefix}:replicas:*"
-        self._ttl_ms = int(settings.lease_seconds * 2000)
+        self._link, self._replica = link, replica
+        self._key = link.key("replicas", shard)
+        self._ttl_ms = int(lease_seconds * 2000)
         self.count = 1
 
     async def refresh(self) -> int:
-        """Announce this replica and count the others. Raises CoordinationError."""
-        await _call(self._stats, self._settings, "replicas", self._announce())
+        """Announce this replica and count the shard's. Raises CoordinationError."""
+        seen = await self._link.call(
+            "replicas", self._link.redis.eval(_ANNOUNCE, 1, self._key, self._replica, self._ttl_ms)
+        )
+        self.count = min(MAX_REPLICAS, max(1, int(seen)))
         return self.count
-
-    async def _announce(self) -> None:
-        await self._redis.set(self._key, b"1", px=self._ttl_ms)
-        seen = 0
-        async for _ in self._redis.scan_iter(match=self._pattern, count=100):
-            seen += 1
-            if seen >= 1000:
-                break
-        self.count = max(1, seen)
-
-
-def spread_window(spacing: float, period: float) -> tuple[int, int]:
-    """``(n, W)``: at most ``n`` requests per ``W`` whole seconds, ``n / W <= 1 / spacing``,
-    the smallest ``W`` that keeps at least 90 % of the rate (``W`` at most ``period``).
-
-    >>> spread_window(0.125, 2.0), spread_window(0.2525, 300)
-    ((8, 1), (11, 3))
-    """
-    best = (1, max(1, math.ceil(spacing)))
-    for width in range(1, max(1, int(period)) + 1):
-        count = math.floor(width / spacing + 1e-9)
-        if count >= 1 and count / width >= 0.9 / spacing:
-            return count, width
-    return best
-
-
-class SharedLimiter(RateLimiter):
-    """A :class:`~exporter.limiter.RateLimiter` whose budget every replica on the same token
-    shares through Redis, and whose 429 pause reaches every replica.
-
-    ``acquire`` waits for the local spacing, then for an entry in both shared windows (see the
-    module docstring). When Redis fails, the replica falls back to a local limiter with
-    ``requests / replicas`` (the replicas last seen), logs it once, and tries Redis again every
-    second. Switching either way never exceeds the budget: the fallback starts only after one
-    spread window plus one of its own spacings, and after Redis is back the fallback keeps
-    limiting (while the shared windows record again) for one more hard-cap window.
-
-    Limits: an asymmetric partition (this replica cut off, the others not) can add up to
-    ``requests / replicas`` in a period; replica clocks must agree (NTP) within the margin, as
-    ``limits`` stamps entries with the client's time.
-    """
-
-    def __init__(
-        self,
-        redis: aredis.Redis,
-        settings: CoordinationSettings,
-        token: str,
-        requests: int,
-        period_seconds: float,
-        *,
-        registry: ReplicaRegistry,
-        stats: CoordinationStats,
-        reserve_fraction: float = 0.0,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        super().__init__(
-            requests,
-            period_seconds,
-            reserve_fraction=reserve_fraction,
-            clock=clock,
-            wall=wall,
-            sleep=sleep,
-        )
-        self._redis, self._settings, self._stats, self._registry = redis, settings, stats, registry
-        self._requests, self._reserve = requests, reserve_fraction
-        self._id = token_hash(token)
-        self._pause_key = f"{settings.key_prefix}:pause:{self._id}"
-        storage = RedisStorage(
-            "async+"
-            + settings.redis_url.split("://", 1)[0]
-            + "://localhost:6379",  # unused: the pool is given
-            implementation="redispy",
-            key_prefix=f"{settings.key_prefix}:limits",
-            connection_pool=redis.connection_pool,  # type: ignore[arg-type]
-        )
-        self._windows = MovingWindowRateLimiter(storage)
-        usable = max(1, math.floor(requests * (1.0 - reserve_fraction)))
-        self._hard_seconds = math.ceil(period_seconds + max(0.5, 0.01 * period_seconds))
-        self._cap = RateLimitItemPerSecond(usable, self._hard_seconds)
-        self._spread_n, self._spread_w = spread_window(self.spacing, period_seconds)
-        self._spread = RateLimitItemPerSecond(self._spread_n, self._spread_w)
-        self._fallback: RateLimiter | None = None
-        self._hold_until = 0.0  # no fallback request before this (monotonic)
-        self._retry_at = 0.0  # no Redis attempt in fallback before this
-        self._both_until = 0.0  # after a reconnect: fallback limits too until this
-        self._pause_read = -math.inf
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def fallback(self) -> bool:
-        """True while Redis is unreachable and the local fallback budget applies."""
-        return self._fallback is not None
-
-    def has_spare(self) -> bool:
-        spare = super().has_spare()
-        return spare and (self._fallback is None or self._fallback.has_spare())
-
-    async def acquire(self) -> None:
-        """Wait for a slot of the shared budget. Raises ``ApiError("rate_limited")`` while any
-        replica's 429 pauses the token."""
-        await self._read_pause()
-        await super().acquire()
-        fallback = self._fallback
-        if fallback is not None:
-            await self._fallback_slot(fallback)
-            if self._clock() < self._retry_at:
-                return
-        try:
-            await self._shared_slot()
-        except CoordinationError as err:
-            self._redis_failed(err)
-            if fallback is None:
-                await self._fallback_slot(self._start_fallback(err))
-            return
-        if fallback is not None:
-            self._recovering()
-
-    async def _fallback_slot(self, fallback: RateLimiter) -> None:
-        wait = self._hold_until - self._clock()
-        if wait > 0:
-            await self._sleep(wait)
-        await fallback.acquire()
-
-    async def _shared_slot(self) -> None:
-        for _ in range(MAX_WAITS):
-            full = await self._full_window()
-            if full is None:
-                return
-            stats = await self._redis_op("limiter", self._windows.get_window_stats(full, self._id))
-            await self._sleep(min(max(stats.reset_time - self._wall(), 0.005), self.period))
-            self._check_pause(self._clock())
-        raise ApiError("rate_limited", "not sent: the shared budget stayed full")
-
-    async def _full_window(self) -> RateLimitItem | None:
-        """Take an entry in both windows; the window that was full, or None when both gave."""
-        for item in (self._spread, self._cap):
-            if not await self._redis_op("limiter", self._windows.hit(item, self._id)):
-                return item
-        return None
-
-    def _redis_op(self, op: str, action: Awaitable[_T]) -> Coroutine[Any, Any, _T]:
-        return _call(self._stats, self._settings, op, action)
-
-    def _redis_failed(self, err: CoordinationError) -> None:
-        self._retry_at = self._clock() + RECONNECT_SECONDS
-        self._both_until = 0.0
-        log.debug("coordination: %s", err)
-
-    def _start_fallback(self, err: CoordinationError) -> RateLimiter:
-        replicas = self._registry.count
-        fallback = RateLimiter(
-            max(1, self._requests // replicas),
-            self.period,
-            reserve_fraction=self._reserve,
-            clock=self._clock,
-            wall=self._wall,
-            sleep=self._sleep,
-        )
-        self._hold_until = self._clock() + self._spread_w + fallback.spacing
-        self._fallback = fallback
-        log.warning(
-            "coordination: Redis unreachable (%s); this replica now limits itself to %d "
-            "requests per %gs (the budget / %d replicas) until Redis is back",
-            err,
-            max(1, self._requests // replicas),
-            self.period,
-            replicas,
-        )
-        return fallback
-
-    def _recovering(self) -> None:
-        if self._fallback is None:  # another caller finished the recovery
-            return
-        now = self._clock()
-        self._retry_at = 0.0
-        if self._both_until == 0.0:
-            self._both_until = now + self._hard_seconds + RECONNECT_SECONDS
-        elif now >= self._both_until:
-            self._fallback, self._both_until = None, 0.0
-            log.warning("coordination: Redis is back; the shared budget applies again")
-
-    async def _read_pause(self) -> None:
-        """Take over a pause another replica published (read at most once a second)."""
-        now = self._clock()
-        if now < self._pause_read + PAUSE_READ_SECONDS or now < self._retry_at:
-            return
-        self._pause_read = now
-        try:
-            raw = await self._redis_op("pause", self._redis.get(self._pause_key))
-        except CoordinationError:
-            return  # the shared slot will notice and fall back
-        left = float(raw) - self._wall() if raw else 0.0
-        if left > 0:
-            super().pause(left)
-
-    def pause(self, seconds: float) -> None:
-        """Pause here at once, and on every replica (written to Redis in the background)."""
-        super().pause(seconds)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(self._publish_pause(self._wall() + max(0.0, seconds)))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _publish_pause(self, until: float) -> None:
-        ttl = max(1, math.ceil((until - self._wall()) * 1000))
-        try:
-            await self._redis_op("pause", self._write_pause(until, ttl))
-        except CoordinationError as err:
-            log.debug("coordination: %s", err)
-
-    async def _write_pause(self, until: float, ttl_ms: int) -> None:
-        if await self._redis.set(self._pause_key, repr(until), px=ttl_ms, nx=True):
-            return
-        current = await self._redis.get(self._pause_key)
-        if current is None or float(current) < until:
-            await self._redis.set(self._pause_key, repr(until), px=ttl_ms)
 
 
 class Lease:
-    """Leadership of one shard: a redis-py :class:`~redis.asyncio.lock.Lock` of
-    ``lease_seconds``, renewed every third of it.
+    """Leadership of one shard, held in one place (:attr:`is_leader`): the key
+    ``P:lease:<shard>`` holds the leader's id for ``lease_seconds``; one script takes it when
+    free or renews it when ours, every ``lease_seconds / 3``.
 
-    A standby tries to take the lease at every step, so it takes over at most ``lease +
-    lease/3`` after the holder's last renewal. The holder loses leadership when the lock turned
-    out to be someone else's, or when it could not renew for two thirds of the lease (so it
-    stops before another replica can take over). With ``hold_on_outage`` a holder that cannot
-    reach Redis at all keeps leading until Redis answers again (the issue's "keep polling inside
-    the fallback budget"); a standby never takes over while Redis is unreachable either way.
+    The leader stops leading before its lease can pass to another replica: at the latest
+    ``lease_seconds - margin`` after it *sent* its last successful renewal (Redis counts the
+    lease from when it ran the script, which is later), however slowly Redis answers — a
+    renewal still unanswered then is abandoned. ``margin`` is 10 % of the lease, at least
+    0.5 s. A standby takes over at most ``lease + lease/3`` after the holder's last renewal.
+    With ``hold_on_outage`` a holder whose Redis *refuses* connections (down for every replica)
+    keeps leading until Redis answers again; a Redis that does not answer in time may be
+    answering others, so then the holder steps down. A standby never takes over while Redis is
+    unreachable.
     """
 
     def __init__(
         self,
-        redis: aredis.Redis,
-        settings: CoordinationSettings,
+        link: RedisLink,
         shard: str,
         replica: str,
         *,
-        stats: CoordinationStats,
-        registry: ReplicaRegistry | None = None,
+        lease_seconds: float,
         hold_on_outage: bool = False,
+        deployment: str = "",
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self._settings, self._stats, self._registry = settings, stats, registry
-        self._replica, self._hold = replica, hold_on_outage
-        self._clock, self._sleep = clock, sleep
-        self.interval = settings.lease_seconds / 3
-        self._lock = Lock(
-            redis,
-            f"{settings.key_prefix}:lease:{shard}",
-            timeout=settings.lease_seconds,
-            blocking=False,
-            thread_local=False,
-        )
+        self._link, self._hold, self._deployment = link, hold_on_outage, deployment
+        # The lease's value: who holds it, and of which deployment (see deployment_of).
+        self._replica = f"{replica} {deployment}" if deployment else replica
+        self._clock = clock
+        self.key = link.key("lease", shard)
+        self.seconds = lease_seconds
+        self.interval = lease_seconds / 3
+        self.margin = max(0.5, 0.1 * lease_seconds)
         self._leader = False
-        self._renewed = -math.inf
+        self._holding = False  # leading on through an outage (hold_on_outage)
+        self._renewed = -math.inf  # when the last successful take or renewal was sent
+        self._started = -math.inf  # when the last step began
+        self.holder = ""  # who holds the lease, as last seen ("" unknown)
+        self.foreign = ""  # the holder's deployment when it is not ours (else "")
 
     @property
     def is_leader(self) -> bool:
         return self._leader
 
-    async def run(self) -> None:
-        """Take or renew the lease every ``lease_seconds / 3``, until cancelled."""
-        while True:
-            await self.step()
-            await self._sleep(self.interval)
+    def deadline(self) -> float:
+        """When this leader must have stopped leading unless it renews (monotonic)."""
+        return self._renewed + self.seconds - self.margin
+
+    def next_step_in(self) -> float:
+        """Seconds until the next step is due: an interval after the last one began (however
+        long Redis took to answer it), and at the latest at a leader's deadline."""
+        due = self._started + self.interval
+        if self._leader and not self._holding:
+            due = min(due, self.deadline())
+        return max(0.0, due - self._clock())
 
     async def step(self) -> bool:
-        """One try to take or renew the lease; returns :attr:`is_leader`."""
-        started = self._clock()
+        """One try to take or renew the lease, bounded by the deadline. Returns is_leader."""
+        started = self._started = self._clock()
+        bounded = self._leader and not self._holding
+        left = self.deadline() - started if bounded else None
+        if left is not None and left <= 0:
+            self._set_leader(False, "could not renew the lease in time")
+            return False
         try:
-            await _call(self._stats, self._settings, "lease", self._take_or_renew(started))
-            if self._registry is not None:
-                await self._registry.refresh()
+            # EVAL, not EVALSHA: one round trip always (a NOSCRIPT retry would cost three)
+            take = self._link.redis.eval(_TAKE_OR_RENEW, 1, self.key, *self._args())
+            call = self._link.call("lease", take)
+            ours, holder = await asyncio.wait_for(call, timeout=left)
+        except TimeoutError:
+            self._set_leader(False, f"renewal unanswered after {left:.2f}s; stepped down in time")
         except CoordinationError as err:
-            self._unreachable(started, err)
-        self._stats.leader = self._leader
+            self._unreachable(err)
+        else:
+            self._answered(started, bool(ours), holder)
         return self._leader
 
-    async def _take_or_renew(self, started: float) -> None:
-        if self._leader:
-            try:
-                await self._lock.reacquire()
-                self._renewed = started
-                return
-            except LockError:
-                self._set_leader(False, "the lease is no longer ours")
-        if await self._lock.acquire(blocking=False, token=self._replica):
+    def _args(self) -> list[str | int]:
+        return [self._replica, max(1, int(self.seconds * 1000))]
+
+    def _answered(self, started: float, ours: bool, holder: bytes | str) -> None:
+        self._holding = False
+        self.holder = holder.decode(errors="replace") if isinstance(holder, bytes) else holder
+        self._check_deployment(ours)
+        if ours:
             self._renewed = started
             self._set_leader(True, "took the lease")
+        else:
+            self._set_leader(False, "the lease is no longer ours")
 
-    def _unreachable(self, started: float, err: CoordinationError) -> None:
+    def _check_deployment(self, ours: bool) -> None:
+        """Say once (and keep in :attr:`foreign`) when the holder is of another deployment: a
+        config watching other apps under the same ``key_prefix`` would otherwise keep this
+        replica standing by, silently, for ever."""
+        replica, _, theirs = self.holder[:200].partition(" ")
+        foreign = "" if ours or not theirs or theirs == self._deployment else theirs
+        if foreign and foreign != self.foreign:
+            log.warning(
+                "coordination: %s is held by %s of another deployment (its config watches "
+                "other apps: %s, here %s); this replica stays standby and exports no meeting. "
+                "Give each deployment its own coordination.key_prefix (or, during a config "
+                "rollout, this ends when every replica runs the new config)",
+                self.key,
+                replica,
+                foreign,
+                self._deployment or "unknown",
+            )
+        elif self.foreign and not foreign:
+            log.warning("coordination: %s: no longer held by another deployment", self.key)
+        self.foreign = foreign
+
+    def _unreachable(self, err: CoordinationError) -> None:
         log.debug("coordination: %s", err)
-        expired = started - self._renewed >= self._settings.lease_seconds - self.interval
-        if self._leader and expired and not self._hold:
+        if not self._leader:
+            return
+        if self._hold and not err.timeout:
+            self._holding = True  # Redis is down for everyone: nobody can take over
+        elif self._clock() >= self.deadline():
             self._set_leader(False, "could not renew the lease in time")
 
     def _set_leader(self, leader: bool, why: str) -> None:
         if leader != self._leader:
-            log.warning(
-                "coordination: %s %s: %s", self._lock.name, "leader" if leader else "standby", why
-            )
+            log.warning("coordination: %s %s: %s", self.key, "leader" if leader else "standby", why)
         self._leader = leader
-        self._stats.leader = leader
+        if not leader:
+            self._holding = False
 
     async def release(self) -> None:
         """Give the lease up (on shutdown) so a standby takes over at once."""
@@ -480,117 +284,46 @@ class Lease:
             return
         self._set_leader(False, "released")
         try:
-            await self._lock.release()
-        except (*_REDIS_ERRORS, LockError) as err:
-            log.debug("coordination: release: %s", _describe(err, self._settings))
-
-
-def encode_state(state: MeetingState) -> bytes:
-    """A meeting state as compact JSON; fields at their defaults are left out.
-
-    >>> encode_state(MeetingState(up=True))
-    b'{"up":true}'
-    """
-    return _STATE.dump_json(state, exclude_defaults=True)
-
-
-def decode_state(data: bytes | str) -> MeetingState:
-    """The inverse of :func:`encode_state`. Raises ValueError naming what is wrong."""
-    try:
-        state = _STATE.validate_json(data)
-    except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
-        raise ValueError(f"invalid meeting state: {problems}") from None
-    if len(state.errors) != len(MeetingState().errors):
-        raise ValueError(f"invalid meeting state: errors: {len(state.errors)} counts")
-    return state
-
-
-def _key(field_name: bytes | str) -> MeetingKey:
-    text = field_name.decode() if isinstance(field_name, bytes) else field_name
-    return parse_meeting_path(text)
-
-
-class StateMirror:
-    """The leader's meeting states in ``P:state:<shard>``: the leader publishes after each
-    change batch, every replica fetches them every few seconds."""
-
-    def __init__(
-        self,
-        redis: aredis.Redis,
-        settings: CoordinationSettings,
-        shard: str,
-        *,
-        stats: CoordinationStats,
-    ) -> None:
-        self._redis, self._settings, self._stats = redis, settings, stats
-        self._key = f"{settings.key_prefix}:state:{shard}"
-        self._ttl_ms = int(settings.lease_seconds * 10_000)
-        self._published: dict[MeetingKey, MeetingState] | None = None
-
-    async def publish(self, states: Mapping[MeetingKey, MeetingState]) -> None:
-        """Make the mirror equal ``states`` (only what changed since the last publish is sent;
-        everything after a failure). Raises CoordinationError."""
-        previous, self._published = self._published, None
-        pipe = self._redis.pipeline(transaction=True)
-        if previous is None:
-            pipe.delete(self._key)
-            previous = {}
-        changed = {
-            meeting_path(k): encode_state(v) for k, v in states.items() if previous.get(k) is not v
-        }
-        gone = [meeting_path(k) for k in previous if k not in states]
-        if changed:
-            pipe.hset(self._key, mapping=changed)  # type: ignore[arg-type]
-        if gone:
-            pipe.hdel(self._key, *gone)
-        pipe.pexpire(self._key, self._ttl_ms)
-        await _call(self._stats, self._settings, "publish", pipe.execute())
-        self._published = dict(states)
-
-    async def fetch(self) -> dict[MeetingKey, MeetingState]:
-        """The mirrored states; entries that cannot be read are left out (and logged).
-        Raises CoordinationError."""
-        raw: dict[bytes | str, bytes | str] = await _call(
-            self._stats, self._settings, "fetch", self._redis.hgetall(self._key)
-        )
-        states = {}
-        for name, value in raw.items():
-            try:
-                states[_key(name)] = decode_state(value)
-            except ValueError as err:
-                log.warning("coordination: %s: skipped: %s", self._key, err)
-        return states
+            release = self._link.redis.eval(_RELEASE, 1, self.key, self._replica)
+            await self._link.call("lease", release)
+        except CoordinationError as err:
+            log.debug("coordination: release: %s", err)
 
 
 class Coordinator:
     """This process' part in a replicated deployment: one Redis client, the shared budgets of
     its tokens, the lease of its shard, and the mirror of the leader's meeting states.
 
-    :meth:`run` steps the lease every ``lease_seconds / 3`` and, every :data:`MIRROR_SECONDS`,
-    either publishes this process' states (leader) or fetches the leader's (standby), so that a
-    standby that wins the lease serves complete values at once. ``on_leader(bool)`` is called
-    on the loop whenever leadership changes.
+    :meth:`run` keeps the lease in a task of its own (every ``lease_seconds / 3``, and at its
+    deadline: a slow mirror never delays a renewal) and, every :data:`MIRROR_SECONDS`, either
+    publishes this process' states (leader) or fetches the leader's (standby), so that a standby
+    that wins the lease serves complete values at once. ``on_leader(bool)`` is called on the
+    loop whenever leadership changes.
     """
 
     MIRROR_SECONDS: Final = 1.0
 
-    def __init__(self, settings: CoordinationSettings, shard: str) -> None:
-        self.settings = settings
+    def __init__(
+        self,
+        settings: CoordinationSettings,
+        shard: str,
+        *,
+        replica: str | None = None,
+        apps: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        self.settings, self.shard = settings, shard
         self.stats = CoordinationStats()
         self.redis = connect(settings)
-        self.replica = replica_id()
-        self.registry = ReplicaRegistry(self.redis, settings, self.replica, stats=self.stats)
+        self.link = link_for(settings, self.redis, self.stats)
+        self.replica = replica or replica_id()
+        lease = settings.lease_seconds
+        self.registry = ReplicaRegistry(self.link, self.replica, lease_seconds=lease, shard=shard)
+        deployment = deployment_of(apps)
         self.lease = Lease(
-            self.redis,
-            settings,
-            shard,
-            self.replica,
-            stats=self.stats,
-            registry=self.registry,
-            hold_on_outage=True,
-        )
-        self.mirror = StateMirror(self.redis, settings, shard, stats=self.stats)
+            self.link, shard, self.replica, lease_seconds=lease, hold_on_outage=True,
+            deployment=deployment,
+        )  # fmt: skip
+        self.mirror = StateMirror(self.link, shard, ttl_ms=int(lease * 10_000))
         self.mirrored: dict[MeetingKey, MeetingState] = {}  # the leader's, as last fetched
 
     def limiter(
@@ -598,14 +331,30 @@ class Coordinator:
     ) -> RateLimiter:
         """The token's budget, shared by every replica."""
         return SharedLimiter(
-            self.redis,
-            self.settings,
+            self.link,
             token,
             requests,
             period_seconds,
-            registry=self.registry,
-            stats=self.stats,
+            share=self.shard,  # each shard's part of the budget has its own windows
+            replicas=lambda: self.registry.count,
             reserve_fraction=reserve_fraction,
+        )
+
+    @property
+    def leader(self) -> bool:
+        """This replica leads its shard (the lease says so; nothing else holds it)."""
+        return self.lease.is_leader
+
+    @property
+    def conflict(self) -> str:
+        """A sentence for the status page when another deployment holds this shard's lease
+        under the same ``key_prefix`` (this replica then stands by for ever), else ""."""
+        if not self.lease.foreign:
+            return ""
+        return (
+            f"Standing by: the lease {self.lease.key} is held by another deployment (config "
+            f"watching other apps, {self.lease.foreign}); give each deployment its own "
+            "coordination.key_prefix."
         )
 
     async def run(
@@ -614,15 +363,25 @@ class Coordinator:
         on_leader: Callable[[bool], None],
     ) -> None:
         """Until cancelled: keep the lease, mirror the states, report leadership changes."""
-        leader, next_step, reachable = False, 0.0, True
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._keep_lease(on_leader))
+            group.create_task(self._mirror(states))
+
+    async def _keep_lease(self, on_leader: Callable[[bool], None]) -> None:
         while True:
-            now = time.monotonic()
-            if now >= next_step:
-                next_step = now + self.lease.interval
-                if await self.lease.step() != leader:
-                    leader = self.lease.is_leader
-                    on_leader(leader)
+            before = self.lease.is_leader
+            if await self.lease.step() != before:
+                on_leader(self.lease.is_leader)
+            await asyncio.sleep(self.lease.next_step_in())
+
+    async def _mirror(self, states: Callable[[], Mapping[MeetingKey, MeetingState]]) -> None:
+        reachable, next_count = True, 0.0
+        while True:
+            leader = self.lease.is_leader
             try:
+                if time.monotonic() >= next_count:
+                    next_count = time.monotonic() + self.lease.interval
+                    await self.registry.refresh()
                 if leader:
                     await self.mirror.publish(states())
                 else:

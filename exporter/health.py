@@ -80,6 +80,7 @@ class CoordinationState:
     up: bool  # Redis reachable at the last operation
     leader: bool  # this replica polls and exports its shard's meetings
     errors: dict[str, int]  # failed Redis operations, by operation
+    conflict: str = ""  # another deployment holds this shard's lease (a sentence), else ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -273,7 +273,9 @@ class Service:
         """For the collector: Redis reachable, this replica the leader, errors by operation."""
         assert self.coordinator is not None
         stats = self.coordinator.stats
-        return CoordinationState(stats.up, self.leader, dict(stats.errors))
+        return CoordinationState(
+            stats.up, self.leader, dict(stats.errors), self.coordinator.conflict
+        )
 
     def _make_limiter(self, token: str, budget: RateLimit) -> RateLimiter:
         if self.coordinator is None:
@@ -410,7 +412,7 @@ def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Co
         password=password,
         ca_file=block.ca_file,
     )
-    return Coordinator(settings, shard=str(sharding.shard))
+    return Coordinator(settings, shard=str(sharding.shard), apps=[a.key for a in config.apps])
 
 
 def _read(path: str) -> tuple[Config, Tokens]:

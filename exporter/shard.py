@@ -29,7 +29,6 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Final
 
 from exporter.config import App, Config, Meeting, RateLimit, TokenRef
@@ -242,18 +241,6 @@ def request_split(config: Config, total: int) -> dict[tuple[TokenSource, int], i
             )
         out.update(((token, s), n) for s, n in apportion(budget, demand).items())
     return out
-
-
-def _round_down(fraction: Fraction) -> float:
-    value = float(fraction)
-    return math.nextafter(value, 0.0) if Fraction(value) > fraction else value
-
-
-def budget_shares(config: Config, total: int) -> dict[tuple[TokenSource, int], float]:
-    """Fraction of each token's budget per (token, shard) that uses it: > 0 for each, and the
-    fractions of a token add up to at most 1 (each is rounded down to a float)."""
-    budget = config.api.rate_limit.requests
-    return {k: _round_down(Fraction(n, budget)) for k, n in request_split(config, total).items()}
 
 
 def shard_rate_limits(config: Config, shard: int, total: int) -> dict[TokenSource, RateLimit]:

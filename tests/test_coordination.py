@@ -10,23 +10,20 @@ import time
 from collections.abc import Awaitable, Callable
 
 import pytest
+from redis.asyncio import Redis
 
 from exporter.coordination import (
-    CoordinationError,
     CoordinationSettings,
-    CoordinationStats,
     Lease,
     ReplicaRegistry,
-    SharedLimiter,
-    StateMirror,
     connect,
-    decode_state,
-    encode_state,
-    spread_window,
-    token_hash,
+    link_for,
 )
 from exporter.errors import ApiError
+from exporter.limiter.shared import SharedLimiter, spread_window
+from exporter.mirror import StateMirror, decode_state, encode_state
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
+from exporter.redislink import CoordinationError, CoordinationStats, RedisLink, token_hash
 from exporter.store import MeetingState
 from tests.conftest import RedisServer, max_in_window
 
@@ -49,15 +46,10 @@ class Replica:
     def __init__(self, settings: CoordinationSettings, name: str, requests: int, period: float):
         self.redis = connect(settings, timeout=1.0)
         self.stats = CoordinationStats()
-        self.registry = ReplicaRegistry(self.redis, settings, name, stats=self.stats)
+        self.link = link_for(settings, self.redis, self.stats)
+        self.registry = ReplicaRegistry(self.link, name, lease_seconds=settings.lease_seconds)
         self.limiter = SharedLimiter(
-            self.redis,
-            settings,
-            TOKEN,
-            requests,
-            period,
-            registry=self.registry,
-            stats=self.stats,
+            self.link, TOKEN, requests, period, replicas=lambda: self.registry.count
         )
         self.times: list[float] = []
 
@@ -68,6 +60,12 @@ class Replica:
                 self.times.append(time.monotonic())
 
         await asyncio.gather(*(worker() for _ in range(workers)))
+
+
+def link(
+    settings: CoordinationSettings, redis: Redis, stats: CoordinationStats | None = None
+) -> RedisLink:
+    return link_for(settings, redis, stats or CoordinationStats())
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
@@ -220,15 +218,20 @@ def test_only_one_holds_the_lease_and_the_other_takes_over(server: RedisServer) 
 
     async def main() -> None:
         redis = connect(settings, timeout=1.0)
-        stats_a, stats_b = CoordinationStats(), CoordinationStats()
-        a = Lease(redis, settings, "0", "a", stats=stats_a)
-        b = Lease(redis, settings, "0", "b", stats=stats_b)
+        a = Lease(link(settings, redis), "0", "a", lease_seconds=1.5)
+        b = Lease(link(settings, redis), "0", "b", lease_seconds=1.5)
         assert await a.step() and not await b.step()
         assert await a.step() and not await b.step()  # renewed, still a's
-        assert stats_a.leader and not stats_b.leader
+        assert a.is_leader and not b.is_leader
         assert await redis.get("t:lease:0") == b"a"
         killed = time.monotonic()  # a stops renewing
-        task = asyncio.create_task(b.run())
+
+        async def keep(lease: Lease) -> None:
+            while True:
+                await lease.step()
+                await asyncio.sleep(lease.next_step_in())
+
+        task = asyncio.create_task(keep(b))
         while not b.is_leader and time.monotonic() < killed + 5:
             await asyncio.sleep(0.02)
         took = time.monotonic() - killed
@@ -247,10 +250,10 @@ def test_no_takeover_while_redis_is_down(server: RedisServer) -> None:
 
     async def main() -> None:
         redis = connect(settings, timeout=0.5)
-        a = Lease(redis, settings, "0", "a", stats=CoordinationStats())
-        held = Lease(redis, settings, "1", "a", stats=CoordinationStats(), hold_on_outage=True)
+        a = Lease(link(settings, redis), "0", "a", lease_seconds=1.5)
+        held = Lease(link(settings, redis), "1", "a", lease_seconds=1.5, hold_on_outage=True)
         stats_b = CoordinationStats()
-        b = Lease(redis, settings, "0", "b", stats=stats_b)
+        b = Lease(link(settings, redis, stats_b), "0", "b", lease_seconds=1.5)
         assert await a.step() and await held.step() and not await b.step()
         server.stop()
         deadline = time.monotonic() + 2.5  # longer than the lease
@@ -277,8 +280,8 @@ def test_state_mirror_round_trip(server: RedisServer) -> None:
 
     async def main() -> None:
         redis = connect(settings)
-        leader = StateMirror(redis, settings, "0", stats=CoordinationStats())
-        standby = StateMirror(redis, settings, "0", stats=CoordinationStats())
+        leader = StateMirror(link(settings, redis), "0", ttl_ms=60_000)
+        standby = StateMirror(link(settings, redis), "0", ttl_ms=60_000)
         assert await standby.fetch() == {}
         await leader.publish({one: live, two: MeetingState()})
         assert await standby.fetch() == {one: live, two: MeetingState()}
@@ -306,14 +309,14 @@ def test_the_password_never_shows(
 
     async def main() -> None:
         redis = connect(good)
-        mirror = StateMirror(redis, good, "0", stats=CoordinationStats())
+        mirror = StateMirror(link(good, redis), "0", ttl_ms=60_000)
         await mirror.publish({MeetingKey("a", "b", "c"): MeetingState()})
         assert len(await mirror.fetch()) == 1
         await redis.aclose()
         for settings in (wrong, settings_for(server)):
             bad = Replica(settings, "x", 20, 2.0)
             with pytest.raises(CoordinationError) as err:
-                await StateMirror(bad.redis, settings, "0", stats=bad.stats).fetch()
+                await StateMirror(bad.link, "0", ttl_ms=60_000).fetch()
             messages.append(str(err.value))
             await bad.limiter.acquire()  # falls back, logs why
             assert bad.limiter.fallback and bad.stats.errors["fetch"] == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import appconfig, config, discovery, model, shard, webhooks
+from exporter import appconfig, discovery, model, shard, webhooks
 from exporter.config import TokenRef
 from exporter.model import MeetingKey, meeting_path, parse_meeting_path
 
