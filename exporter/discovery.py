@@ -166,7 +166,7 @@ class Discovery(Jobs):
         self._plan = DiscoveryPlan({}, 30.0, 90.0, asyncio.Semaphore(1))
         self._seen: dict[AppKey, dict[MeetingKey, float]] = {}  # discovered: when last listed
 
-    def apply(self, plan: DiscoveryPlan) -> dict[MeetingKey, Labels]:
+    def schedule(self, plan: DiscoveryPlan) -> dict[MeetingKey, Labels]:
         """Run these apps' jobs from now on; returns the discovered meetings that stay exported
         (with their labels) for the store's targets. An app that stays keeps its job and phase
         and its discovered meetings."""
@@ -210,7 +210,7 @@ class Discovery(Jobs):
             seen[key] = now
             added[key] = tuple(sorted(rules.labels.items()))
         if added:
-            self._store.apply(add=added)
+            self._store.merge(add=added)
         return set(added)
 
     async def discover_app(self, app_key: AppKey) -> None:
@@ -277,7 +277,7 @@ class Discovery(Jobs):
         )
         records: list[Recorded] = [(k, s, duration, now) for k, s in cycle.record.items()]
         records += [(k, NO_ACTIVE_SESSION, duration, now) for k in cycle.idle]
-        self._store.apply(add=cycle.add, record=records, remove=cycle.expire)
+        self._store.merge(add=cycle.add, record=records, remove=cycle.expire)
         return cycle
 
     async def _confirm(
@@ -307,7 +307,7 @@ class Discovery(Jobs):
             elif now - seen[key] > self._plan.stale_after:
                 expire.append(key)
                 del seen[key]
-        self._store.apply(record=[(k, o, duration, now) for k, o in outcomes], remove=expire)
+        self._store.merge(record=[(k, o, duration, now) for k, o in outcomes], remove=expire)
         self._failures.recovered([*cycle.record, *cycle.idle])
         for key, outcome in outcomes:
             self._failures.outcome(key, where(key), outcome)
@@ -367,7 +367,7 @@ class Discovery(Jobs):
         they are stale, like for a failed per-meeting poll."""
         now = self._clock()
         keys = {MeetingKey(*app.key, m.id) for m in app.meetings} | set(self._seen.get(app.key, {}))
-        self._store.apply(record=[(k, err, duration, now) for k in keys])
+        self._store.merge(record=[(k, err, duration, now) for k in keys])
         self._failures.outcome(app.key, f"account_id={app.key[0]} app_id={app.key[1]}", err)
 
         def change(old: AppHealth) -> AppHealth:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -138,13 +138,14 @@ class Poller(Jobs):
     def __init__(self, **parts: Any) -> None:
         super().__init__(**parts)
         self._plan = PollPlan({}, 30.0, 300.0, asyncio.Semaphore(1))
+        self._interval_of: dict[MeetingKey, float] = {}  # each job's effective interval
         self._streak: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
         self._backoff_until: dict[MeetingKey, float] = {}
         self._refresher = Refresher(self._refresh, self._refresh_rate, clock=self._clock)
         self._running: set[asyncio.Task[None]] = set()
         self._scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
 
-    def apply(self, plan: PollPlan) -> None:
+    def schedule(self, plan: PollPlan) -> None:
         """Poll exactly the plan's meetings from now on. Meetings that stay keep their job and
         phase (unless their effective interval changed); removed ones lose theirs; new ones get
         first runs spread over one interval. Backoff starts afresh: the new settings (a rotated
@@ -161,17 +162,33 @@ class Poller(Jobs):
                 kept.add(job.id)
             else:
                 job.remove()
-        new = [key for key in plan.meetings if job_id(key) not in kept]
-        for i, key in enumerate(new):
+        self._add_jobs([key for key in plan.meetings if job_id(key) not in kept], interval_of)
+        self._interval_of = interval_of
+
+    def retime(self, intervals: Mapping[AppKey, float]) -> None:
+        """Poll some apps at other intervals (their webhooks turned healthy or unhealthy): only
+        the jobs whose effective interval changed are replaced; every other job, and every
+        meeting's backoff, stays as it is."""
+        self._plan = replace(self._plan, intervals=dict(intervals))
+        interval_of = self._intervals(self._plan)
+        changed = [
+            key
+            for key, seconds in interval_of.items()
+            if not same_interval(self._interval_of.get(key, -1.0), seconds)
+        ]
+        for key in changed:
+            job = self._scheduler.get_job(job_id(key))
+            if job is not None:
+                job.remove()
+        self._add_jobs(changed, interval_of)
+        self._interval_of = interval_of
+
+    def _add_jobs(self, keys: list[MeetingKey], interval_of: Mapping[MeetingKey, float]) -> None:
+        """Jobs for ``keys``, their first runs spread evenly over one interval."""
+        for i, key in enumerate(keys):
             interval = interval_of[key]
-            add_job(
-                self._scheduler,
-                job_id(key),
-                self.poll_meeting,
-                key,
-                interval,
-                interval * i / len(new),
-            )
+            delay = interval * i / len(keys)
+            add_job(self._scheduler, job_id(key), self.poll_meeting, key, interval, delay)
 
     def _intervals(self, plan: PollPlan) -> dict[MeetingKey, float]:
         """Each meeting's interval, stretched per token when its budget cannot sustain the

@@ -81,7 +81,7 @@ class Store:
             self._version += 1
             self.writes += 1
 
-    def apply(
+    def merge(
         self,
         *,
         add: Mapping[MeetingKey, Labels] | None = None,

@@ -139,7 +139,7 @@ def make_poller(
         clock=t.clock,
     )
     planned = dict.fromkeys(keys or [KEY], client)
-    poller.apply(PollPlan(planned, interval, 80, asyncio.Semaphore(4)))
+    poller.schedule(PollPlan(planned, interval, 80, asyncio.Semaphore(4)))
     return poller, client, health
 
 

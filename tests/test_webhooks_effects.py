@@ -1,0 +1,169 @@
+"""What accepted webhook events do, through the narrow ports the runtime gives them, and how a
+health flip re-plans one app alone (no sockets: the store and poller are real, the network is
+never touched)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+import httpx
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from exporter.client import ApiClient, make_http_client
+from exporter.config import WebhooksConfig
+from exporter.events import Event, EventEffects, EventPorts
+from exporter.health import AppKey, Health
+from exporter.logs import FailureLog
+from exporter.model import MeetingKey, Session
+from exporter.poller import Poller, PollPlan, job_id
+from exporter.store import Store
+from exporter.webhook_layer import Webhooks
+
+from .conftest import TOKEN, FakeTime
+
+APP: AppKey = ("acc", "app")
+OTHER: AppKey = ("acc", "other")
+
+
+def client() -> ApiClient:
+    http = make_http_client(
+        timeout_seconds=1,
+        max_connections=1,
+        transport=httpx.MockTransport(lambda r: httpx.Response(500)),
+    )
+    return ApiClient(http, base_url="https://api.test/v4", token=TOKEN)
+
+
+class Ports:
+    """Fake ports that record every call; the store behind them is real."""
+
+    def __init__(self, store: Store, *, adopt: bool = True) -> None:
+        self.store = store
+        self.client = client()
+        self.calls: list[tuple[str, Any]] = []
+        self._adopt = adopt
+
+    def adopt(self, keys: Iterable[MeetingKey]) -> set[MeetingKey]:
+        keys = list(keys)
+        self.calls.append(("adopt", keys))
+        if not self._adopt:
+            return set()
+        self.store.merge(add=dict.fromkeys(keys, ()))
+        return set(keys)
+
+    def refresh(self, key: MeetingKey, client: ApiClient) -> bool:
+        self.calls.append(("refresh", key))
+        return True
+
+    def ports(self) -> EventPorts:
+        return EventPorts(
+            client_of=lambda app: self.client if app == APP else None,
+            state_of=self.store.get,
+            push=self.store.push,
+            adopt=self.adopt,
+            refresh=self.refresh,
+        )
+
+
+def started(meeting: str = "m1", session: str = "s1") -> Event:
+    return Event("meeting.started", meeting, session_id=session, title="Standup", status="LIVE")
+
+
+def test_a_start_adopts_pushes_live_with_the_injected_clock_and_asks_one_refresh() -> None:
+    store, t = Store(), FakeTime()
+    ports = Ports(store)
+    refreshed: list[AppKey] = []
+    effects = EventEffects(ports.ports(), count_refresh=refreshed.append, clock=t.wall)
+    effects.handle(APP, started())
+    key = MeetingKey(*APP, "m1")
+    state = store.get(key)
+    assert state is not None and isinstance(state.answer, Session)
+    assert (state.answer.status, state.answer.id) == ("LIVE", "s1")
+    assert state.answer.meeting_display_name == "Standup"
+    assert ports.calls == [("adopt", [key]), ("refresh", key)]
+    assert refreshed == [APP]
+    assert state.fresh_answer(t.wall(), 1.0) is not None  # stamped with the injected clock
+
+
+def test_an_end_shows_ended_with_nobody_and_asks_no_refresh() -> None:
+    store, t = Store(), FakeTime()
+    key = MeetingKey(*APP, "m1")
+    store.set_targets({key: ()})
+    ports = Ports(store)
+    effects = EventEffects(ports.ports(), count_refresh=lambda app: None, clock=t.wall)
+    effects.handle(APP, started())
+    effects.handle(APP, Event("meeting.ended", "m1", session_id="s1"))
+    state = store.get(key)
+    assert state is not None and isinstance(state.answer, Session)
+    assert (state.answer.status, state.answer.live_participants) == ("ENDED", 0.0)
+    assert [c for c, _ in ports.calls] == ["refresh"]  # only the start's; no adoption needed
+
+
+def test_events_of_unknown_apps_and_meetings_change_nothing() -> None:
+    store = Store()
+    ports = Ports(store, adopt=False)
+    effects = EventEffects(ports.ports(), count_refresh=lambda app: None)
+    effects.handle(OTHER, started())  # no client: not an app polled here
+    effects.handle(APP, Event("meeting.participantJoined", "m9"))  # not exported: no adoption
+    effects.handle(APP, started("m2"))  # adoption refused (not discovering, or over the cap)
+    assert store.size() == 0
+    assert ports.calls == [("adopt", [MeetingKey(*APP, "m2")])]
+
+
+def test_the_health_watch_reports_only_the_apps_that_flipped() -> None:
+    reports: list[tuple[AppKey, bool]] = []
+    live: set[AppKey] = set()
+    failing: set[AppKey] = set()
+    webhooks = Webhooks(
+        WebhooksConfig(listen_address="127.0.0.1:0", reconcile_interval_seconds=60),
+        ports=Ports(Store()).ports(),
+        apps=lambda: [APP, OTHER],
+        summary=lambda: (live, failing),
+        on_health=lambda app, healthy: reports.append((app, healthy)),
+    )
+    webhooks.check()
+    assert reports == []  # nobody has had an event yet
+    webhooks.health.accepted(APP)
+    webhooks.check()
+    webhooks.check()  # unchanged: not reported again
+    assert reports == [(APP, True)]
+    webhooks.health.accepted(OTHER)
+    failing.add(APP)  # a failing meeting needs its normal polls
+    webhooks.check()
+    assert reports == [(APP, True), (APP, False), (OTHER, True)]
+
+
+def test_retime_replaces_only_the_jobs_of_the_app_whose_interval_changed() -> None:
+    t, store = FakeTime(), Store()
+    api = client()
+    mine = [MeetingKey(*APP, f"m{i}") for i in range(3)]
+    theirs = [MeetingKey(*OTHER, f"o{i}") for i in range(3)]
+    store.set_targets(dict.fromkeys(mine + theirs, ()))
+
+    async def go() -> None:
+        scheduler = AsyncIOScheduler()
+        scheduler.start(paused=True)
+        poller = Poller(
+            scheduler=scheduler,
+            store=store,
+            health=Health(),
+            failures=FailureLog(clock=t.clock),
+            clock=t.clock,
+        )
+        poller.schedule(PollPlan(dict.fromkeys(mine + theirs, api), 10, 80, asyncio.Semaphore(2)))
+        before = {j.id: (j.next_run_time, j.trigger.interval_length) for j in scheduler.get_jobs()}
+        poller._backoff_until[theirs[0]] = t.now + 100  # a backed-off meeting of the other app
+        poller.retime({APP: 300.0})
+        after = {j.id: (j.next_run_time, j.trigger.interval_length) for j in scheduler.get_jobs()}
+        assert set(after) == set(before)
+        for key in theirs:  # untouched: same phase, same interval
+            assert after[job_id(key)] == before[job_id(key)]
+        for key in mine:  # slower now, and the next poll is never later than it was due
+            assert after[job_id(key)][1] == 300.0
+        assert poller._backoff_until[theirs[0]] == t.now + 100  # backoff kept
+        scheduler.shutdown(wait=False)
+        await api._http.aclose()
+
+    asyncio.run(go())
