@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -147,47 +149,60 @@ class Poller(Jobs):
 
     def schedule(self, plan: PollPlan) -> None:
         """Poll exactly the plan's meetings from now on. Meetings that stay keep their job and
-        phase (unless their effective interval changed); removed ones lose theirs; new ones get
-        first runs spread over one interval. Backoff starts afresh: the new settings (a rotated
-        token, say) may cure the failures."""
+        phase; a meeting whose effective interval changed gets a new job that runs no later
+        than the old one was due; removed ones lose theirs; new ones get first runs spread
+        over one interval (see :meth:`_add_jobs`). Backoff starts afresh: the new settings (a
+        rotated token, say) may cure the failures."""
         self._plan = plan
         self._streak, self._backoff_until = {}, {}
         interval_of = self._intervals(plan)
         kept: set[str] = set()
+        due: dict[MeetingKey, float] = {}
         for job in self._scheduler.get_jobs():
             if not job.id.startswith(JOB_PREFIX):
                 continue
             key = job.args[0]
             if key in interval_of and same_interval(job.trigger.interval_length, interval_of[key]):
                 kept.add(job.id)
-            else:
-                job.remove()
-        self._add_jobs([key for key in plan.meetings if job_id(key) not in kept], interval_of)
+                continue
+            if key in interval_of:
+                due[key] = _due_in(job)
+            job.remove()
+        self._add_jobs([key for key in plan.meetings if job_id(key) not in kept], interval_of, due)
         self._interval_of = interval_of
 
     def retime(self, intervals: Mapping[AppKey, float]) -> None:
         """Poll some apps at other intervals (their webhooks turned healthy or unhealthy): only
-        the jobs whose effective interval changed are replaced; every other job, and every
-        meeting's backoff, stays as it is."""
+        the jobs whose effective interval changed are replaced, each running no later than it
+        was due; every other job, and every meeting's backoff, stays as it is."""
         self._plan = replace(self._plan, intervals=dict(intervals))
         interval_of = self._intervals(self._plan)
-        changed = [
-            key
-            for key, seconds in interval_of.items()
-            if not same_interval(self._interval_of.get(key, -1.0), seconds)
-        ]
-        for key in changed:
+        due: dict[MeetingKey, float] = {}
+        for key, seconds in interval_of.items():
+            if same_interval(self._interval_of.get(key, -1.0), seconds):
+                continue
             job = self._scheduler.get_job(job_id(key))
+            due[key] = 0.0 if job is None else _due_in(job)
             if job is not None:
                 job.remove()
-        self._add_jobs(changed, interval_of)
+        self._add_jobs(list(due), interval_of, due)
         self._interval_of = interval_of
 
-    def _add_jobs(self, keys: list[MeetingKey], interval_of: Mapping[MeetingKey, float]) -> None:
-        """Jobs for ``keys``, their first runs spread evenly over one interval."""
+    def _add_jobs(
+        self,
+        keys: list[MeetingKey],
+        interval_of: Mapping[MeetingKey, float],
+        due: Mapping[MeetingKey, float],
+    ) -> None:
+        """Jobs for ``keys``. First runs are spread evenly over the interval the meetings would
+        have without webhooks (a meeting first seen while its app's webhooks are healthy is not
+        kept waiting for the reconcile interval: alone, it is polled at once), and never later
+        than ``due`` seconds from now (a job replaced for its new interval)."""
+        plan = self._plan
         for i, key in enumerate(keys):
             interval = interval_of[key]
-            delay = interval * i / len(keys)
+            spread = interval * plan.interval / plan.interval_of(key.app)
+            delay = min(spread * i / len(keys), due.get(key, math.inf))
             add_job(self._scheduler, job_id(key), self.poll_meeting, key, interval, delay)
 
     def _intervals(self, plan: PollPlan) -> dict[MeetingKey, float]:
@@ -350,6 +365,12 @@ class Refresher:
             else:  # the budget is busy: routine polls are frequent; try again later
                 self._queue[key] = client
             await self._sleep(1 / self._rate())
+
+
+def _due_in(job: Job) -> float:
+    """Seconds from now until the job's next run (its first, before the scheduler started)."""
+    when = getattr(job, "next_run_time", None) or getattr(job.trigger, "start_date", None)
+    return 0.0 if when is None else max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 async def fetch(client: ApiClient, key: MeetingKey) -> Outcome:

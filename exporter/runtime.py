@@ -37,7 +37,7 @@ from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import MeetingKey
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
 from exporter.shard import filter_config, shard_rate_limits
-from exporter.store import Labels, Store
+from exporter.store import Labels, Store, stale_windows
 from exporter.webhook_layer import Webhooks
 
 if TYPE_CHECKING:
@@ -274,6 +274,13 @@ class Service:
         self.health.set_budgets(
             [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
         )
+        self._set_windows()
+
+    def _set_windows(self) -> None:
+        """Each app's staleness window, from the intervals just planned (:func:`stale_windows`)."""
+        poll = self.runtime.config.poll
+        effective = self.health.snapshot().effective_intervals
+        self.store.set_windows(stale_windows(effective, poll.stale_after, poll.interval_seconds))
 
     def coordination_state(self) -> CoordinationState:
         """For the collector: Redis reachable, this replica the leader, errors by operation."""
@@ -319,6 +326,7 @@ class Service:
             self.discovery.schedule(runtime.discovery_plan(self._slow))
         else:
             self.poller.retime(self._slow)
+        self._set_windows()
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config file and the tokens and swap them in if valid; the outcome is

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -162,6 +163,7 @@ def test_retime_replaces_only_the_jobs_of_the_app_whose_interval_changed() -> No
             assert after[job_id(key)] == before[job_id(key)]
         for key in mine:  # slower now, and the next poll is never later than it was due
             assert after[job_id(key)][1] == 300.0
+            assert after[job_id(key)][0] <= before[job_id(key)][0] + timedelta(milliseconds=60)
         assert poller._backoff_until[theirs[0]] == t.now + 100  # backoff kept
         scheduler.shutdown(wait=False)
         await api._http.aclose()
