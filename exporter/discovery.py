@@ -143,6 +143,14 @@ def _accept(
     return set(accepted), len(candidates) - len(accepted)
 
 
+def admits(rules: Discover, meeting_id: str, name: str | None) -> bool:
+    """Whether ``rules`` let discovery export this one meeting (the rule :func:`_accept`
+    applies to a whole listing): a webhook event must not export what a listing would not."""
+    if (rules.include and meeting_id not in rules.include) or meeting_id in rules.exclude:
+        return False
+    return rules.name_regex is None or re.search(rules.name_regex, name or "") is not None
+
+
 @dataclass(frozen=True)
 class DiscoveryPlan:
     """The discovering apps, with the client (token) each uses, and the cycle settings."""

@@ -18,14 +18,14 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 from exporter.client import ApiClient
 from exporter.errors import ExporterError
 from exporter.health import AppKey
-from exporter.model import SAFE_ID, Answer, MeetingKey, Session, parse_timestamp
+from exporter.model import SAFE_ID, Answer, MeetingKey, Session, _label, parse_timestamp
 from exporter.store import MeetingState
 
 EVENTS: Final = (
@@ -160,7 +160,7 @@ def parse_event(body: bytes) -> Event:
         name=name,
         meeting_id=meeting_id,
         session_id=_safe_id(meeting, "sessionId", "meeting."),
-        title=_text(meeting, "title", "meeting."),
+        title=_label(_text(meeting, "title", "meeting.")),  # cut like the API's titles
         status=_text(meeting, "status", "meeting."),
         started_at=parse_timestamp(meeting.get("startedAt")),
         ended_at=parse_timestamp(meeting.get("endedAt")),
@@ -232,8 +232,14 @@ def implied_answer(event: Event, previous: Answer | None) -> Answer | None:
     """The state a start or end event sets at once (``None``: the event sets nothing; the
     numbers always come from the REST API). A start is a LIVE session (the participants of the
     same session kept, else 0 until the prompt poll); an end is the session ENDED with nobody
-    in it, as the API itself shows a session that just ended."""
+    in it, as the API itself shows a session that just ended.
+
+    An event about another session than the meeting's current one changes nothing: a late
+    ``meeting.ended`` of an older session never ends the live one, and a late start of a
+    session older than the current one never replaces it (polling reconciles either way)."""
     old = previous if isinstance(previous, Session) else None
+    if old is not None and _stale(event, old):
+        return None
     same = old is not None and (event.session_id is None or old.id == event.session_id)
     if event.name == "meeting.started":
         return Session(
@@ -263,6 +269,16 @@ def implied_answer(event: Event, previous: Answer | None) -> Answer | None:
     return None
 
 
+def _stale(event: Event, current: Session) -> bool:
+    """Whether ``event`` is about another session than ``current`` and must not replace it."""
+    if event.session_id is None or event.session_id == current.id:
+        return False
+    if event.name == "meeting.ended":
+        return True
+    started, now = event.started_at, current.started_at
+    return started is not None and now is not None and started < now
+
+
 @dataclass(frozen=True)
 class EventPorts:
     """What an event may touch, as narrow callables supplied by the runtime."""
@@ -270,7 +286,7 @@ class EventPorts:
     client_of: Callable[[AppKey], ApiClient | None]  # None: an app this process does not poll
     state_of: Callable[[MeetingKey], MeetingState | None]  # None: a meeting not exported here
     push: Callable[[MeetingKey, Answer, float], bool]  # a state an event implies, and when
-    adopt: Callable[[Iterable[MeetingKey]], set[MeetingKey]]  # export before the next listing
+    adopt: Callable[[MeetingKey, str | None], bool]  # export (title: for the app's filters)
     refresh: Callable[[MeetingKey, ApiClient], bool]  # ask for a prompt poll; False: coalesced
 
 
@@ -298,7 +314,7 @@ class EventEffects:
             return
         key = MeetingKey(*app_key, event.meeting_id)
         state = ports.state_of(key)
-        if state is None and event.name == "meeting.started" and ports.adopt([key]):
+        if state is None and event.name == "meeting.started" and ports.adopt(key, event.title):
             state = ports.state_of(key)
         if state is None:
             return  # not a meeting this process exports

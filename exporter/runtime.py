@@ -29,7 +29,7 @@ from exporter.config import (
     load_config,
     read_tokens,
 )
-from exporter.discovery import Discovery, DiscoveryPlan
+from exporter.discovery import Discovery, DiscoveryPlan, admits
 from exporter.errors import ConfigError
 from exporter.events import EventPorts
 from exporter.health import AppKey, CoordinationState, Health
@@ -86,6 +86,10 @@ class Runtime:
     @property
     def apps(self) -> list[App]:
         return [] if self.work is None else list(self.work.apps)
+
+    def app(self, key: AppKey) -> App | None:
+        """This shard's app of that key, if any."""
+        return next((app for app in self.apps if app.key == key), None)
 
     def targets(self) -> dict[MeetingKey, Labels]:
         return {} if self.work is None else self.work.targets()
@@ -215,24 +219,7 @@ class Service:
         self._reload_soon = False  # a SIGHUP reload is scheduled
         self._slow: dict[AppKey, float] = {}  # apps polled otherwise: healthy webhooks
         listening = config.webhooks.listen_address is not None
-        self.webhooks = self._webhooks(config.webhooks) if listening else None
-
-    def _webhooks(self, settings: WebhooksConfig) -> Webhooks:
-        """The webhook layer, given what its events may touch (and nothing more)."""
-        ports = EventPorts(
-            client_of=lambda app: self.runtime.clients.get(app),
-            state_of=self.store.get,
-            push=self.store.push,
-            adopt=self.discovery.adopt,
-            refresh=self.poller.refresh,
-        )
-        return Webhooks(
-            settings,
-            ports=ports,
-            apps=lambda: [app.key for app in self.runtime.apps if app.webhooks.enabled],
-            summary=self.store.app_summary,
-            on_health=self.webhook_health,
-        )
+        self.webhooks = webhook_layer(self, config.webhooks) if listening else None
 
     @property
     def config(self) -> Config:
@@ -418,6 +405,38 @@ class Service:
 
 
 _background: set[asyncio.Task[Any]] = set()
+
+
+def webhook_layer(service: Service, settings: WebhooksConfig) -> Webhooks:
+    """The webhook layer of ``service``, given what its events may touch (and nothing more)."""
+
+    def adopt(key: MeetingKey, title: str | None) -> bool:
+        """Export a meeting an event says started when its app discovers and its ``include``,
+        ``exclude`` and ``name_regex`` admit it (as they would in a listing)."""
+        app = service.runtime.app(key.app)
+        if app is None or not admits(app.discover, key.meeting_id, title):
+            return False
+        return bool(service.discovery.adopt([key]))
+
+    def apps(whole: bool) -> list[AppKey]:
+        config = service.runtime.config if whole else service.runtime.work
+        return [] if config is None else [a.key for a in config.apps if a.webhooks.enabled]
+
+    ports = EventPorts(
+        client_of=lambda app: service.runtime.clients.get(app),
+        state_of=service.store.get,
+        push=service.store.push,
+        adopt=adopt,
+        refresh=service.poller.refresh,
+    )
+    return Webhooks(
+        settings,
+        ports=ports,
+        apps=lambda: apps(whole=False),
+        elsewhere=lambda: set(apps(whole=True)) - set(apps(whole=False)),
+        summary=service.store.app_summary,
+        on_health=service.webhook_health,
+    )
 
 
 def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Coordinator | None:

@@ -42,7 +42,8 @@ Summary = Callable[[], tuple[set[AppKey], set[AppKey]]]
 class Webhooks:
     """The receiver's parts, the effects of its events, and the health watch (see the module
     docstring). ``apps()`` names the apps whose webhooks this process takes (read from the
-    listener's threads, so a reload applies at once)."""
+    listener's threads, so a reload applies at once); ``elsewhere()`` those another shard takes
+    (their deliveries are answered 200 and forwarded nowhere)."""
 
     #: How often the health of every app's webhooks is checked.
     CHECK_SECONDS = 5.0
@@ -55,6 +56,7 @@ class Webhooks:
         apps: Callable[[], Collection[AppKey]],
         summary: Summary,
         on_health: Callable[[AppKey, bool], None],
+        elsewhere: Callable[[], Collection[AppKey]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -76,6 +78,7 @@ class Webhooks:
             max_body_bytes=settings.max_body_bytes,
             schedule=self._schedule,
             wall=clock,
+            elsewhere=elsewhere,
         )
 
     def _key_source(self, settings: WebhooksConfig) -> KeySource:

@@ -13,16 +13,19 @@ check                           status  result (``realtimekit_webhook_requests_t
 ==============================  ======  ===================================================
 path not ``/webhooks/{a}/{b}``  404     (not counted)
 method not ``POST``             405     (not counted)
+app another shard's             200     (not counted, nothing forwarded)
 app not configured              404     ``unknown_app``
 body over ``max_body_bytes``    413     ``too_large``
 signature missing or bad        401     ``bad_signature`` (checked before anything is parsed)
-delivery id seen before         200     ``duplicate`` (no effect)
+body or delivery id seen        200     ``duplicate`` (no effect)
 JSON malformed, event unknown   400     ``malformed`` (RealtimeKit does not retry a 4xx)
 otherwise                       200     ``accepted``: ``on_event(app, event)`` is called
 ==============================  ======  ===================================================
 
-The signature covers the body only, not the path: a genuine delivery could be replayed to another
-app's path. Delivery ids are therefore remembered across all apps, so a replay is a duplicate.
+The signature covers the body only, not the path, and the delivery id (``rtk-uuid``) is not signed:
+a genuine delivery could be replayed to another app's path, or with a new id. Deliveries are
+therefore remembered by a hash of the signed body (and by their id) across all apps, so a replay
+is a duplicate however it is dressed.
 
 Depends only on the standard library, ``cryptography`` and the exporter's own modules.
 """
@@ -202,42 +205,46 @@ class KeySource:
 
 
 class Deduper:
-    """Delivery ids seen in the last ``ttl_seconds`` (24 h), at most ``max_ids`` of them (the oldest
-    is forgotten first). Ids longer than 64 characters are kept as their SHA-256. Thread-safe."""
+    """Deliveries seen in the last ``ttl_seconds`` (24 h), remembered by a hash of their signed
+    body and of their delivery id: at most ``max_ids`` hashes (the oldest is forgotten first),
+    16 bytes each, so memory stays bounded (about 35 MB when full). Thread-safe."""
 
     def __init__(
         self,
         *,
         ttl_seconds: float = 86_400.0,
-        max_ids: int = 100_000,
+        max_ids: int = 200_000,  # 100,000 deliveries with an id
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl_seconds
         self._max = max_ids
         self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()  # oldest first
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def seen_before(self, delivery_id: str) -> bool:
-        """Whether ``delivery_id`` was seen within the window; remembers it either way."""
-        key = (
-            delivery_id
-            if len(delivery_id) <= 64
-            else hashlib.sha256(delivery_id.encode()).hexdigest()
-        )
+    def seen_before(self, *keys: str | bytes) -> bool:
+        """Whether any of ``keys`` (a delivery id, a body) was seen within the window;
+        remembers them all either way."""
+        hashes = [_digest(key) for key in keys]
         with self._lock:
             now = self._clock()
             while self._seen and next(iter(self._seen.values())) <= now - self._ttl:
                 self._seen.popitem(last=False)
-            if key in self._seen:
-                return True
-            self._seen[key] = now
+            seen = any(h in self._seen for h in hashes)
+            for h in hashes:
+                self._seen[h] = self._seen.get(h, now)  # keeps its place: forgotten 24 h after
             while len(self._seen) > self._max:
                 self._seen.popitem(last=False)
-            return False
+            return seen
+
+
+def _digest(key: str | bytes) -> bytes:
+    """16 bytes standing for a delivery id (``str``) or a body (``bytes``), never both."""
+    data = b"body\0" + key if isinstance(key, bytes) else b"id\0" + key.encode()
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +319,7 @@ _ANSWERS: Final = {
     "too_large": _Answer("413 Content Too Large", "body too large"),
 }
 _NOT_FOUND: Final = _Answer("404 Not Found", "not found")
+_ELSEWHERE: Final = _Answer("200 OK", "not this shard")
 _NOT_POST: Final = _Answer("405 Method Not Allowed", "method not allowed", (("Allow", "POST"),))
 
 
@@ -385,6 +393,7 @@ class WebhookReceiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         schedule: Callable[[Coroutine[Any, Any, bool]], object] | None = None,
         wall: Callable[[], float] = time.time,
+        elsewhere: Callable[[], Collection[AppKey]] | None = None,
     ) -> None:
         self.keys = keys
         self.stats = stats
@@ -395,6 +404,7 @@ class WebhookReceiver:
         self._max = max_body_bytes
         self._schedule = schedule
         self._wall = wall
+        self._elsewhere = elsewhere
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         answer = self._answer(environ)
@@ -414,6 +424,9 @@ class WebhookReceiver:
         if environ.get("REQUEST_METHOD") != "POST":
             return _NOT_POST
         if app not in self._apps():
+            if self._elsewhere is not None and app in self._elsewhere():
+                log.debug("webhook for %s/%s: another shard's app, not forwarded", *app)
+                return _ELSEWHERE  # 2xx: RealtimeKit does not retry a 404
             self.stats.unknown_app(app)
             return _ANSWERS["unknown_app"]
         result = self._deliver(app, environ)
@@ -432,8 +445,8 @@ class WebhookReceiver:
         if not self.keys.verify(body, _header(environ, "SIGNATURE")):
             self._bad_signature(app)
             return "bad_signature"
-        delivery = _header(environ, "UUID")
-        if delivery and self.deduper.seen_before(delivery):
+        delivery = _header(environ, "UUID")  # not signed: the body's hash is what counts
+        if self.deduper.seen_before(body, *([delivery] if delivery else [])):
             if self.health is not None:
                 self.health.verified(app)
             return "duplicate"

@@ -5,7 +5,6 @@ never touched)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -46,13 +45,11 @@ class Ports:
         self.calls: list[tuple[str, Any]] = []
         self._adopt = adopt
 
-    def adopt(self, keys: Iterable[MeetingKey]) -> set[MeetingKey]:
-        keys = list(keys)
-        self.calls.append(("adopt", keys))
-        if not self._adopt:
-            return set()
-        self.store.merge(add=dict.fromkeys(keys, ()))
-        return set(keys)
+    def adopt(self, key: MeetingKey, title: str | None) -> bool:
+        self.calls.append(("adopt", key))
+        if self._adopt:
+            self.store.merge(add={key: ()})
+        return self._adopt
 
     def refresh(self, key: MeetingKey, client: ApiClient) -> bool:
         self.calls.append(("refresh", key))
@@ -83,7 +80,7 @@ def test_a_start_adopts_pushes_live_with_the_injected_clock_and_asks_one_refresh
     assert state is not None and isinstance(state.answer, Session)
     assert (state.answer.status, state.answer.id) == ("LIVE", "s1")
     assert state.answer.meeting_display_name == "Standup"
-    assert ports.calls == [("adopt", [key]), ("refresh", key)]
+    assert ports.calls == [("adopt", key), ("refresh", key)]
     assert refreshed == [APP]
     assert state.fresh_answer(t.wall(), 1.0) is not None  # stamped with the injected clock
 
@@ -110,7 +107,7 @@ def test_events_of_unknown_apps_and_meetings_change_nothing() -> None:
     effects.handle(APP, Event("meeting.participantJoined", "m9"))  # not exported: no adoption
     effects.handle(APP, started("m2"))  # adoption refused (not discovering, or over the cap)
     assert store.size() == 0
-    assert ports.calls == [("adopt", [MeetingKey(*APP, "m2")])]
+    assert ports.calls == [("adopt", MeetingKey(*APP, "m2"))]
 
 
 def test_the_health_watch_reports_only_the_apps_that_flipped() -> None:
@@ -169,3 +166,70 @@ def test_retime_replaces_only_the_jobs_of_the_app_whose_interval_changed() -> No
         await api._http.aclose()
 
     asyncio.run(go())
+
+
+def test_events_about_another_session_never_replace_the_current_one() -> None:
+    from exporter.events import implied_answer
+
+    live = Session(id="s2", status="LIVE", live_participants=4.0, started_at=2000.0)
+    late_end = Event("meeting.ended", "m1", session_id="s1")
+    assert implied_answer(late_end, live) is None
+    late_start = Event("meeting.started", "m1", session_id="s1", started_at=1000.0)
+    assert implied_answer(late_start, live) is None
+    newer = implied_answer(Event("meeting.started", "m1", session_id="s3", started_at=3000.0), live)
+    assert isinstance(newer, Session) and (newer.id, newer.live_participants) == ("s3", 0.0)
+    own_end = implied_answer(Event("meeting.ended", "m1", session_id="s2"), live)
+    assert isinstance(own_end, Session) and own_end.status == "ENDED"
+
+
+def test_titles_from_events_are_cut_like_api_titles() -> None:
+    import json
+
+    from exporter.events import parse_event
+    from exporter.model import MAX_LABEL_CHARS, TRUNCATED
+
+    body = json.dumps(
+        {"event": "meeting.started", "meeting": {"id": "m1", "title": "x" * 900_000}}
+    ).encode()
+    title = parse_event(body).title
+    assert title is not None and len(title) == MAX_LABEL_CHARS + len(TRUNCATED)
+    assert title.endswith(TRUNCATED)
+
+
+def test_another_shards_app_is_answered_200_and_forwarded_nowhere() -> None:
+    import io
+
+    from exporter.webhooks import KeySource, WebhookReceiver, WebhookStats
+
+    forwarded: list[object] = []
+    stats = WebhookStats()
+    receiver = WebhookReceiver(
+        keys=KeySource(),
+        apps=lambda: [APP],
+        elsewhere=lambda: [OTHER],
+        on_event=lambda app, event: forwarded.append(event),
+        stats=stats,
+    )
+    answers: list[str] = []
+    for path in ("/webhooks/acc/other", "/webhooks/acc/nobody"):
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "CONTENT_LENGTH": "2",
+            "wsgi.input": io.BytesIO(b"{}"),
+        }
+        receiver(environ, lambda status, headers: answers.append(status))
+    assert answers == ["200 OK", "404 Not Found"]
+    assert forwarded == []
+    assert stats.snapshot().requests == {("acc", "nobody", "unknown_app"): 1}
+
+
+def test_the_deduper_knows_a_body_under_any_delivery_id() -> None:
+    from exporter.webhooks import Deduper
+
+    dedup = Deduper(max_ids=4, clock=FakeTime())
+    assert not dedup.seen_before(b"body", "u1")
+    assert dedup.seen_before(b"body", "u2")  # a replay with a new id
+    assert dedup.seen_before(b"other", "u1")  # a retry re-sent with its id
+    assert not dedup.seen_before(b"third")
+    assert len(dedup) <= 4  # bounded
