@@ -23,6 +23,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -52,8 +53,11 @@ SHUTDOWN_GRACE = 3.0
 #: At most one refresh (a poll asked for by a webhook) per meeting in this many seconds.
 REFRESH_SECONDS = 3.0
 #: Refreshes may cost at most this share of what polling alone (every meeting at the configured
-#: interval) would, so that webhooks make the exporter cheaper however busy the meetings are.
+#: interval) would, and at most this share of each token's budget, so that webhooks make the
+#: exporter cheaper however busy the meetings are.
 REFRESH_SHARE = 0.25
+#: At most this many meetings wait for a refresh; more asks are dropped (polling reconciles).
+MAX_REFRESH_QUEUE = 10_000
 
 Outcome = Answer | ApiError | None  # None: a bug of ours, logged with its traceback
 
@@ -324,10 +328,13 @@ class Poller(Jobs):
 
 class Refresher:
     """Prompt polls asked for by webhook events. Each meeting is asked at most once per
-    :data:`REFRESH_SECONDS`; asks wait in a queue (a meeting once, however many events it had)
-    that is drained at ``rate()`` per second at most, and a refresh goes out only into a spare
-    slot of the token's budget (like a retry), so it never delays a routine poll. A storm of
-    events is a bounded, de-duplicated trickle of polls."""
+    :data:`REFRESH_SECONDS`; asks wait in a queue (a meeting once, however many events it had,
+    at most :data:`MAX_REFRESH_QUEUE` meetings: beyond, an ask is dropped and polling
+    reconciles) that is drained at ``rate()`` per second at most. A refresh goes out only into a
+    spare slot of the token's budget (like a retry), so it never delays a routine poll, and at
+    most one per ``spacing / REFRESH_SHARE`` seconds per token, so refreshes never take more than
+    :data:`REFRESH_SHARE` of a token's budget however long a storm lasts. Every step is O(1):
+    10,000s of distinct meetings asking at once never hold the event loop."""
 
     def __init__(
         self,
@@ -336,19 +343,25 @@ class Refresher:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+        max_queue: int = MAX_REFRESH_QUEUE,
     ) -> None:
         self._send, self._rate, self._clock, self._sleep = send, rate, clock, sleep
+        self._max_queue = max_queue
         self._queue: dict[MeetingKey, ApiClient] = {}  # in order of asking
-        self._asked: dict[MeetingKey, float] = {}  # when each meeting was last asked for
+        self._asked: OrderedDict[MeetingKey, float] = OrderedDict()  # last asked, oldest first
+        self._next: dict[int, float] = {}  # id(limiter) -> earliest time of its next refresh
         self._draining: asyncio.Task[None] | None = None
 
     def ask(self, key: MeetingKey, client: ApiClient) -> bool:
+        """Queue a prompt poll of ``key``; False when coalesced with a recent or queued one, or
+        when the queue is full."""
         now = self._clock()
-        if key in self._queue or now - self._asked.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS:
+        asked = self._asked
+        while asked and now - next(iter(asked.values())) >= REFRESH_SECONDS:
+            asked.popitem(last=False)  # forget the old ones: each is popped once
+        if key in self._queue or key in asked or len(self._queue) >= self._max_queue:
             return False
-        if len(self._asked) > 10_000:  # forget the old ones
-            self._asked = {k: t for k, t in self._asked.items() if now - t < REFRESH_SECONDS}
-        self._asked[key] = now
+        asked[key] = now
         self._queue[key] = client
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain())
@@ -360,9 +373,13 @@ class Refresher:
         while self._queue:
             key, client = next(iter(self._queue.items()))
             del self._queue[key]
-            if client.limiter.has_spare():
+            limiter, now = client.limiter, self._clock()
+            if limiter.has_spare() and now >= self._next.get(id(limiter), now):
+                if len(self._next) > 1000:  # limiters replaced by reloads: forget them
+                    self._next.clear()
+                self._next[id(limiter)] = now + limiter.spacing / REFRESH_SHARE
                 await self._send(key, client)
-            else:  # the budget is busy: routine polls are frequent; try again later
+            else:  # the budget is busy, or this token's share is spent: try again later
                 self._queue[key] = client
             await self._sleep(1 / self._rate())
 

@@ -24,8 +24,7 @@ import time
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any
 
-import httpx
-
+from exporter.client import ApiClient, make_http_client
 from exporter.config import WebhooksConfig
 from exporter.errors import ApiError, ExporterError
 from exporter.events import Event, EventEffects, EventPorts, WebhookHealth
@@ -35,6 +34,9 @@ from exporter.webhooks import KeySource, WebhookReceiver, WebhookStats, load_pub
 
 log = logging.getLogger("exporter")
 
+#: The public-key fetch: the whole request within this many seconds, at most this many bytes.
+KEY_TIMEOUT_SECONDS = 10.0
+MAX_KEY_BYTES = 64 << 10
 #: The apps with a live session, and those with a failing meeting (``Store.app_summary``).
 Summary = Callable[[], tuple[set[AppKey], set[AppKey]]]
 
@@ -89,15 +91,25 @@ class Webhooks:
         return KeySource(fetch=self._fetch_key)
 
     async def _fetch_key(self) -> bytes:
+        """The well-known key document, read with the bounds of every API answer (the whole
+        request within :data:`KEY_TIMEOUT_SECONDS`, at most :data:`MAX_KEY_BYTES` decompressed):
+        an endless, dripping or bomb-compressed document is an error, logged by the caller."""
         url = self.settings.public_key_url
-        try:
-            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
-                answer = await http.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as err:
-            raise ApiError("connect", f"webhook key {url}: {type(err).__name__}") from None
-        if answer.status_code != 200 or len(answer.content) > 64 << 10:
-            raise ApiError("invalid_response", f"webhook key {url}: HTTP {answer.status_code}")
-        return answer.content
+        async with make_http_client(timeout_seconds=KEY_TIMEOUT_SECONDS, max_connections=1) as http:
+            client = ApiClient(
+                http,
+                base_url=url,
+                token="",  # a public document: no Authorization header
+                max_body_bytes=MAX_KEY_BYTES,
+                timeout_seconds=KEY_TIMEOUT_SECONDS,
+            )
+            try:
+                answer = await client.get("")
+            except ApiError as err:
+                raise ApiError(err.reason, f"webhook key {url}: {err}") from None
+        if answer.status != 200:
+            raise ApiError("invalid_response", f"webhook key {url}: HTTP {answer.status}")
+        return answer.body
 
     def apps(self) -> list[AppKey]:
         """The apps whose webhooks this process takes."""

@@ -244,6 +244,8 @@ def test_refreshes_are_deduplicated_and_paced_at_the_refresh_rate():
     sent: list[tuple[str, float]] = []
 
     class Budget:  # a token budget that always has a spare slot
+        spacing = 0.0
+
         def has_spare(self) -> bool:
             return True
 

@@ -178,3 +178,53 @@ def test_a_late_end_of_an_older_session_leaves_the_live_one_live(start_exporter)
         assert [i["session_id"] for i in info] == [current["id"]]
     finally:
         sim.stop()
+
+
+def test_a_shard_answers_another_shards_app_2xx_and_forwards_nothing(start_exporter):
+    from exporter.config import parse_config
+    from exporter.shard import filter_config
+
+    apps = [
+        {
+            "account_id": ACCOUNT,
+            "app_id": f"app{i}",
+            "discover": {"enabled": True},
+            "webhooks": {"enabled": True},
+        }
+        for i in range(8)
+    ]
+    port = free_port()
+    config = {
+        "api": {"base_url": "http://127.0.0.1:9/client/v4", "timeout_seconds": 1},
+        "webhooks": {
+            "listen_address": f"127.0.0.1:{port}",
+            "public_key_url": "http://127.0.0.1:9/k",
+        },
+        "apps": apps,
+    }
+    work = filter_config(parse_config(config), 0, 2)
+    mine = {app.app_id for app in work.apps} if work is not None else set()
+    assert mine and len(mine) < len(apps)  # the split gives shard 0 some apps, not all
+    exporter = start_exporter(config, "--total-shards", "2", "--shard", "0")
+    wait_for(lambda: "webhook receiver serving" in exporter.log())
+    body = started("m1", "s1", "2026-01-01T10:00:00Z")
+    for app in apps:
+        url = f"http://127.0.0.1:{port}/webhooks/{ACCOUNT}/{app['app_id']}"
+        answer = httpx.post(url, content=body, headers={"rtk-signature": "bm9wZQ=="})
+        if app["app_id"] in mine:
+            assert answer.status_code == 401  # its own app: verified (and this forgery refused)
+        else:
+            assert (answer.status_code, answer.text) == (200, "not this shard\n")
+    answer = httpx.post(f"http://127.0.0.1:{port}/webhooks/{ACCOUNT}/unknown", content=body)
+    assert answer.status_code == 404  # an app nobody configured
+    samples = exporter.scrape()
+    assert value(samples, "realtimekit_webhook_events_total", event="meeting.started") is None
+    assert (
+        value(
+            samples,
+            "realtimekit_webhook_requests_total",
+            result="bad_signature",
+            app_id=sorted(mine)[0],
+        )
+        == 1
+    )
