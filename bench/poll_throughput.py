@@ -57,7 +57,7 @@ async def exporter_round(base_url: str, keys: list[MeetingKey], concurrency: int
         scheduler=AsyncIOScheduler(), store=store, health=Health(), failures=FailureLog()
     )
     slots = asyncio.Semaphore(concurrency)
-    poller.apply(PollPlan(dict.fromkeys(keys, client), 30, 300, slots))
+    poller.schedule(PollPlan(dict.fromkeys(keys, client), 30, 300, slots))
     try:
         started = time.perf_counter()
         await asyncio.gather(*(poller.poll_meeting(key) for key in keys))

@@ -37,11 +37,12 @@ from exporter.errors import ConfigError, ExporterError
 from exporter.limiter import RateLimiter
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.poller import over_budget
-from exporter.runtime import Service, Sharding, Tokens, Webhooks
+from exporter.runtime import Service, Sharding, Tokens
 from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
 from exporter.webconfig import load_web_config
+from exporter.webhook_layer import Webhooks
 
 log = logging.getLogger("exporter")
 

@@ -147,7 +147,9 @@ class ApiClient:
         self._http = http
         self.token_name = token_name
         self._base = base_url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {token}", "Accept-Encoding": ACCEPT_ENCODING}
+        self._headers = {"Accept-Encoding": ACCEPT_ENCODING}
+        if token:  # none for a public document (the webhook key)
+            self._headers["Authorization"] = f"Bearer {token}"
         self._max_body = max_body_bytes
         self._timeout = timeout_seconds or _longest(http.timeout)
         self._timer = timer

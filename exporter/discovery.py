@@ -162,6 +162,14 @@ def _accept(
     return set(accepted), len(candidates) - len(accepted)
 
 
+def admits(rules: Discover, meeting_id: str, name: str | None) -> bool:
+    """Whether ``rules`` let discovery export this one meeting (the rule :func:`_accept`
+    applies to a whole listing): a webhook event must not export what a listing would not."""
+    if (rules.include and meeting_id not in rules.include) or meeting_id in rules.exclude:
+        return False
+    return rules.name_regex is None or re.search(rules.name_regex, name or "") is not None
+
+
 @dataclass(frozen=True)
 class DiscoveryPlan:
     """The discovering apps, with the client (token) each uses, and the cycle settings."""
@@ -185,7 +193,7 @@ class Discovery(Jobs):
         self._plan = DiscoveryPlan({}, 30.0, 90.0, asyncio.Semaphore(1))
         self._seen: dict[AppKey, dict[MeetingKey, float]] = {}  # discovered: when last listed
 
-    def apply(self, plan: DiscoveryPlan) -> dict[MeetingKey, Labels]:
+    def schedule(self, plan: DiscoveryPlan) -> dict[MeetingKey, Labels]:
         """Run these apps' jobs from now on; returns the discovered meetings that stay exported
         (with their labels) for the store's targets. An app that stays keeps its job and phase
         and its discovered meetings."""
@@ -229,7 +237,7 @@ class Discovery(Jobs):
             seen[key] = now
             added[key] = tuple(sorted(rules.labels.items()))
         if added:
-            self._store.apply(add=added)
+            self._store.merge(add=added)
         return set(added)
 
     async def discover_app(self, app_key: AppKey) -> None:
@@ -296,7 +304,7 @@ class Discovery(Jobs):
         )
         records: list[Recorded] = [(k, s, duration, now) for k, s in cycle.record.items()]
         records += [(k, NO_ACTIVE_SESSION, duration, now) for k in cycle.idle]
-        self._store.apply(add=cycle.add, record=records, remove=cycle.expire)
+        self._store.merge(add=cycle.add, record=records, remove=cycle.expire)
         return cycle
 
     async def _confirm(
@@ -326,7 +334,7 @@ class Discovery(Jobs):
             elif now - seen[key] > self._plan.stale_after:
                 expire.append(key)
                 del seen[key]
-        self._store.apply(record=[(k, o, duration, now) for k, o in outcomes], remove=expire)
+        self._store.merge(record=[(k, o, duration, now) for k, o in outcomes], remove=expire)
         self._failures.recovered([*cycle.record, *cycle.idle])
         for key, outcome in outcomes:
             self._failures.outcome(key, where(key), outcome)
@@ -385,7 +393,7 @@ class Discovery(Jobs):
         they are stale, like for a failed per-meeting poll."""
         now = self._clock()
         keys = {MeetingKey(*app.key, m.id) for m in app.meetings} | set(self._seen.get(app.key, {}))
-        self._store.apply(record=[(k, err, duration, now) for k in keys])
+        self._store.merge(record=[(k, err, duration, now) for k in keys])
         self._failures.outcome(app.key, f"account_id={app.key[0]} app_id={app.key[1]}", err)
 
         def change(old: AppHealth) -> AppHealth:

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.job import Job
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -50,8 +53,11 @@ SHUTDOWN_GRACE = 3.0
 #: At most one refresh (a poll asked for by a webhook) per meeting in this many seconds.
 REFRESH_SECONDS = 3.0
 #: Refreshes may cost at most this share of what polling alone (every meeting at the configured
-#: interval) would, so that webhooks make the exporter cheaper however busy the meetings are.
+#: interval) would, and at most this share of each token's budget, so that webhooks make the
+#: exporter cheaper however busy the meetings are.
 REFRESH_SHARE = 0.25
+#: At most this many meetings wait for a refresh; more asks are dropped (polling reconciles).
+MAX_REFRESH_QUEUE = 10_000
 
 Outcome = Answer | ApiError | None  # None: a bug of ours, logged with its traceback
 
@@ -153,40 +159,70 @@ class Poller(Jobs):
     def __init__(self, **parts: Any) -> None:
         super().__init__(**parts)
         self._plan = PollPlan({}, 30.0, 300.0, asyncio.Semaphore(1))
+        self._interval_of: dict[MeetingKey, float] = {}  # each job's effective interval
         self._streak: dict[MeetingKey, int] = {}  # consecutive failures (not rate limiting)
         self._backoff_until: dict[MeetingKey, float] = {}
         self._refresher = Refresher(self._refresh, self._refresh_rate, clock=self._clock)
         self._running: set[asyncio.Task[None]] = set()
         self._scheduler.add_listener(self._on_overrun, EVENT_JOB_MAX_INSTANCES)
 
-    def apply(self, plan: PollPlan) -> None:
+    def schedule(self, plan: PollPlan) -> None:
         """Poll exactly the plan's meetings from now on. Meetings that stay keep their job and
-        phase (unless their effective interval changed); removed ones lose theirs; new ones get
-        first runs spread over one interval. Backoff starts afresh: the new settings (a rotated
-        token, say) may cure the failures."""
+        phase; a meeting whose effective interval changed gets a new job that runs no later
+        than the old one was due; removed ones lose theirs; new ones get first runs spread
+        over one interval (see :meth:`_add_jobs`). Backoff starts afresh: the new settings (a
+        rotated token, say) may cure the failures."""
         self._plan = plan
         self._streak, self._backoff_until = {}, {}
         interval_of = self._intervals(plan)
         kept: set[str] = set()
+        due: dict[MeetingKey, float] = {}
         for job in self._scheduler.get_jobs():
             if not job.id.startswith(JOB_PREFIX):
                 continue
             key = job.args[0]
             if key in interval_of and same_interval(job.trigger.interval_length, interval_of[key]):
                 kept.add(job.id)
-            else:
+                continue
+            if key in interval_of:
+                due[key] = _due_in(job)
+            job.remove()
+        self._add_jobs([key for key in plan.meetings if job_id(key) not in kept], interval_of, due)
+        self._interval_of = interval_of
+
+    def retime(self, intervals: Mapping[AppKey, float]) -> None:
+        """Poll some apps at other intervals (their webhooks turned healthy or unhealthy): only
+        the jobs whose effective interval changed are replaced, each running no later than it
+        was due; every other job, and every meeting's backoff, stays as it is."""
+        self._plan = replace(self._plan, intervals=dict(intervals))
+        interval_of = self._intervals(self._plan)
+        due: dict[MeetingKey, float] = {}
+        for key, seconds in interval_of.items():
+            if same_interval(self._interval_of.get(key, -1.0), seconds):
+                continue
+            job = self._scheduler.get_job(job_id(key))
+            due[key] = 0.0 if job is None else _due_in(job)
+            if job is not None:
                 job.remove()
-        new = [key for key in plan.meetings if job_id(key) not in kept]
-        for i, key in enumerate(new):
+        self._add_jobs(list(due), interval_of, due)
+        self._interval_of = interval_of
+
+    def _add_jobs(
+        self,
+        keys: list[MeetingKey],
+        interval_of: Mapping[MeetingKey, float],
+        due: Mapping[MeetingKey, float],
+    ) -> None:
+        """Jobs for ``keys``. First runs are spread evenly over the interval the meetings would
+        have without webhooks (a meeting first seen while its app's webhooks are healthy is not
+        kept waiting for the reconcile interval: alone, it is polled at once), and never later
+        than ``due`` seconds from now (a job replaced for its new interval)."""
+        plan = self._plan
+        for i, key in enumerate(keys):
             interval = interval_of[key]
-            add_job(
-                self._scheduler,
-                job_id(key),
-                self.poll_meeting,
-                key,
-                interval,
-                interval * i / len(new),
-            )
+            spread = interval * plan.interval / plan.interval_of(key.app)
+            delay = min(spread * i / len(keys), due.get(key, math.inf))
+            add_job(self._scheduler, job_id(key), self.poll_meeting, key, interval, delay)
 
     def _intervals(self, plan: PollPlan) -> dict[MeetingKey, float]:
         """Each meeting's interval, stretched per token when its budget cannot sustain the
@@ -303,10 +339,13 @@ class Poller(Jobs):
 
 class Refresher:
     """Prompt polls asked for by webhook events. Each meeting is asked at most once per
-    :data:`REFRESH_SECONDS`; asks wait in a queue (a meeting once, however many events it had)
-    that is drained at ``rate()`` per second at most, and a refresh goes out only into a spare
-    slot of the token's budget (like a retry), so it never delays a routine poll. A storm of
-    events is a bounded, de-duplicated trickle of polls."""
+    :data:`REFRESH_SECONDS`; asks wait in a queue (a meeting once, however many events it had,
+    at most :data:`MAX_REFRESH_QUEUE` meetings: beyond, an ask is dropped and polling
+    reconciles) that is drained at ``rate()`` per second at most. A refresh goes out only into a
+    spare slot of the token's budget (like a retry), so it never delays a routine poll, and at
+    most one per ``spacing / REFRESH_SHARE`` seconds per token, so refreshes never take more than
+    :data:`REFRESH_SHARE` of a token's budget however long a storm lasts. Every step is O(1):
+    10,000s of distinct meetings asking at once never hold the event loop."""
 
     def __init__(
         self,
@@ -315,19 +354,25 @@ class Refresher:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
+        max_queue: int = MAX_REFRESH_QUEUE,
     ) -> None:
         self._send, self._rate, self._clock, self._sleep = send, rate, clock, sleep
+        self._max_queue = max_queue
         self._queue: dict[MeetingKey, ApiClient] = {}  # in order of asking
-        self._asked: dict[MeetingKey, float] = {}  # when each meeting was last asked for
+        self._asked: OrderedDict[MeetingKey, float] = OrderedDict()  # last asked, oldest first
+        self._next: dict[int, float] = {}  # id(limiter) -> earliest time of its next refresh
         self._draining: asyncio.Task[None] | None = None
 
     def ask(self, key: MeetingKey, client: ApiClient) -> bool:
+        """Queue a prompt poll of ``key``; False when coalesced with a recent or queued one, or
+        when the queue is full."""
         now = self._clock()
-        if key in self._queue or now - self._asked.get(key, -REFRESH_SECONDS) < REFRESH_SECONDS:
+        asked = self._asked
+        while asked and now - next(iter(asked.values())) >= REFRESH_SECONDS:
+            asked.popitem(last=False)  # forget the old ones: each is popped once
+        if key in self._queue or key in asked or len(self._queue) >= self._max_queue:
             return False
-        if len(self._asked) > 10_000:  # forget the old ones
-            self._asked = {k: t for k, t in self._asked.items() if now - t < REFRESH_SECONDS}
-        self._asked[key] = now
+        asked[key] = now
         self._queue[key] = client
         if self._draining is None or self._draining.done():
             self._draining = asyncio.get_running_loop().create_task(self._drain())
@@ -339,11 +384,21 @@ class Refresher:
         while self._queue:
             key, client = next(iter(self._queue.items()))
             del self._queue[key]
-            if client.limiter.has_spare():
+            limiter, now = client.limiter, self._clock()
+            if limiter.has_spare() and now >= self._next.get(id(limiter), now):
+                if len(self._next) > 1000:  # limiters replaced by reloads: forget them
+                    self._next.clear()
+                self._next[id(limiter)] = now + limiter.spacing / REFRESH_SHARE
                 await self._send(key, client)
-            else:  # the budget is busy: routine polls are frequent; try again later
+            else:  # the budget is busy, or this token's share is spent: try again later
                 self._queue[key] = client
             await self._sleep(1 / self._rate())
+
+
+def _due_in(job: Job) -> float:
+    """Seconds from now until the job's next run (its first, before the scheduler started)."""
+    when = getattr(job, "next_run_time", None) or getattr(job.trigger, "start_date", None)
+    return 0.0 if when is None else max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 async def fetch(client: ApiClient, key: MeetingKey) -> Outcome:

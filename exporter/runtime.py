@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,26 +30,17 @@ from exporter.config import (
     read_tokens,
     restart_needed,
 )
-from exporter.discovery import Discovery, DiscoveryPlan
-from exporter.errors import ApiError, ConfigError, ExporterError
-from exporter.files import read_file
+from exporter.discovery import Discovery, DiscoveryPlan, admits
+from exporter.errors import ConfigError
+from exporter.events import EventPorts
 from exporter.health import CoordinationState, Health
 from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog, RedactingFilter
 from exporter.model import AppKey, MeetingKey, TokenSource
 from exporter.poller import SHUTDOWN_GRACE, Poller, PollPlan
 from exporter.shard import filter_config, shard_rate_limits, token_name
-from exporter.store import Labels, Store
-from exporter.webhooks import (
-    REFRESHING,
-    Event,
-    KeySource,
-    WebhookHealth,
-    WebhookReceiver,
-    WebhookStats,
-    implied_answer,
-    load_public_key,
-)
+from exporter.store import Labels, Store, stale_windows
+from exporter.webhook_layer import Webhooks
 
 if TYPE_CHECKING:
     from exporter.coordination import Coordinator
@@ -97,6 +87,10 @@ class Runtime:
     @property
     def apps(self) -> list[App]:
         return [] if self.work is None else list(self.work.apps)
+
+    def app(self, key: AppKey) -> App | None:
+        """This shard's app of that key, if any."""
+        return next((app for app in self.apps if app.key == key), None)
 
     def targets(self) -> dict[MeetingKey, Labels]:
         return {} if self.work is None else self.work.targets()
@@ -225,8 +219,9 @@ class Service:
         self._reloading: asyncio.Future[tuple[bool, str]] | None = None
         self._again = False
         self._reload_soon = False  # a SIGHUP reload is scheduled
+        self._slow: dict[AppKey, float] = {}  # apps polled otherwise: healthy webhooks
         listening = config.webhooks.listen_address is not None
-        self.webhooks = Webhooks(self, config.webhooks) if listening else None
+        self.webhooks = webhook_layer(self, config.webhooks) if listening else None
 
     @property
     def config(self) -> Config:
@@ -251,7 +246,7 @@ class Service:
             self._retired.append(self.runtime.http)
         self.runtime = runtime
         self.redact.secrets.update(runtime.tokens.values())
-        intervals = self.webhooks.intervals() if self.webhooks is not None else {}
+        intervals = self._slow
         if self.leader:
             discovery_plan, poll_plan = (
                 runtime.discovery_plan(intervals),
@@ -260,14 +255,21 @@ class Service:
         else:  # a standby polls nothing and exports no meeting (sums across replicas stay right)
             discovery_plan = replace(runtime.discovery_plan(), apps={})
             poll_plan = replace(runtime.poll_plan(), meetings={})
-        discovered = self.discovery.apply(discovery_plan)
+        discovered = self.discovery.schedule(discovery_plan)
         self.store.set_targets({**runtime.targets(), **discovered} if self.leader else {})
-        self.poller.apply(poll_plan)
+        self.poller.schedule(poll_plan)
         apps = {app.key for app in runtime.apps}
         self._failures.keep_only(lambda k: k in apps or k in poll_plan.meetings or k in discovered)
         self.health.set_budgets(
             [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
         )
+        self._set_windows()
+
+    def _set_windows(self) -> None:
+        """Each app's staleness window, from the intervals just planned (:func:`stale_windows`)."""
+        poll = self.runtime.config.poll
+        effective = self.health.snapshot().effective_intervals
+        self.store.set_windows(stale_windows(effective, poll.stale_after, poll.interval_seconds))
 
     def coordination_state(self) -> CoordinationState:
         """For the collector: Redis reachable, this replica the leader, errors by operation."""
@@ -300,9 +302,22 @@ class Service:
         else:
             self.swap(self.runtime)
 
-    def replan(self) -> None:
-        """Apply the running Runtime again (the apps' intervals changed)."""
-        self.swap(self.runtime)
+    def webhook_health(self, app: AppKey, healthy: bool) -> None:
+        """An app's webhooks turned healthy (poll it every ``reconcile_interval_seconds``) or
+        unhealthy (at its normal interval again): that app alone is re-planned."""
+        assert self.webhooks is not None
+        if healthy:
+            self._slow[app] = self.webhooks.settings.reconcile_interval_seconds
+        else:
+            self._slow.pop(app, None)
+        if not self.leader:
+            return  # a standby polls nothing; a new leader plans with these intervals
+        runtime = self.runtime
+        if any(a.key == app and a.discover.enabled for a in runtime.apps):
+            self.discovery.schedule(runtime.discovery_plan(self._slow))
+        else:
+            self.poller.retime(self._slow)
+        self._set_windows()
 
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config file and the tokens and swap them in if valid; the outcome is
@@ -398,6 +413,38 @@ class Service:
 _background: set[asyncio.Task[Any]] = set()
 
 
+def webhook_layer(service: Service, settings: WebhooksConfig) -> Webhooks:
+    """The webhook layer of ``service``, given what its events may touch (and nothing more)."""
+
+    def adopt(key: MeetingKey, title: str | None) -> bool:
+        """Export a meeting an event says started when its app discovers and its ``include``,
+        ``exclude`` and ``name_regex`` admit it (as they would in a listing)."""
+        app = service.runtime.app(key.app)
+        if app is None or not admits(app.discover, key.meeting_id, title):
+            return False
+        return bool(service.discovery.adopt([key]))
+
+    def apps(whole: bool) -> list[AppKey]:
+        config = service.runtime.config if whole else service.runtime.work
+        return [] if config is None else [a.key for a in config.apps if a.webhooks.enabled]
+
+    ports = EventPorts(
+        client_of=lambda app: service.runtime.clients.get(app),
+        state_of=service.store.get,
+        push=service.store.push,
+        adopt=adopt,
+        refresh=service.poller.refresh,
+    )
+    return Webhooks(
+        settings,
+        ports=ports,
+        apps=lambda: apps(whole=False),
+        elsewhere=lambda: set(apps(whole=True)) - set(apps(whole=False)),
+        summary=service.store.app_summary,
+        on_health=service.webhook_health,
+    )
+
+
 def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Coordinator | None:
     block = config.coordination
     if block is None:
@@ -445,119 +492,3 @@ async def off_loop(work: Callable[[], T]) -> T:
 
     threading.Thread(target=run, name="reload", daemon=True).start()
     return await future
-
-
-class Webhooks:
-    """The webhook receiver's parts and what accepted events do (see :mod:`exporter.webhooks`):
-    a start or end changes the meeting at once, participant changes ask for a prompt poll, and
-    while an app's webhooks are healthy its routine polling slows to
-    ``webhooks.reconcile_interval_seconds``."""
-
-    #: How often the health of every app's webhooks is checked.
-    CHECK_SECONDS = 5.0
-
-    def __init__(self, service: Service, settings: WebhooksConfig) -> None:
-        self._service = service
-        self.settings = settings
-        self.stats = WebhookStats()
-        self.health = WebhookHealth(quiet_seconds=2 * settings.reconcile_interval_seconds)
-        self.keys = self._key_source(settings)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.slow: frozenset[AppKey] = frozenset()  # apps polled at the reconcile interval
-        self.receiver = WebhookReceiver(
-            keys=self.keys,
-            apps=self.apps,
-            on_event=self._on_event,
-            stats=self.stats,
-            health=self.health,
-            max_body_bytes=settings.max_body_bytes,
-            schedule=self._schedule,
-        )
-
-    def _key_source(self, settings: WebhooksConfig) -> KeySource:
-        if settings.public_key_file is not None:
-            what = "webhooks.public_key_file"
-            pem = read_file(settings.public_key_file, 64 << 10, what)
-            return KeySource(load_public_key(pem, source=what))
-        return KeySource(fetch=self._fetch_key)
-
-    async def _fetch_key(self) -> bytes:
-        url = self.settings.public_key_url
-        try:
-            async with httpx.AsyncClient(timeout=10, follow_redirects=False) as http:
-                answer = await http.get(url, headers={"Accept": "application/json"})
-        except httpx.HTTPError as err:
-            raise ApiError("connect", f"webhook key {url}: {type(err).__name__}") from None
-        if answer.status_code != 200 or len(answer.content) > 64 << 10:
-            raise ApiError("invalid_response", f"webhook key {url}: HTTP {answer.status_code}")
-        return answer.content
-
-    def apps(self) -> list[AppKey]:
-        """The apps whose webhooks this process takes (read from the HTTP thread)."""
-        return [app.key for app in self._service.runtime.apps if app.webhooks.enabled]
-
-    def intervals(self) -> dict[AppKey, float]:
-        return dict.fromkeys(self.slow, self.settings.reconcile_interval_seconds)
-
-    async def run(self) -> None:
-        """On the loop until cancelled: load the key (retried after 1, 2, 4 … at most 30 s), then
-        check every app's webhook health and re-plan polling when it changes."""
-        self._loop = asyncio.get_running_loop()
-        delay = 1.0
-        while self.keys.key is None:
-            try:
-                await self.keys.refresh()
-                log.info("webhook public key loaded from %s", self.settings.public_key_url)
-            except ExporterError as err:
-                log.warning("webhook public key not loaded, retrying in %gs: %s", delay, err)
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 30.0)
-        while True:
-            healthy = self._healthy()
-            if healthy != self.slow:
-                log.info(
-                    "webhooks healthy for %d app(s): polling them every %gs",
-                    len(healthy), self.settings.reconcile_interval_seconds,
-                )  # fmt: skip
-                self.slow = healthy
-                self._service.replan()
-            await asyncio.sleep(self.CHECK_SECONDS)
-
-    def _healthy(self) -> frozenset[AppKey]:
-        """Apps whose webhooks can be trusted and none of whose meetings is failing (a failing
-        meeting needs its normal polls and backoff to recover, not the reconcile interval)."""
-        live, failing = self._service.store.app_summary()
-        return frozenset(
-            a
-            for a in self.apps()
-            if a not in failing and self.health.healthy(a, has_live_sessions=a in live)
-        )
-
-    def _schedule(self, work: Coroutine[Any, Any, bool]) -> object:
-        if self._loop is None:
-            work.close()
-            return None
-        return asyncio.run_coroutine_threadsafe(work, self._loop)
-
-    def _on_event(self, app: AppKey, event: Event) -> None:
-        """From the receiver's thread: do the work on the loop, after the answer went out."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.apply, app, event)
-
-    def apply(self, app_key: AppKey, event: Event) -> None:
-        """What one accepted event changes (on the loop)."""
-        service = self._service
-        client = service.runtime.clients.get(app_key)
-        if event.meeting_id is None or client is None:
-            return
-        key = MeetingKey(*app_key, event.meeting_id)
-        state = service.store.get(key)
-        if state is None and event.name == "meeting.started" and service.discovery.adopt([key]):
-            state = service.store.get(key)
-        if state is None:
-            return  # not a meeting this process exports
-        answer = implied_answer(event, state.answer)
-        if answer is not None:
-            service.store.push(key, answer, time.time())
-        if event.name in REFRESHING and service.poller.refresh(key, client):
-            self.stats.refreshed(app_key)

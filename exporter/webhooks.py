@@ -13,16 +13,19 @@ check                           status  result (``realtimekit_webhook_requests_t
 ==============================  ======  ===================================================
 path not ``/webhooks/{a}/{b}``  404     (not counted)
 method not ``POST``             405     (not counted)
+app another shard's             200     (not counted, nothing forwarded)
 app not configured              404     ``unknown_app``
 body over ``max_body_bytes``    413     ``too_large``
 signature missing or bad        401     ``bad_signature`` (checked before anything is parsed)
-delivery id seen before         200     ``duplicate`` (no effect)
+body or delivery id seen        200     ``duplicate`` (no effect)
 JSON malformed, event unknown   400     ``malformed`` (RealtimeKit does not retry a 4xx)
 otherwise                       200     ``accepted``: ``on_event(app, event)`` is called
 ==============================  ======  ===================================================
 
-The signature covers the body only, not the path: a genuine delivery could be replayed to another
-app's path. Delivery ids are therefore remembered across all apps, so a replay is a duplicate.
+The signature covers the body only, not the path, and the delivery id (``rtk-uuid``) is not signed:
+a genuine delivery could be replayed to another app's path, or with a new id. Deliveries are
+therefore remembered by a hash of the signed body (and by their id) across all apps, so a replay
+is a duplicate however it is dressed.
 
 Depends only on the standard library, ``cryptography`` and the exporter's own modules.
 """
@@ -34,7 +37,6 @@ import binascii
 import hashlib
 import json
 import logging
-import math
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -47,7 +49,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from exporter.errors import ConfigError, ExporterError
-from exporter.model import SAFE_ID, Answer, AppKey, Session, parse_timestamp
+from exporter.events import Event, MalformedEvent, WebhookHealth, parse_event
+from exporter.model import SAFE_ID, AppKey
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +62,9 @@ DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
 #: A failed signature triggers at most one key re-fetch per this many seconds.
 REFETCH_INTERVAL_SECONDS: Final = 600.0
 
-EVENTS: Final = (
-    "meeting.started",
-    "meeting.ended",
-    "meeting.participantJoined",
-    "meeting.participantLeft",
-    "recording.statusUpdate",
-    "livestreaming.statusUpdate",
-    "meeting.chatSynced",
-    "meeting.transcript",
-    "meeting.summary",
-)
 #: Values of the ``result`` label of ``realtimekit_webhook_requests_total``.
 RESULTS: Final = ("accepted", "duplicate", "bad_signature", "malformed", "unknown_app", "too_large")
 
-#: JSON nesting deeper than this is malformed (real payloads are 3 levels deep).
-MAX_DEPTH: Final = 32
-#: Integer literals longer than this are malformed (no field needs more than a Unix time in ms).
-MAX_INT_DIGITS: Final = 20
 #: A signature header longer than this is bad (a 4096-bit signature is 684 base64 characters).
 MAX_SIGNATURE_CHARS: Final = 2048
 #: Distinct unknown (account_id, app_id) pairs counted under their own labels; the rest, and
@@ -210,173 +198,50 @@ class KeySource:
         return changed
 
 
-# --- Events --------------------------------------------------------------------------------
-
-
-class MalformedEvent(ExporterError):
-    """A verified body that is not a usable event; the message says what is wrong."""
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """What the effects need of one webhook payload. Times are Unix seconds."""
-
-    name: str  # one of EVENTS
-    meeting_id: str | None  # always set for meeting.* events
-    session_id: str | None = None
-    title: str | None = None
-    status: str | None = None
-    started_at: float | None = None
-    ended_at: float | None = None
-    reason: str | None = None  # meeting.ended: HOST_ENDED_MEETING | ALL_PARTICIPANTS_LEFT
-    peer_id: str | None = None  # participant events
-
-
-def _parse_int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"integer with {len(text)} digits is too large")
-    return int(text)
-
-
-def _parse_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:30]} is out of range")
-    return value
-
-
-def _reject_constant(text: str) -> Any:
-    raise ValueError(f"{text} is not a JSON number")
-
-
-def _check_depth(doc: Any) -> None:
-    """Raise when ``doc`` nests deeper than :data:`MAX_DEPTH` (stops at the first too deep)."""
-    stack: list[tuple[Any, int]] = [(doc, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if not isinstance(node, dict | list):
-            continue
-        if depth > MAX_DEPTH:
-            raise MalformedEvent(f"JSON nested deeper than {MAX_DEPTH} levels")
-        children = node.values() if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children)
-
-
-def _load(body: bytes) -> dict[str, Any]:
-    try:
-        doc = json.loads(
-            body,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
-            parse_constant=_reject_constant,
-        )
-    except RecursionError:
-        raise MalformedEvent(f"JSON nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and the hooks above
-        raise MalformedEvent(f"body is not valid JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise MalformedEvent("body is not a JSON object")
-    _check_depth(doc)
-    return doc
-
-
-def _text(obj: dict[str, Any], key: str, where: str) -> str | None:
-    value = obj.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise MalformedEvent(f"field {where}{key} is not a string: {repr(value)[:40]}")
-
-
-def _safe_id(obj: dict[str, Any], key: str, where: str) -> str | None:
-    value = _text(obj, key, where)
-    if value is not None and not SAFE_ID.fullmatch(value):
-        raise MalformedEvent(f"field {where}{key} is not a safe id: {value[:40]!r}")
-    return value
-
-
-def _object(doc: dict[str, Any], key: str) -> dict[str, Any] | None:
-    value = doc.get(key)
-    if value is None or isinstance(value, dict):
-        return value
-    raise MalformedEvent(f"field {key} is not an object")
-
-
-def parse_event(body: bytes) -> Event:
-    """An :class:`Event` from a (verified) camelCase payload; :class:`MalformedEvent` otherwise.
-
-    >>> parse_event(b'{"event": "meeting.ended", "reason": "ALL_PARTICIPANTS_LEFT",'
-    ...     b' "meeting": {"id": "m1", "sessionId": "s1", "endedAt": "2025-01-01T10:00:00Z"}}')
-    Event(name='meeting.ended', meeting_id='m1', session_id='s1', ..., ended_at=1735725600.0, ...)
-
-    ``meeting`` (with a safe ``id``) is required for ``meeting.*`` events; other events may lack it.
-    Unusable optional values (a timestamp that is not ISO-8601) count as missing.
-    """
-    doc = _load(body)
-    name = doc.get("event")
-    if name not in EVENTS:
-        raise MalformedEvent(f"field event is not a known event: {repr(name)[:60]}")
-    meeting = _object(doc, "meeting")
-    participant = _object(doc, "participant") or {}
-    if meeting is None:
-        if name.startswith("meeting."):
-            raise MalformedEvent(f"field meeting is missing in a {name} event")
-        meeting = {}
-    meeting_id = _safe_id(meeting, "id", "meeting.")
-    if meeting_id is None and name.startswith("meeting."):
-        raise MalformedEvent(f"field meeting.id is missing in a {name} event")
-    return Event(
-        name=name,
-        meeting_id=meeting_id,
-        session_id=_safe_id(meeting, "sessionId", "meeting."),
-        title=_text(meeting, "title", "meeting."),
-        status=_text(meeting, "status", "meeting."),
-        started_at=parse_timestamp(meeting.get("startedAt")),
-        ended_at=parse_timestamp(meeting.get("endedAt")),
-        reason=_text(doc, "reason", ""),
-        peer_id=_text(participant, "peerId", "participant."),
-    )
-
-
 # --- De-duplication, counters, health ------------------------------------------------------
 
 
 class Deduper:
-    """Delivery ids seen in the last ``ttl_seconds`` (24 h), at most ``max_ids`` of them (the oldest
-    is forgotten first). Ids longer than 64 characters are kept as their SHA-256. Thread-safe."""
+    """Deliveries seen in the last ``ttl_seconds`` (24 h), remembered by a hash of their signed
+    body and of their delivery id: at most ``max_ids`` hashes (the oldest is forgotten first),
+    16 bytes each, so memory stays bounded (about 35 MB when full). Thread-safe."""
 
     def __init__(
         self,
         *,
         ttl_seconds: float = 86_400.0,
-        max_ids: int = 100_000,
+        max_ids: int = 200_000,  # 100,000 deliveries with an id
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._ttl = ttl_seconds
         self._max = max_ids
         self._clock = clock
-        self._seen: OrderedDict[str, float] = OrderedDict()  # oldest first
+        self._seen: OrderedDict[bytes, float] = OrderedDict()  # oldest first
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._seen)
 
-    def seen_before(self, delivery_id: str) -> bool:
-        """Whether ``delivery_id`` was seen within the window; remembers it either way."""
-        key = (
-            delivery_id
-            if len(delivery_id) <= 64
-            else hashlib.sha256(delivery_id.encode()).hexdigest()
-        )
+    def seen_before(self, *keys: str | bytes) -> bool:
+        """Whether any of ``keys`` (a delivery id, a body) was seen within the window;
+        remembers them all either way."""
+        hashes = [_digest(key) for key in keys]
         with self._lock:
             now = self._clock()
             while self._seen and next(iter(self._seen.values())) <= now - self._ttl:
                 self._seen.popitem(last=False)
-            if key in self._seen:
-                return True
-            self._seen[key] = now
+            seen = any(h in self._seen for h in hashes)
+            for h in hashes:
+                self._seen[h] = self._seen.get(h, now)  # keeps its place: forgotten 24 h after
             while len(self._seen) > self._max:
                 self._seen.popitem(last=False)
-            return False
+            return seen
+
+
+def _digest(key: str | bytes) -> bytes:
+    """16 bytes standing for a delivery id (``str``) or a body (``bytes``), never both."""
+    data = b"body\0" + key if isinstance(key, bytes) else b"id\0" + key.encode()
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,59 +298,6 @@ class WebhookStats:
             )
 
 
-class WebhookHealth:
-    """Whether an app's webhooks can be trusted to report changes, so its routine polling may slow
-    down to ``reconcile_interval_seconds``.
-
-    The rule, per app:
-
-    - unknown (not healthy) until the first accepted event;
-    - unhealthy while the last ``max_bad_signatures`` (5) or more requests to its path failed
-      verification in a row; any verified request ends the streak;
-    - unhealthy when it has live sessions (as polling saw them; the caller passes
-      ``has_live_sessions``) and no event was accepted for ``quiet_seconds`` (suggested: twice the
-      reconcile interval). Without live sessions silence is expected and does not count.
-
-    Failing is always safe: an unhealthy app is polled at its normal interval. A forger can make
-    an app unhealthy with bad signatures, which costs budget but never changes a metric.
-    Thread-safe; the only time source is ``clock``.
-    """
-
-    def __init__(
-        self,
-        *,
-        quiet_seconds: float,
-        max_bad_signatures: int = 5,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._quiet = quiet_seconds
-        self._max_bad = max_bad_signatures
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._streak: dict[AppKey, int] = {}
-        self._last_accepted: dict[AppKey, float] = {}
-
-    def verified(self, app: AppKey) -> None:
-        with self._lock:
-            self._streak[app] = 0
-
-    def accepted(self, app: AppKey) -> None:
-        with self._lock:
-            self._streak[app] = 0
-            self._last_accepted[app] = self._clock()
-
-    def bad_signature(self, app: AppKey) -> None:
-        with self._lock:
-            self._streak[app] = self._streak.get(app, 0) + 1
-
-    def healthy(self, app: AppKey, *, has_live_sessions: bool) -> bool:
-        with self._lock:
-            last = self._last_accepted.get(app)
-            if last is None or self._streak.get(app, 0) >= self._max_bad:
-                return False
-            return not has_live_sessions or self._clock() - last <= self._quiet
-
-
 # --- The WSGI app --------------------------------------------------------------------------
 
 
@@ -504,6 +316,7 @@ _ANSWERS: Final = {
     "too_large": _Answer("413 Content Too Large", "body too large"),
 }
 _NOT_FOUND: Final = _Answer("404 Not Found", "not found")
+_ELSEWHERE: Final = _Answer("200 OK", "not this shard")
 _NOT_POST: Final = _Answer("405 Method Not Allowed", "method not allowed", (("Allow", "POST"),))
 
 
@@ -577,6 +390,7 @@ class WebhookReceiver:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         schedule: Callable[[Coroutine[Any, Any, bool]], object] | None = None,
         wall: Callable[[], float] = time.time,
+        elsewhere: Callable[[], Collection[AppKey]] | None = None,
     ) -> None:
         self.keys = keys
         self.stats = stats
@@ -587,6 +401,7 @@ class WebhookReceiver:
         self._max = max_body_bytes
         self._schedule = schedule
         self._wall = wall
+        self._elsewhere = elsewhere
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         answer = self._answer(environ)
@@ -606,6 +421,9 @@ class WebhookReceiver:
         if environ.get("REQUEST_METHOD") != "POST":
             return _NOT_POST
         if app not in self._apps():
+            if self._elsewhere is not None and app in self._elsewhere():
+                log.debug("webhook for %s/%s: another shard's app, not forwarded", *app)
+                return _ELSEWHERE  # 2xx: RealtimeKit does not retry a 404
             self.stats.unknown_app(app)
             return _ANSWERS["unknown_app"]
         result = self._deliver(app, environ)
@@ -624,8 +442,8 @@ class WebhookReceiver:
         if not self.keys.verify(body, _header(environ, "SIGNATURE")):
             self._bad_signature(app)
             return "bad_signature"
-        delivery = _header(environ, "UUID")
-        if delivery and self.deduper.seen_before(delivery):
+        delivery = _header(environ, "UUID")  # not signed: the body's hash is what counts
+        if self.deduper.seen_before(body, *([delivery] if delivery else [])):
             if self.health is not None:
                 self.health.verified(app)
             return "duplicate"
@@ -647,44 +465,3 @@ class WebhookReceiver:
             self.health.bad_signature(app)
         if self._schedule is not None and self.keys.claim_refetch():
             self._schedule(self.keys.refetch())
-
-
-#: Events after which the meeting's numbers are asked for again (one prompt, coalesced poll).
-REFRESHING: Final = frozenset(
-    {"meeting.started", "meeting.participantJoined", "meeting.participantLeft"}
-)
-
-
-def implied_answer(event: Event, previous: Answer | None) -> Answer | None:
-    """The state a start or end event sets at once (``None``: the event sets nothing; the
-    numbers always come from the REST API). A start is a LIVE session (the participants of the
-    same session kept, else 0 until the prompt poll); an end is the session ENDED with nobody
-    in it, as the API itself shows a session that just ended."""
-    old = previous if isinstance(previous, Session) else None
-    same = old is not None and (event.session_id is None or old.id == event.session_id)
-    if event.name == "meeting.started":
-        return Session(
-            id=event.session_id or (old.id if old is not None else "unknown"),
-            status="LIVE",
-            live_participants=old.live_participants if same and old is not None else 0.0,
-            max_concurrent_participants=old.max_concurrent_participants if same and old else None,
-            minutes_consumed=old.minutes_consumed if same and old is not None else None,
-            started_at=event.started_at,
-            type=old.type if old is not None else None,
-            meeting_display_name=event.title or (old.meeting_display_name if old else None),
-            associated_id=event.meeting_id,
-        )
-    if event.name == "meeting.ended":
-        base = old if same and old is not None else None
-        return Session(
-            id=event.session_id or (old.id if old is not None else "unknown"),
-            status="ENDED",
-            live_participants=0.0,
-            max_concurrent_participants=base.max_concurrent_participants if base else None,
-            minutes_consumed=base.minutes_consumed if base else None,
-            started_at=event.started_at or (base.started_at if base else None),
-            type=base.type if base else None,
-            meeting_display_name=event.title or (base.meeting_display_name if base else None),
-            associated_id=event.meeting_id,
-        )
-    return None

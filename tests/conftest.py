@@ -352,6 +352,8 @@ def start_discovery(
         clock=clock,
     )
     apps = {app.key: (app, client) for app in config.apps}
-    discovered = discovery.apply(DiscoveryPlan(apps, interval, stale_after, asyncio.Semaphore(4)))
+    discovered = discovery.schedule(
+        DiscoveryPlan(apps, interval, stale_after, asyncio.Semaphore(4))
+    )
     store.set_targets({**config.targets(), **discovered})
     return discovery

@@ -140,7 +140,7 @@ def make_poller(
         clock=t.clock,
     )
     planned = dict.fromkeys(keys or [KEY], client)
-    poller.apply(PollPlan(planned, interval, 80, asyncio.Semaphore(4)))
+    poller.schedule(PollPlan(planned, interval, 80, asyncio.Semaphore(4)))
     return poller, client, health
 
 
@@ -245,6 +245,8 @@ def test_refreshes_are_deduplicated_and_paced_at_the_refresh_rate():
     sent: list[tuple[str, float]] = []
 
     class Budget:  # a token budget that always has a spare slot
+        spacing = 0.0
+
         def has_spare(self) -> bool:
             return True
 

@@ -245,7 +245,7 @@ def test_changed_states_are_rendered_again(store: Store, clock: Clock):
         | {key("m-new"): ()}
     )
     store.record(key("m-new"), NO_ACTIVE_SESSION, 0.1, T0 - 1)
-    store.apply(remove=[key("m-bare")])
+    store.merge(remove=[key("m-bare")])
     after = mc.render()
     assert after == reference(mc) != before
     text = after.decode()
@@ -278,12 +278,12 @@ def test_meetings_that_move_or_are_replaced(store: Store, clock: Clock):
     store.record(key("m-newcomer"), NO_ACTIVE_SESSION, 0.1, T0 - 1)
     assert mc.render() == reference(mc)
     # Without set_targets the others keep their state objects, and shift by one place.
-    store.apply(remove=[key("m-ended")])
-    store.apply(add={key("m-late"): ()})
+    store.merge(remove=[key("m-ended")])
+    store.merge(add={key("m-late"): ()})
     store.record(key("m-late"), NO_ACTIVE_SESSION, 0.1, T0 - 1)
     assert mc.render() == reference(mc)
     last = list(_targets(store))[-1][0]
-    store.apply(remove=[last])  # nothing else moves
+    store.merge(remove=[last])  # nothing else moves
     assert mc.render() == reference(mc)
     assert f'meeting_id="{last.meeting_id}"'.encode() not in mc.render()
 

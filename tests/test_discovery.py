@@ -379,7 +379,7 @@ def test_a_cycle_of_100k_sessions_is_one_store_write_and_linear():
         version, writes = store.snapshot()[0], store.writes
         records = [(k, s, 0.1, now) for k, s in plan.record.items()]
         records += [(k, NO_ACTIVE_SESSION, 0.1, now) for k in plan.idle]
-        store.apply(add=plan.add, record=records, remove=plan.expire)
+        store.merge(add=plan.add, record=records, remove=plan.expire)
         assert store.writes == writes + 1  # the whole cycle is one write...
         assert store.snapshot()[0] == version + 1  # ...and one version bump
         seen = plan.seen
@@ -394,7 +394,7 @@ def test_a_store_batch_keeps_the_state_objects_it_does_not_name():
     keys = [key(f"m{i}") for i in range(3)]
     store.set_targets(dict.fromkeys(keys, ()))
     before = store.snapshot()[1]
-    store.apply(record=[(keys[0], NO_ACTIVE_SESSION, 0.1, 1000.0)])
+    store.merge(record=[(keys[0], NO_ACTIVE_SESSION, 0.1, 1000.0)])
     after = store.snapshot()[1]
     assert after[keys[0]] is not before[keys[0]]
     assert after[keys[1]] is before[keys[1]] and after[keys[2]] is before[keys[2]]  # fragments kept

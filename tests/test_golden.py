@@ -126,7 +126,7 @@ def render() -> str:
             clock=lambda: now[0],
             timer=lambda: next(ticks),
         )
-        poller.apply(PollPlan(dict.fromkeys(keys, client), 30, 300, asyncio.Semaphore(1)))
+        poller.schedule(PollPlan(dict.fromkeys(keys, client), 30, 300, asyncio.Semaphore(1)))
         for when in (T0 - 100, T0 - 70):  # two rounds; meetings with one answer poll once
             now[0] = when
             for key in keys:

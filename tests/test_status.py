@@ -316,7 +316,7 @@ def test_chromium_renders_a_page_of_a_real_store(tmp_path: Path) -> None:
     evil = MeetingKey(ACCOUNT, APP, "m-evil")
     found = {MeetingKey(ACCOUNT, DISCO, f"d{i}"): () for i in range(3)}
     outcomes = [session(EVIL_NAME), NO_ACTIVE_SESSION, ApiError("auth", "HTTP 401")]
-    store.apply(add=found, record=[(k, o, 0.1, now) for k, o in zip(found, outcomes, strict=True)])
+    store.merge(add=found, record=[(k, o, 0.1, now) for k, o in zip(found, outcomes, strict=True)])
     store.record(evil, session(EVIL_NAME, live=5), 0.05, now)
     text = status_page(
         states=store.snapshot()[1],
