@@ -41,6 +41,7 @@ _STATE: Final = TypeAdapter(MeetingState)
 MAX_ENTRY_BYTES: Final = 64 * 1024  # one encoded state; real ones are a few hundred bytes
 MAX_DURATION: Final = 7 * 86400.0  # seconds of one poll (the config's bound on any time)
 MAX_ERRORS: Final = 2**53  # a counter beyond this is not a count (and not exact as a float)
+MAX_STALE: Final = 86400.0 * 3650  # a staleness window (the config allows 30 days × stretch)
 FUTURE_SLACK: Final = 300.0  # replica clocks may disagree this much (they should use NTP)
 _LABEL_CHARS: Final = MAX_LABEL_CHARS + len(TRUNCATED)
 
@@ -75,9 +76,12 @@ def decode_state(data: bytes | str, now: float | None = None) -> MeetingState:
 
 def _problems(state: MeetingState, now: float) -> list[str]:
     out = _session_problems(state.answer) if isinstance(state.answer, Session) else []
-    last = state.last_success
-    if last is not None and not (math.isfinite(last) and 0 <= last <= now + FUTURE_SLACK):
-        out.append(f"last_success: not a finite Unix time up to now: {last!r}")
+    for name in ("last_success", "event_at"):
+        moment = getattr(state, name)
+        if moment is not None and not (math.isfinite(moment) and 0 <= moment <= now + FUTURE_SLACK):
+            out.append(f"{name}: not a finite Unix time up to now: {moment!r}")
+    if state.stale_after is not None and not _within(state.stale_after, MAX_STALE):
+        out.append(f"stale_after: not a number from 0 to {MAX_STALE:g}")
     if not _within(state.poll_duration, MAX_DURATION):
         out.append(f"poll_duration: not a number from 0 to {MAX_DURATION:g}")
     if not all(0 <= count <= MAX_ERRORS for count in state.errors):
