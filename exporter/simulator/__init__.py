@@ -104,6 +104,7 @@ Modules, each importing only those above it: ``options`` (SimOptions, FaultConfi
 from exporter.simulator.cli import _parser, main
 from exporter.simulator.core import Simulator
 from exporter.simulator.delivery import sign, well_known_body
+from exporter.simulator.media import SECRET
 from exporter.simulator.options import (
     FAULT_KINDS,
     WEBHOOK_RETRY_DELAYS,
@@ -114,6 +115,7 @@ from exporter.simulator.options import (
 
 __all__ = [
     "FAULT_KINDS",
+    "SECRET",
     "WEBHOOK_RETRY_DELAYS",
     "FaultConfig",
     "PageServed",

@@ -75,8 +75,17 @@ class Api:
     def add(self, endpoint: str, handler: Endpoint) -> None:
         self._endpoints[endpoint] = handler
 
-    def has(self, endpoint: str) -> bool:
-        return endpoint in self._endpoints
+    def force(self, endpoint: str, kind: str | None, app: AppKey) -> None:
+        """Force fault ``kind`` (None: none) on every request of an app's endpoint."""
+        with self._world.lock:
+            if app not in self._world.apps:
+                raise KeyError(f"unknown app {app[0]}/{app[1]}")
+            if endpoint == "active" or endpoint not in self._endpoints:
+                raise ValueError(f"unknown endpoint {endpoint!r}")
+            if kind is None:
+                self.forced.pop((app, endpoint), None)
+            else:
+                self.forced[(app, endpoint)] = kind
 
     def handle(self, method: str, target: str, authorization: str | None, now: float) -> Answer:
         """Answer one API request and record it (before the caller sends the answer)."""

@@ -24,6 +24,8 @@ from exporter.simulator.options import (
     DEFAULT_APP_ID,
     DEMO_TOKEN,
     FAULT_KINDS,
+    LIVESTREAM_SHAPES,
+    NO_RECORDING_MESSAGES,
     PAGING_FIELDS,
     PAGING_MODES,
     UNKNOWN_MEETING_MODES,
@@ -90,6 +92,10 @@ def _epilog() -> str:
             '  POST /_sim/meetings/ID {"participants": N} | {"end": true} | {"clear": true}',
             '  POST /_sim/meetings/ID {"fault": KIND}      force a fault on its active-session',
             '  POST /_sim/apps/ACCOUNT/APP {"fault": KIND} on its /sessions (but not_found)',
+            '  POST /_sim/apps/ACCOUNT/APP {"fault": KIND, "endpoint": E} on another endpoint',
+            '  POST /_sim/recordings/MEETING {"status": S, "plan": P}  invoke a recording',
+            '  POST /_sim/recording/ID {"status": S} | {"step": true}',
+            '  POST /_sim/livestreams/MEETING {"status": S, "plan": P}; /_sim/livestream/ID',
             '  {"fault": null} clears; GET /_sim/stats; GET /-/healthy',
             textwrap.fill(f"fault kinds: {kinds}", 96, subsequent_indent="  "),
         ]
@@ -139,6 +145,27 @@ _CONVENTION_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "help": "after each /sessions page, K LIVE sessions end and K new meetings go LIVE "
         "(default: %(default)s)"}),
 ]  # fmt: skip
+_MEDIA_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--livestream-shape", {"choices": LIVESTREAM_SHAPES, "default": "list",
+        "help": "GET /livestreams: list = data a list with paging beside it; object = the "
+        "published type, data one livestream with paging inside (default: %(default)s)"}),
+    ("--no-recording", {"choices": NO_RECORDING_MESSAGES, "default": "no_active",
+        "help": "active-recording answer when there is none: no_active = 404 'No active "
+        "recording found for meeting_id ID', not_found = 404 'Recording not found' (default: "
+        "%(default)s)"}),
+    ("--recording-chance", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "auto mode: probability that a session that starts is recorded (default: "
+        "%(default)s)"}),
+    ("--recording-error-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that such a recording ends ERRORED (default: %(default)s)"}),
+    ("--recording-stuck-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that its upload never finishes (default: %(default)s)"}),
+    ("--livestream-chance", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "auto mode: probability that a session that starts is livestreamed (default: "
+        "%(default)s)"}),
+    ("--livestream-error-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that such a livestream goes ERRORED (default: %(default)s)"}),
+]  # fmt: skip
 _WEBHOOK_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--webhook-url", {"default": None, "metavar": "URL",
         "help": "POST signed meeting events here; {account_id} and {app_id} are replaced, e.g. "
@@ -183,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     conventions = ap.add_argument_group("API conventions the spec leaves open")
     for flag, options in _CONVENTION_FLAGS:
         conventions.add_argument(flag, **options)
+    media = ap.add_argument_group("recordings and livestreams")
+    for flag, options in _MEDIA_FLAGS:
+        media.add_argument(flag, **options)
     hooks = ap.add_argument_group("webhooks")
     for flag, options in _WEBHOOK_FLAGS:
         hooks.add_argument(flag, **options)
@@ -238,6 +268,13 @@ def _simulator(args: argparse.Namespace, token: str) -> Simulator:
         paging_drop=args.paging_drop,
         unknown_meeting=args.unknown_meeting,
         churn_per_page=args.churn_per_page,
+        livestream_shape=args.livestream_shape,
+        no_recording=args.no_recording,
+        recording_chance=args.recording_chance,
+        recording_error_rate=args.recording_error_rate,
+        recording_stuck_rate=args.recording_stuck_rate,
+        livestream_chance=args.livestream_chance,
+        livestream_error_rate=args.livestream_error_rate,
         webhook_url=args.webhook_url,
         webhook_key=args.webhook_key_file,
         webhook_retries=args.webhook_retries,

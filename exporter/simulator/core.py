@@ -19,7 +19,9 @@ from exporter.simulator.delivery import (
 )
 from exporter.simulator.events import Emitter
 from exporter.simulator.faults import Faults, check_fault
+from exporter.simulator.livestreams import LivestreamEndpoints, Streamer
 from exporter.simulator.options import SimOptions
+from exporter.simulator.recordings import Recorder, RecordingEndpoints
 from exporter.simulator.server import Listener
 from exporter.simulator.sessions import SessionEndpoints, session_json
 from exporter.simulator.world import HOST_ENDED, AppKey, World, seeded, uuid4
@@ -50,6 +52,8 @@ class Simulator:
         commands = _Commands(self)
         self._controls.add("meetings", commands.meeting)
         self._controls.add("apps", commands.app)
+        for prefix in ("recordings", "recording", "livestreams", "livestream"):
+            self._controls.add(prefix, getattr(commands, prefix))
         self._listener = Listener(self._respond, self._stop)
         meetings = o.meetings if isinstance(o.meetings, int) else list(o.meetings)
         self.add_app(o.account_id, o.app_id, meetings, live=o.live)
@@ -57,6 +61,10 @@ class Simulator:
         if self._hooks is not None:
             self.emitter = Emitter(self._world, self._hooks, o.seed)
             self._world.observers.append(self.emitter)
+        self.recordings = Recorder(self._world, o, self._hooks)
+        self.livestreams = Streamer(self._world, o, self._hooks)
+        self._world.observers += [self.recordings, self.livestreams]
+        _media_routes(self._api, self._world, o, self.recordings, self.livestreams)
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -143,24 +151,15 @@ class Simulator:
         (``sessions``, ``recordings``, ``livestreams``, ``daywise``, ``webhooks``,
         ``peer_report``, ``active_recording``, ``active_livestream``); None clears it."""
         check_fault(kind, listing=True)
-        key = (account_id or self.account_id, app_id or self.app_id)
-        with self._world.lock:
-            if key not in self._world.apps:
-                raise KeyError(f"unknown app {key[0]}/{key[1]}")
-            if endpoint == "active" or not self._api.has(endpoint):
-                raise ValueError(f"unknown endpoint {endpoint!r}")
-            if kind is None:
-                self._api.forced.pop((key, endpoint), None)
-            else:
-                self._api.forced[(key, endpoint)] = kind
+        self._api.force(endpoint, kind, (account_id or self.account_id, app_id or self.app_id))
 
     def endpoint_fault(
         self, endpoint: str, account_id: str | None = None, app_id: str | None = None
     ) -> str | None:
         """The fault forced on an app's endpoint (None: none)."""
-        key = (account_id or self.account_id, app_id or self.app_id)
-        with self._world.lock:
-            return self._api.forced.get((key, endpoint))
+        return self._api.forced.get(
+            ((account_id or self.account_id, app_id or self.app_id), endpoint)
+        )
 
     def has_meeting(self, meeting_id: str) -> bool:
         with self._world.lock:
@@ -247,7 +246,9 @@ class Simulator:
     def _tick(self) -> None:
         """Apply every change due by now (auto mode with webhooks: their events go out)."""
         with self._world.lock:
-            self._world.advance_due(self._world.sim_now())
+            now = self._world.sim_now()
+            self.recordings.advance(now)
+            self.livestreams.advance(now)
 
     def _stats(self) -> dict[str, Any]:
         world = self._world
@@ -256,6 +257,8 @@ class Simulator:
             counts = {
                 "meetings": len(world.meetings),
                 "live_sessions": sum(len(i.live.items()) for i in world.index.values()),
+                "recordings": len(self.recordings.shelf.by_id),
+                "livestreams": len(self.livestreams.shelf.by_id),
             }
         hooks = {} if self._hooks is None else {"webhooks": self._hooks.stats()}
         return self._api.stats() | counts | hooks
@@ -272,6 +275,17 @@ class Simulator:
             now = self.options.clock()
             ans = self._api.handle(method, target, fields.get("authorization"), now)
         return ans
+
+
+def _media_routes(
+    api: Api, world: World, o: SimOptions, recorder: Recorder, streamer: Streamer
+) -> None:
+    recordings = RecordingEndpoints(recorder, world, o)
+    api.add("recordings", recordings.listing)
+    api.add("active_recording", recordings.active)
+    livestreams = LivestreamEndpoints(streamer, world, o)
+    api.add("livestreams", livestreams.listing)
+    api.add("active_livestream", livestreams.active)
 
 
 def _webhooks(
@@ -316,8 +330,36 @@ class _Commands:
         return {"session": self._sim.session(meeting_id)}
 
     def app(self, target: str, cmd: dict[str, Any]) -> dict[str, Any]:
-        """POST /_sim/apps/{account}/{app} {"fault": kind or null}: the listing's fault."""
+        """POST /_sim/apps/{account}/{app} {"fault": kind or null, "endpoint": name}: the fault
+        of an endpoint (default: the /sessions listing)."""
         account, app = split_app(target)
+        endpoint = str(cmd.get("endpoint", "sessions"))
         if "fault" in cmd:
-            self._sim.set_listing_fault(cmd["fault"], account, app)
-        return {"fault": self._sim.endpoint_fault("sessions", account, app)}
+            self._sim.set_endpoint_fault(endpoint, cmd["fault"], account, app)
+        return {"fault": self._sim.endpoint_fault(endpoint, account, app)}
+
+    def recordings(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/recordings/{meeting_id} {"status", "plan"}: a new recording."""
+        status, plan = str(cmd.get("status", "INVOKED")), str(cmd.get("plan", "manual"))
+        rid = self._sim.recordings.start(meeting_id, status=status, plan=plan)
+        return {"recording": self._sim.recordings.get(rid)}
+
+    def recording(self, recording_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/recording/{id} {"status": S} or {"step": true}: change it."""
+        if "status" in cmd:
+            self._sim.recordings.set_status(recording_id, str(cmd["status"]))
+        if cmd.get("step"):
+            self._sim.recordings.step(recording_id)
+        return {"recording": self._sim.recordings.get(recording_id)}
+
+    def livestreams(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/livestreams/{meeting_id} {"status", "plan"}: a new livestream."""
+        status, plan = str(cmd.get("status", "INVOKED")), str(cmd.get("plan", "manual"))
+        sid = self._sim.livestreams.start(meeting_id, status=status, plan=plan)
+        return {"livestream": self._sim.livestreams.get(sid)}
+
+    def livestream(self, stream_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/livestream/{id} {"status": S}: change it."""
+        if "status" in cmd:
+            self._sim.livestreams.set_status(stream_id, str(cmd["status"]))
+        return {"livestream": self._sim.livestreams.get(stream_id)}

@@ -43,6 +43,13 @@ UNKNOWN_MEETING_MODES = ("no_session", "not_found")
 LIVESTREAM_SHAPES = ("list", "object")  # GET /livestreams: data a list, or {livestreams, paging}
 NO_RECORDING_MESSAGES = ("no_active", "not_found")  # 404 message of active-recording with none
 WEBHOOK_RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds before the 1st, 2nd, 3rd (and later) retry
+_PROBABILITIES = (
+    "recording_chance",
+    "recording_error_rate",
+    "recording_stuck_rate",
+    "livestream_chance",
+    "livestream_error_rate",
+)
 
 
 @dataclass
@@ -110,6 +117,12 @@ class SimOptions:
     on_page: Callable[[PageServed], None] | None = None
     livestream_shape: str = "list"
     no_recording: str = "no_active"
+    # recordings and livestreams of auto-mode sessions (probabilities)
+    recording_chance: float = 0.0  # a session that starts is recorded
+    recording_error_rate: float = 0.0  # an auto recording ends ERRORED
+    recording_stuck_rate: float = 0.0  # an auto recording's upload never finishes
+    livestream_chance: float = 0.0  # a session that starts is livestreamed
+    livestream_error_rate: float = 0.0  # an auto livestream goes ERRORED while LIVE
     # webhooks
     webhook_url: str | None = None
     webhook_key: rsa.RSAPrivateKey | None = None
@@ -170,6 +183,11 @@ class SimOptions:
                 return f"{name} must be one of {list(allowed)}, got {value!r}"
         if self.churn_per_page < 0:
             return f"churn_per_page must be >= 0, got {self.churn_per_page!r}"
+        for name in _PROBABILITIES:
+            if not 0.0 <= (value := getattr(self, name)) <= 1.0:
+                return f"{name} must be within 0..1, got {value!r}"
+        if self.recording_error_rate + self.recording_stuck_rate > 1.0:
+            return "recording_error_rate + recording_stuck_rate must be at most 1"
         return ""
 
     def _webhook_problem(self) -> str:
