@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from exporter.simulator.core import Simulator
 from exporter.simulator.delivery import WELL_KNOWN_PATH
 from exporter.simulator.options import (
+    DAY_FORMATS,
     DEFAULT_ACCOUNT_ID,
     DEFAULT_APP_ID,
     DEMO_TOKEN,
@@ -96,6 +97,9 @@ def _epilog() -> str:
             '  POST /_sim/recordings/MEETING {"status": S, "plan": P}  invoke a recording',
             '  POST /_sim/recording/ID {"status": S} | {"step": true}',
             '  POST /_sim/livestreams/MEETING {"status": S, "plan": P}; /_sim/livestream/ID',
+            '  POST /_sim/register/ACCOUNT/APP {"url": U, "events": [...], "enabled": B}',
+            '  POST /_sim/registrations/ID {"enabled": B} | {"events": [...]} | {"delete": true}',
+            '  POST /_sim/usage/ACCOUNT/APP {"day": D, "sessions": N, "session_minutes": M, ...}',
             '  {"fault": null} clears; GET /_sim/stats; GET /-/healthy',
             textwrap.fill(f"fault kinds: {kinds}", 96, subsequent_indent="  "),
         ]
@@ -153,6 +157,9 @@ _MEDIA_FLAGS: list[tuple[str, dict[str, Any]]] = [
         "help": "active-recording answer when there is none: no_active = 404 'No active "
         "recording found for meeting_id ID', not_found = 404 'Recording not found' (default: "
         "%(default)s)"}),
+    ("--usage-day-format", {"choices": DAY_FORMATS, "default": "date",
+        "help": "analytics/daywise day values: date = 2027-01-15, datetime = "
+        "2027-01-15T00:00:00.000Z (default: %(default)s)"}),
     ("--recording-chance", {"type": _probability, "default": 0.0, "metavar": "P",
         "help": "auto mode: probability that a session that starts is recorded (default: "
         "%(default)s)"}),
@@ -173,6 +180,10 @@ _WEBHOOK_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--webhook-key-file", {"type": _private_key_file, "default": None, "metavar": "PEM",
         "help": "RSA private key to sign with; its public key is served at "
         f"{WELL_KNOWN_PATH} (default: a new 2048-bit key when --webhook-url is set)"}),
+    ("--register-webhooks", {"action": argparse.BooleanOptionalAction, "default": True,
+        "help": "give every app a registration of --webhook-url with every event (GET "
+        "/webhooks); events go out only while a registration allows them (default: "
+        "%(default)s)"}),
     ("--webhook-retries", {"type": int, "default": 3, "metavar": "N",
         "help": "retries of a delivery answered 5xx or failed on the network, after "
         f"{', '.join(f'{d:g}' for d in WEBHOOK_RETRY_DELAYS)} s (the last repeats) "
@@ -269,6 +280,8 @@ def _simulator(args: argparse.Namespace, token: str) -> Simulator:
         unknown_meeting=args.unknown_meeting,
         churn_per_page=args.churn_per_page,
         livestream_shape=args.livestream_shape,
+        usage_day_format=args.usage_day_format,
+        register_webhooks=args.register_webhooks,
         no_recording=args.no_recording,
         recording_chance=args.recording_chance,
         recording_error_rate=args.recording_error_rate,

@@ -22,8 +22,16 @@ from exporter.simulator.faults import Faults, check_fault
 from exporter.simulator.livestreams import LivestreamEndpoints, Streamer
 from exporter.simulator.options import SimOptions
 from exporter.simulator.recordings import Recorder, RecordingEndpoints
+from exporter.simulator.registrations import (
+    ALL_EVENTS,
+    GatedSink,
+    Registrations,
+    webhooks_answer,
+)
 from exporter.simulator.server import Listener
 from exporter.simulator.sessions import SessionEndpoints, session_json
+from exporter.simulator.usage import FIELDS as USAGE_FIELDS
+from exporter.simulator.usage import Usage, UsageEndpoints
 from exporter.simulator.world import HOST_ENDED, AppKey, World, seeded, uuid4
 
 
@@ -38,33 +46,28 @@ class Simulator:
         self.options = o = SimOptions.of(options, **kwargs)
         self.account_id, self.app_id = o.account_id, o.app_id
         self._main_app: AppKey = (o.account_id, o.app_id)
-        self._world = World(o)
+        self._world = world = World(o)
         self._stop = threading.Event()
-        self._faults = Faults(o, self._stop)
-        self._api = Api(self._world, o, self._faults)
-        self._sessions = SessionEndpoints(self._world, o)
-        self._api.add("active", lambda app, mid, _q, fault: self._sessions.active(app, mid, fault))
-        self._api.add("sessions", self._listing)
+        self._api = Api(world, o, Faults(o, self._stop))
         self.webhook_id = uuid4(seeded(o.seed, "webhook"))
         self.webhook_key, self._hooks = _webhooks(o, self.webhook_id, self._tick)
-        key = self.webhook_key
-        self._controls = Controls(self._stats, None if key is None else key.public_key())
-        commands = _Commands(self)
-        self._controls.add("meetings", commands.meeting)
-        self._controls.add("apps", commands.app)
-        for prefix in ("recordings", "recording", "livestreams", "livestream"):
-            self._controls.add(prefix, getattr(commands, prefix))
+        target = None if self._hooks is None else self._hooks.options.target
+        self.registrations = Registrations(self._main_app, o.clock, target, o.seed)
+        sink = None if self._hooks is None else GatedSink(self._hooks, self.registrations)
+        self.recordings = Recorder(world, o, sink)
+        self.livestreams = Streamer(world, o, sink)
+        self.usage = Usage(world, self.recordings, o)
+        world.observers.append(self.usage)
+        _routes(self._api, world, self)
+        self._controls = _Commands(self, world, self._hooks).controls()
         self._listener = Listener(self._respond, self._stop)
         meetings = o.meetings if isinstance(o.meetings, int) else list(o.meetings)
         self.add_app(o.account_id, o.app_id, meetings, live=o.live)
         # told after the constructor's meetings: their sessions were there before, no events
-        if self._hooks is not None:
-            self.emitter = Emitter(self._world, self._hooks, o.seed)
-            self._world.observers.append(self.emitter)
-        self.recordings = Recorder(self._world, o, self._hooks)
-        self.livestreams = Streamer(self._world, o, self._hooks)
-        self._world.observers += [self.recordings, self.livestreams]
-        _media_routes(self._api, self._world, o, self.recordings, self.livestreams)
+        if sink is not None:
+            self.emitter = Emitter(world, sink, o.seed)
+            world.observers.append(self.emitter)
+        world.observers += [self.recordings, self.livestreams]
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -90,8 +93,11 @@ class Simulator:
         """
         if live and participants < 1:
             raise ValueError(f"participants must be >= 1, got {participants!r}")
+        app = (account_id, app_id)
         with self._world.lock:
-            return self._world.create((account_id, app_id), meetings, participants if live else 0)
+            if app not in self._world.apps and self._hooks and self.options.register_webhooks:
+                self.registrations.add(account_id=account_id, app_id=app_id)
+            return self._world.create(app, meetings, participants if live else 0)
 
     def add_meeting(self, meeting_id: str) -> None:
         """Add one meeting to the constructor's app."""
@@ -160,10 +166,6 @@ class Simulator:
         return self._api.forced.get(
             ((account_id or self.account_id, app_id or self.app_id), endpoint)
         )
-
-    def has_meeting(self, meeting_id: str) -> bool:
-        with self._world.lock:
-            return meeting_id in self._world.meetings
 
     def session(self, meeting_id: str) -> dict[str, Any] | None:
         """The meeting's current session object as it would be served, or None."""
@@ -250,25 +252,6 @@ class Simulator:
             self.recordings.advance(now)
             self.livestreams.advance(now)
 
-    def _stats(self) -> dict[str, Any]:
-        world = self._world
-        with world.lock:
-            world.advance_due(world.sim_now())
-            counts = {
-                "meetings": len(world.meetings),
-                "live_sessions": sum(len(i.live.items()) for i in world.index.values()),
-                "recordings": len(self.recordings.shelf.by_id),
-                "livestreams": len(self.livestreams.shelf.by_id),
-            }
-        hooks = {} if self._hooks is None else {"webhooks": self._hooks.stats()}
-        return self._api.stats() | counts | hooks
-
-    def _listing(self, app: AppKey, _arg: str, query: str, fault: str | None) -> Answer:
-        ans, page = self._sessions.listing(app, query, fault)
-        if page is not None:
-            self._sessions.after_page(page)
-        return ans
-
     def _respond(self, method: str, target: str, fields: dict[str, str], body: bytes) -> Answer:
         ans = self._controls.answer(method, target.partition("?")[0], body)
         if ans is None:
@@ -277,15 +260,20 @@ class Simulator:
         return ans
 
 
-def _media_routes(
-    api: Api, world: World, o: SimOptions, recorder: Recorder, streamer: Streamer
-) -> None:
-    recordings = RecordingEndpoints(recorder, world, o)
+def _routes(api: Api, world: World, sim: Simulator) -> None:
+    """Every API endpoint of the simulator, on its handler."""
+    o = sim.options
+    sessions = SessionEndpoints(world, o)
+    api.add("active", lambda app, mid, _q, fault: sessions.active(app, mid, fault))
+    api.add("sessions", sessions.endpoint)
+    recordings = RecordingEndpoints(sim.recordings, world, o)
     api.add("recordings", recordings.listing)
     api.add("active_recording", recordings.active)
-    livestreams = LivestreamEndpoints(streamer, world, o)
+    livestreams = LivestreamEndpoints(sim.livestreams, world, o)
     api.add("livestreams", livestreams.listing)
     api.add("active_livestream", livestreams.active)
+    api.add("daywise", UsageEndpoints(sim.usage, world).daywise)
+    api.add("webhooks", lambda app, _a, _q, fault: webhooks_answer(sim.registrations, app, fault))
 
 
 def _webhooks(
@@ -312,13 +300,36 @@ def _webhooks(
 class _Commands:
     """The control endpoints' commands, on a simulator's control methods."""
 
-    def __init__(self, sim: Simulator) -> None:
-        self._sim = sim
+    def __init__(self, sim: Simulator, world: World, hooks: WebhookSender | None) -> None:
+        self._sim, self._world, self._hooks = sim, world, hooks
 
-    def meeting(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    def controls(self) -> Controls:
+        key = self._sim.webhook_key
+        controls = Controls(self.stats, None if key is None else key.public_key())
+        for prefix in ("meetings", "apps", "recordings", "recording", "livestreams"):
+            controls.add(prefix, getattr(self, prefix))
+        for prefix in ("livestream", "registrations", "register", "usage"):
+            controls.add(prefix, getattr(self, prefix))
+        return controls
+
+    def stats(self) -> dict[str, Any]:
+        world, sim = self._world, self._sim
+        with world.lock:
+            world.advance_due(world.sim_now())
+            counts = {
+                "meetings": len(world.meetings),
+                "live_sessions": sum(len(i.live.items()) for i in world.index.values()),
+                "recordings": len(sim.recordings.shelf.by_id),
+                "livestreams": len(sim.livestreams.shelf.by_id),
+            }
+        hooks = {} if self._hooks is None else {"webhooks": self._hooks.stats()}
+        return sim._api.stats() | counts | hooks
+
+    def meetings(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
         """POST /_sim/meetings/{id} {"fault", "participants", "end", "clear"}: the session."""
-        if not self._sim.has_meeting(meeting_id):
-            raise KeyError(f"unknown meeting {meeting_id}")
+        with self._world.lock:
+            if meeting_id not in self._world.meetings:
+                raise KeyError(f"unknown meeting {meeting_id}")
         if "fault" in cmd:
             self._sim.set_fault(meeting_id, cmd["fault"])
         if "participants" in cmd:
@@ -329,7 +340,7 @@ class _Commands:
             self._sim.clear_session(meeting_id)
         return {"session": self._sim.session(meeting_id)}
 
-    def app(self, target: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    def apps(self, target: str, cmd: dict[str, Any]) -> dict[str, Any]:
         """POST /_sim/apps/{account}/{app} {"fault": kind or null, "endpoint": name}: the fault
         of an endpoint (default: the /sessions listing)."""
         account, app = split_app(target)
@@ -363,3 +374,52 @@ class _Commands:
         if "status" in cmd:
             self._sim.livestreams.set_status(stream_id, str(cmd["status"]))
         return {"livestream": self._sim.livestreams.get(stream_id)}
+
+    def register(self, target: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/register/{account}/{app} {"url", "events", "enabled", "name"}: a new
+        webhook registration."""
+        account, app = split_app(target)
+        regs = self._sim.registrations
+        url, events = cmd.get("url"), cmd.get("events", ALL_EVENTS)
+        rid = regs.add(
+            None if url is None else str(url),
+            events=events if isinstance(events, (list, tuple)) else str(events),
+            enabled=bool(cmd.get("enabled", True)),
+            name=None if cmd.get("name") is None else str(cmd["name"]),
+            account_id=account,
+            app_id=app,
+        )
+        return {"id": rid, "registrations": regs.list(account, app)}
+
+    def registrations(self, registration_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/registrations/{id} {"enabled": B, "events": [...], "url": U} or
+        {"delete": true}."""
+        regs = self._sim.registrations
+        if cmd.get("delete"):
+            regs.delete(registration_id)
+            return {}
+        if "enabled" in cmd:
+            (regs.enable if cmd["enabled"] else regs.disable)(registration_id)
+        if "events" in cmd:
+            events = cmd["events"]
+            regs.set_events(registration_id, events if isinstance(events, list) else str(events))
+        if "url" in cmd:
+            regs.set_url(registration_id, str(cmd["url"]))
+        return {}
+
+    def usage(self, target: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/usage/{account}/{app} {"day", "sessions", "session_minutes",
+        "recordings", "recording_minutes"}: book usage; answers that day's totals."""
+        account, app = split_app(target)
+        day = None if cmd.get("day") is None else str(cmd["day"])
+        numbers = {k: float(cmd[k]) for k in USAGE_FIELDS if k in cmd}
+        self._sim.usage.add(
+            day,
+            sessions=int(numbers.get("sessions", 0)),
+            session_minutes=numbers.get("session_minutes", 0.0),
+            recordings=int(numbers.get("recordings", 0)),
+            recording_minutes=numbers.get("recording_minutes", 0.0),
+            account_id=account,
+            app_id=app,
+        )
+        return {"usage": self._sim.usage.day(day, account, app)}

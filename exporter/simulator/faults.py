@@ -84,6 +84,7 @@ class Faults:
         simple: dict[str, Callable[[], Answer]] = {
             "500": lambda: rtk_error(500, "Internal Server Error"),
             "401": lambda: cf_error(401, 10000, "Authentication error"),
+            "403": lambda: cf_error(403, 9109, "Unauthorized to access requested resource"),
             "429": lambda: too_many(self._rate_limit, 5),
             "retry_after_huge": lambda: too_many(self._rate_limit, 1_000_000_000),
             "not_found": lambda: rtk_error(404, "Meeting not found"),

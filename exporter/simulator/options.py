@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = [
+    "DAY_FORMATS",
     "DEFAULT_ACCOUNT_ID",
     "DEFAULT_APP_ID",
     "DEMO_TOKEN",
@@ -34,7 +35,7 @@ DEMO_TOKEN = "demo-token"
 FAULT_KINDS = frozenset(
     {"500", "503", "timeout", "reset", "non_json", "wrong_types", "401", "429"}
     | {"trickle", "endless", "huge_header", "gzip_bomb", "deep_json", "huge_int", "long_name"}
-    | {"unknown_status", "retry_after_huge", "not_found"}
+    | {"unknown_status", "retry_after_huge", "not_found", "403"}
 )
 MEETING_ONLY_FAULTS = frozenset({"not_found"})
 PAGING_MODES = ("full", "partial", "absent")
@@ -42,6 +43,7 @@ PAGING_FIELDS = ("total_count", "start_offset", "end_offset")
 UNKNOWN_MEETING_MODES = ("no_session", "not_found")
 LIVESTREAM_SHAPES = ("list", "object")  # GET /livestreams: data a list, or {livestreams, paging}
 NO_RECORDING_MESSAGES = ("no_active", "not_found")  # 404 message of active-recording with none
+DAY_FORMATS = ("date", "datetime")  # analytics/daywise: day as 2027-01-15 or with a time part
 WEBHOOK_RETRY_DELAYS = (0.2, 0.5, 1.0)  # seconds before the 1st, 2nd, 3rd (and later) retry
 _PROBABILITIES = (
     "recording_chance",
@@ -117,6 +119,7 @@ class SimOptions:
     on_page: Callable[[PageServed], None] | None = None
     livestream_shape: str = "list"
     no_recording: str = "no_active"
+    usage_day_format: str = "date"
     # recordings and livestreams of auto-mode sessions (probabilities)
     recording_chance: float = 0.0  # a session that starts is recorded
     recording_error_rate: float = 0.0  # an auto recording ends ERRORED
@@ -130,6 +133,7 @@ class SimOptions:
     webhook_retry_delays: tuple[float, ...] = WEBHOOK_RETRY_DELAYS
     webhook_timeout: float = 2.0
     webhook_queue_size: int = 10_000
+    register_webhooks: bool = True  # each app gets a registration of webhook_url, all events
 
     def __post_init__(self) -> None:
         # accept any iterable where a tuple is kept (lists from callers, generators from flags)
@@ -177,6 +181,7 @@ class SimOptions:
             ("unknown_meeting", UNKNOWN_MEETING_MODES),
             ("livestream_shape", LIVESTREAM_SHAPES),
             ("no_recording", NO_RECORDING_MESSAGES),
+            ("usage_day_format", DAY_FORMATS),
         )
         for name, allowed in choices:
             if (value := getattr(self, name)) not in allowed:

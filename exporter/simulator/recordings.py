@@ -49,6 +49,12 @@ class Recording:
             return None
         return max(0, round(self.stopped - self.started))
 
+    def seconds(self, now: float) -> float:
+        """Seconds recorded so far (clock time ``now``)."""
+        if self.started is None:
+            return 0.0
+        return max(0.0, (now if self.stopped is None else self.stopped) - self.started)
+
     @property
     def file_size(self) -> int | None:
         return None if self.status != "UPLOADED" else (self.duration or 1) * _BYTES_PER_SECOND

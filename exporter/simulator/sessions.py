@@ -133,6 +133,13 @@ class SessionEndpoints:
         served = PageServed(app[0], app[1], page.page_no, page.per_page, len(items), total)
         return ok(payload), served
 
+    def endpoint(self, app: AppKey, _arg: str, query: str, fault: str | None) -> Answer:
+        """The listing, then what follows a page (churn, ``on_page``) before it is sent."""
+        ans, page = self.listing(app, query, fault)
+        if page is not None:
+            self.after_page(page)
+        return ans
+
     def after_page(self, page: PageServed) -> None:
         """Churn, then the test hook, once a page is built and before it is sent."""
         if self._options.churn_per_page:
