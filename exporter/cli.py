@@ -152,6 +152,9 @@ def demo_launch() -> Launch:
         recording_stuck_rate=0.1,
         livestream_chance=0.4,
         livestream_error_rate=0.25,
+        peer_bad_rate=0.25,
+        peer_partial_rate=0.2,
+        peer_late_rate=0.1,
     )
     sim.start("127.0.0.1", 0)
     app = {

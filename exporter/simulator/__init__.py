@@ -1,7 +1,8 @@
 """An in-process imitation of the Cloudflare RealtimeKit (formerly Dyte) REST API.
 
 The simulator is a real HTTP server (stdlib ``ThreadingHTTPServer``, HTTP/1.1 keep-alive) that
-serves, under ``/client/v4``, the two read endpoints the exporter relies on:
+serves, under ``/client/v4``, the read endpoints the exporter relies on (the session ones are
+described here; the others in their modules):
 
 * ``GET /accounts/{account}/realtime/kit/{app}/meetings/{meeting}/active-session`` - the meeting's
   current session in RealtimeKit's ``{"success": true, "data": {...}}`` envelope, or the RealtimeKit
@@ -14,7 +15,16 @@ serves, under ``/client/v4``, the two read endpoints the exporter relies on:
   Only each meeting's *current* session is known (LIVE, or ENDED until it is cleared): no history.
   The sorted listing is kept per app and updated as sessions come and go, so a page costs the page
   (100,000 LIVE sessions: ``add_app(account, app, 100_000, live=True)`` with ``auto=False``, or
-  ``Simulator(meetings=100_000, live=True, auto=False)``; about 1 s to make, 2-3 ms a page).
+  ``Simulator(meetings=100_000, live=True, auto=False)``; about 1.5 s to make, 2-3 ms a page).
+* ``GET …/recordings``, ``…/recordings/active-recording/{meeting}`` (``recordings``: control
+  methods on ``Simulator.recordings``); ``GET …/livestreams``,
+  ``…/meetings/{meeting}/active-livestream`` (``livestreams``: ``Simulator.livestreams``);
+* ``GET …/analytics/daywise`` (``usage``: ``Simulator.usage``); ``GET …/webhooks``
+  (``registrations``: ``Simulator.registrations``);
+* ``GET …/sessions/peer-report/{peer}`` (``peers``: ``Simulator.peers``).
+
+Every private value served (download URLs, stream keys, IPs' owners, user ids) contains
+:data:`SECRET` (``"sim-secret"``), so a test can grep the exporter's output for leaks.
 
 API conventions the published spec leaves open are options (fields of the frozen
 :class:`SimOptions`, which ``Simulator(options)`` takes and ``Simulator(**kwargs)`` builds, and
@@ -75,12 +85,17 @@ public key is at ``GET /.well-known/webhooks.json`` (no token), whenever it has 
 
 * a session starts (auto mode, ``set_participants`` on an idle or ENDED meeting, a live
   ``add_app``, churn): ``meeting.started``, then one ``meeting.participantJoined`` per participant;
-* the live count goes up or down by k: k ``participantJoined`` or k ``participantLeft`` (made-up
-  peer ids; the latest to join leaves first). ``set_participants(id, 0)`` keeps the session LIVE;
+* the live count goes up or down by k: k ``participantJoined`` or k ``participantLeft`` (peer ids
+  kept by ``Simulator.peers``; the latest to join leaves first). ``set_participants(id, 0)`` keeps
+  the session LIVE;
 * a session ends: a ``participantLeft`` for everyone still there, then ``meeting.ended`` with
   ``reason`` ``HOST_ENDED_MEETING`` (``end_session``, ``clear_session`` of a LIVE session) or
   ``ALL_PARTICIPANTS_LEFT`` (auto mode, churn).
 
+* ``recording.statusUpdate`` and ``livestreaming.statusUpdate`` on every status change.
+
+An event goes out only while an enabled registration of its app (``GET /webhooks``) has the URL
+and the event; every app gets one with every event when it is created (``register_webhooks``).
 The constructor's own meetings send nothing for the sessions they start with. Headers:
 ``rtk-signature``, ``rtk-uuid`` (one per delivery, kept on its retries), ``rtk-webhook-id`` (one per
 simulator: ``webhook_id``). One thread delivers, in order, from a queue of ``webhook_queue_size``
@@ -96,9 +111,11 @@ Control endpoints (``POST /_sim/meetings/{id}``, ``POST /_sim/apps/{account}/{ap
 
 Modules, each importing only those above it: ``options`` (SimOptions, FaultConfig), ``answers``
 (envelopes, hostile bodies), ``world`` (meetings and sessions in simulated time), ``delivery``
-(``sign``, ``well_known_body``, the sender thread), ``events`` (meeting events from the world),
-``sessions`` (the session endpoints, paging), ``faults``, ``api`` (routing, token, rate limit),
-``control`` (``/_sim/``), ``server`` (HTTP), ``core`` (:class:`Simulator`), ``cli``.
+(``sign``, ``well_known_body``, the sender thread), ``events`` (event payloads), ``sessions``
+(the session endpoints, paging), ``media`` (what recordings and livestreams share),
+``recordings``, ``livestreams``, ``usage``, ``registrations``, ``peers``, ``faults``, ``api``
+(routing, token, rate limit), ``control`` (``/_sim/``), ``server`` (HTTP), ``core``
+(:class:`Simulator`), ``cli``.
 """
 
 from exporter.simulator.cli import _parser, main

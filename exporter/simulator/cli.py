@@ -100,6 +100,8 @@ def _epilog() -> str:
             '  POST /_sim/register/ACCOUNT/APP {"url": U, "events": [...], "enabled": B}',
             '  POST /_sim/registrations/ID {"enabled": B} | {"events": [...]} | {"delete": true}',
             '  POST /_sim/usage/ACCOUNT/APP {"day": D, "sessions": N, "session_minutes": M, ...}',
+            '  POST /_sim/peers/MEETING {"leave": PEER_ID | true}: its peers now and gone',
+            '  POST /_sim/peer/PEER_ID {"quality": Q, "kinds": [...], "delay": S, "broken": B}',
             '  {"fault": null} clears; GET /_sim/stats; GET /-/healthy',
             textwrap.fill(f"fault kinds: {kinds}", 96, subsequent_indent="  "),
         ]
@@ -173,6 +175,19 @@ _MEDIA_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--livestream-error-rate", {"type": _probability, "default": 0.0, "metavar": "P",
         "help": "probability that such a livestream goes ERRORED (default: %(default)s)"}),
 ]  # fmt: skip
+_PEER_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--peer-bad-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that a peer's report is a bad call (default: %(default)s)"}),
+    ("--peer-partial-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that it lacks some stream kinds (default: %(default)s)"}),
+    ("--peer-late-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that it is missing for --peer-late-seconds after the peer left "
+        "(default: %(default)s)"}),
+    ("--peer-late-seconds", {"type": float, "default": 100.0, "metavar": "SECONDS",
+        "help": "how long a late report is missing (default: %(default)s)"}),
+    ("--peer-missing-rate", {"type": _probability, "default": 0.0, "metavar": "P",
+        "help": "probability that it never exists (default: %(default)s)"}),
+]  # fmt: skip
 _WEBHOOK_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--webhook-url", {"default": None, "metavar": "URL",
         "help": "POST signed meeting events here; {account_id} and {app_id} are replaced, e.g. "
@@ -224,6 +239,9 @@ def _parser() -> argparse.ArgumentParser:
     media = ap.add_argument_group("recordings and livestreams")
     for flag, options in _MEDIA_FLAGS:
         media.add_argument(flag, **options)
+    peers = ap.add_argument_group("peer reports")
+    for flag, options in _PEER_FLAGS:
+        peers.add_argument(flag, **options)
     hooks = ap.add_argument_group("webhooks")
     for flag, options in _WEBHOOK_FLAGS:
         hooks.add_argument(flag, **options)
@@ -288,6 +306,11 @@ def _simulator(args: argparse.Namespace, token: str) -> Simulator:
         recording_stuck_rate=args.recording_stuck_rate,
         livestream_chance=args.livestream_chance,
         livestream_error_rate=args.livestream_error_rate,
+        peer_bad_rate=args.peer_bad_rate,
+        peer_partial_rate=args.peer_partial_rate,
+        peer_late_rate=args.peer_late_rate,
+        peer_late_seconds=args.peer_late_seconds,
+        peer_missing_rate=args.peer_missing_rate,
         webhook_url=args.webhook_url,
         webhook_key=args.webhook_key_file,
         webhook_retries=args.webhook_retries,

@@ -3,6 +3,7 @@ object with thread-safe control methods."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from exporter.simulator.events import Emitter
 from exporter.simulator.faults import Faults, check_fault
 from exporter.simulator.livestreams import LivestreamEndpoints, Streamer
 from exporter.simulator.options import SimOptions
+from exporter.simulator.peers import PeerReportEndpoint, Peers
 from exporter.simulator.recordings import Recorder, RecordingEndpoints
 from exporter.simulator.registrations import (
     ALL_EVENTS,
@@ -64,10 +66,8 @@ class Simulator:
         meetings = o.meetings if isinstance(o.meetings, int) else list(o.meetings)
         self.add_app(o.account_id, o.app_id, meetings, live=o.live)
         # told after the constructor's meetings: their sessions were there before, no events
-        if sink is not None:
-            self.emitter = Emitter(world, sink, o.seed)
-            world.observers.append(self.emitter)
-        world.observers += [self.recordings, self.livestreams]
+        self.peers = Peers(world, o, None if sink is None else Emitter(sink))
+        world.observers += [self.peers, self.recordings, self.livestreams]
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -274,6 +274,7 @@ def _routes(api: Api, world: World, sim: Simulator) -> None:
     api.add("active_livestream", livestreams.active)
     api.add("daywise", UsageEndpoints(sim.usage, world).daywise)
     api.add("webhooks", lambda app, _a, _q, fault: webhooks_answer(sim.registrations, app, fault))
+    api.add("peer_report", lambda *args: PeerReportEndpoint(sim.peers, world).report(*args))
 
 
 def _webhooks(
@@ -308,7 +309,7 @@ class _Commands:
         controls = Controls(self.stats, None if key is None else key.public_key())
         for prefix in ("meetings", "apps", "recordings", "recording", "livestreams"):
             controls.add(prefix, getattr(self, prefix))
-        for prefix in ("livestream", "registrations", "register", "usage"):
+        for prefix in ("livestream", "registrations", "register", "usage", "peers", "peer"):
             controls.add(prefix, getattr(self, prefix))
         return controls
 
@@ -423,3 +424,25 @@ class _Commands:
             app_id=app,
         )
         return {"usage": self._sim.usage.day(day, account, app)}
+
+    def peers(self, meeting_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/peers/{meeting_id} {"leave": PEER_ID or true}: the peers now (and gone)."""
+        peers = self._sim.peers
+        if cmd.get("leave"):
+            leave = cmd["leave"]
+            peers.leave(meeting_id, None if leave is True else str(leave))
+        return {"current": peers.current(meeting_id), "gone": peers.gone(meeting_id)}
+
+    def peer(self, peer_id: str, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST /_sim/peer/{peer_id} {"quality", "kinds", "delay" (null: never), "broken"}:
+        change a left peer's report; answers it as served now (null: a 404 now)."""
+        peers = self._sim.peers
+        delay = cmd.get("delay")
+        peers.set_report(
+            peer_id,
+            quality=None if cmd.get("quality") is None else str(cmd["quality"]),
+            kinds=None if cmd.get("kinds") is None else [str(k) for k in cmd["kinds"]],
+            delay=None if "delay" not in cmd else math.inf if delay is None else float(delay),
+            broken=None if "broken" not in cmd else bool(cmd["broken"]),
+        )
+        return {"report": peers.report(peer_id), "kinds": peers.report_kinds(peer_id)}

@@ -51,6 +51,10 @@ _PROBABILITIES = (
     "recording_stuck_rate",
     "livestream_chance",
     "livestream_error_rate",
+    "peer_bad_rate",
+    "peer_partial_rate",
+    "peer_late_rate",
+    "peer_missing_rate",
 )
 
 
@@ -126,6 +130,12 @@ class SimOptions:
     recording_stuck_rate: float = 0.0  # an auto recording's upload never finishes
     livestream_chance: float = 0.0  # a session that starts is livestreamed
     livestream_error_rate: float = 0.0  # an auto livestream goes ERRORED while LIVE
+    # peer reports of the peers that leave (probabilities, and seconds)
+    peer_bad_rate: float = 0.0  # a bad call: low MOS, high loss and RTT
+    peer_partial_rate: float = 0.0  # some stream kinds missing
+    peer_late_rate: float = 0.0  # the report is missing for peer_late_seconds after leaving
+    peer_late_seconds: float = 100.0
+    peer_missing_rate: float = 0.0  # the report never exists
     # webhooks
     webhook_url: str | None = None
     webhook_key: rsa.RSAPrivateKey | None = None
@@ -193,6 +203,10 @@ class SimOptions:
                 return f"{name} must be within 0..1, got {value!r}"
         if self.recording_error_rate + self.recording_stuck_rate > 1.0:
             return "recording_error_rate + recording_stuck_rate must be at most 1"
+        if self.peer_late_rate + self.peer_missing_rate > 1.0:
+            return "peer_late_rate + peer_missing_rate must be at most 1"
+        if not 0 <= self.peer_late_seconds < float("inf"):
+            return f"peer_late_seconds must be >= 0, got {self.peer_late_seconds!r}"
         return ""
 
     def _webhook_problem(self) -> str:
