@@ -154,6 +154,14 @@ def demo_launch() -> Launch:
         speed=10.0,
         seed=7,
         webhook_url=f"http://127.0.0.1:{hooks}/webhooks/{{account_id}}/{{app_id}}",
+        recording_chance=0.6,
+        recording_error_rate=0.15,
+        recording_stuck_rate=0.1,
+        livestream_chance=0.4,
+        livestream_error_rate=0.25,
+        peer_bad_rate=0.25,
+        peer_partial_rate=0.2,
+        peer_late_rate=0.1,
     )
     sim.start("127.0.0.1", 0)
     app = {

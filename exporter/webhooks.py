@@ -55,7 +55,6 @@ from exporter.model import SAFE_ID, AppKey
 log = logging.getLogger(__name__)
 
 PublicKey = rsa.RSAPublicKey
-PrivateKey = rsa.RSAPrivateKey
 StartResponse = Callable[..., Any]
 
 DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
@@ -98,21 +97,6 @@ def parse_well_known(body: bytes, *, source: str = "webhooks.json") -> PublicKey
     if not isinstance(pem, str) or not pem:
         raise ConfigError([f"{source}: field data.publicKey is missing or not a string"])
     return load_public_key(pem.encode(), source=f"{source} data.publicKey")
-
-
-def well_known_body(public_key: PublicKey) -> bytes:
-    """The ``/.well-known/webhooks.json`` document serving ``public_key`` (for the simulator)."""
-    pem = public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    doc = {"success": True, "data": {"publicKey": pem}, "message": "Public key for webhooks"}
-    return json.dumps(doc).encode()
-
-
-def sign(private_key: PrivateKey, body: bytes) -> str:
-    """The ``rtk-signature`` of ``body``: base64 RSA-SHA256 PKCS#1 v1.5 (for the simulator)."""
-    raw = private_key.sign(body, padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(raw).decode("ascii")
 
 
 def verify(key: PublicKey, body: bytes, signature_b64: str) -> bool:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from exporter.errors import ConfigError
+from exporter.simulator.delivery import sign, well_known_body
 from exporter.webhooks import (
     MAX_UNKNOWN_APP_LABELS,
     Deduper,
@@ -28,9 +29,7 @@ from exporter.webhooks import (
     load_public_key,
     parse_event,
     parse_well_known,
-    sign,
     verify,
-    well_known_body,
 )
 
 from .conftest import FakeTime
