@@ -16,6 +16,7 @@ are read from a meeting's state. Two renderers read it:
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -29,13 +30,15 @@ from prometheus_client.samples import Sample
 
 from exporter import __version__
 from exporter.errors import REASONS
-from exporter.exposition import go_float, header, label_text, line, wanted
+from exporter.exposition import encodable, go_float, header, label_text, line, wanted
 from exporter.health import DURATION_BUCKETS, AppHealth, CoordinationState, HealthSnapshot
 from exporter.model import SESSION_STATUSES, Answer, MeetingKey, Session
 from exporter.store import Labels, MeetingState, Store
 
 if TYPE_CHECKING:
     from exporter.webhooks import WebhookCounts
+
+log = logging.getLogger(__name__)
 
 Extra = tuple[tuple[str, str], ...]  # labels a family adds to the meeting's own
 # Readers get the meeting's state and its fresh answer (a Session for session-only families).
@@ -184,6 +187,12 @@ FAMILIES: Final = (
 BUILD_INFO: Final = Family(
     "realtimekit_exporter_build_info", "gauge", "Version of the exporter; always 1."
 )
+RENDER_ERRORS: Final = Family(
+    "realtimekit_exporter_render_errors",
+    "counter",
+    "Meetings left out of a scrape because their series could not be rendered (a bug, logged "
+    "with a traceback); the other meetings are exported as usual.",
+)
 #: The lines of a fragment start after (key, state, fresh).
 _FIRST_LINE: Final = 3
 #: FAMILIES as the fast renderer walks them: one-sample families and labelled ones, those that
@@ -203,10 +212,11 @@ _VALUES, _LABELLED = (
 
 
 def meeting_labels(key: MeetingKey, labels: Labels, extra: Extra = ()) -> dict[str, str]:
-    """A meeting's labels on every series: its ids, its static labels, the family's own."""
+    """A meeting's labels on every series: its ids, its static labels, the family's own (every
+    value :func:`~exporter.exposition.encodable`)."""
     out = {"account_id": key.account_id, "app_id": key.app_id, "meeting_id": key.meeting_id}
     out.update(labels)
-    out.update(extra)
+    out.update((name, encodable(value)) for name, value in extra)
     return out
 
 
@@ -230,33 +240,46 @@ class MeetingCollector(Collector):
         self._texts: dict[MeetingKey, _LabelText] = {}
         self._order: list[tuple[object, ...]] = []  # the last render's fragments, store order
         self._blocks: list[bytes] = []  # the body of each family in the last render
+        self._render_errors = 0  # meetings left out of a scrape, summed over scrapes
+        self._broken: set[MeetingKey] = set()  # meetings left out of the last scrape
 
     def collect(self) -> Iterator[Metric]:
         _, states = self._store.snapshot()
         now, stale_after = self._clock(), self._stale_after()
         every = f" Polled every {self._interval():g} seconds."
         families = [Metric(f.name, f.help + every, f.kind) for f in FAMILIES]
+        broken: list[tuple[MeetingKey, Exception]] = []
         for key, state in states.items():
-            labels = meeting_labels(key, state.labels)
-            answer = state.fresh_answer(now, stale_after)
-            session = isinstance(answer, Session)
-            for family, metric in zip(FAMILIES, families, strict=True):
-                if family.session_only and not session:
-                    continue
-                if family.value is not None:
-                    value = family.value(state, answer)
-                    if value is not None:
-                        metric.samples.append(Sample(family.sample_name, labels, value))
-                    continue
-                assert family.samples is not None
-                for extra, value in family.samples(state, answer):
-                    metric.samples.append(
-                        Sample(family.sample_name, {**labels, **dict(extra)}, value)
-                    )
+            try:
+                rows = _samples(key, state, state.fresh_answer(now, stale_after))
+            except Exception as err:  # a bug in one meeting must not fail the scrape
+                broken.append((key, err))
+                continue
+            for index, sample in rows:
+                families[index].samples.append(sample)
+        self._left_out(broken)
         yield from families
         build = Metric(BUILD_INFO.name, BUILD_INFO.help, BUILD_INFO.kind)
         build.samples.append(Sample(BUILD_INFO.name, {"version": __version__}, 1.0))
         yield build
+        errors = Metric(RENDER_ERRORS.name, RENDER_ERRORS.help, RENDER_ERRORS.kind)
+        errors.samples.append(Sample(RENDER_ERRORS.sample_name, {}, self._render_errors))
+        yield errors
+
+    def _left_out(self, broken: list[tuple[MeetingKey, Exception]]) -> None:
+        """Count the meetings a render left out; log each one that the last render did not
+        leave out (with its traceback), so a meeting that stays broken logs once."""
+        self._render_errors += len(broken)
+        new = [(key, err) for key, err in broken if key not in self._broken]
+        for key, err in new[:3]:  # a few tracebacks tell the bug; the rest is a number
+            log.error(
+                "meeting %s/%s/%s left out of the scrape: its series could not be rendered",
+                *(key.account_id, key.app_id, key.meeting_id),
+                exc_info=err,
+            )
+        if len(new) > 3:
+            log.error("%d more meetings left out of the scrape (the first 3 above)", len(new) - 3)
+        self._broken = {key for key, _ in broken}
 
     def render(self, *, openmetrics: bool = False) -> bytes:
         """What prometheus_client renders from :meth:`collect`, byte for byte (text format, or
@@ -287,6 +310,10 @@ class MeetingCollector(Collector):
         if wanted(names, BUILD_INFO.name, ()):
             out.append(header(BUILD_INFO.name, BUILD_INFO.kind, BUILD_INFO.help, openmetrics))
             out.append(line(BUILD_INFO.name, {"version": __version__}, 1.0))
+        if wanted(names, RENDER_ERRORS.name, (RENDER_ERRORS.sample_name,)):
+            errors = RENDER_ERRORS
+            out.append(header(errors.name, errors.kind, errors.help, openmetrics))
+            out.append(line(errors.sample_name, {}, self._render_errors))
         return out
 
     def _refresh(self) -> tuple[list[bytes], float]:
@@ -300,7 +327,8 @@ class MeetingCollector(Collector):
         # (a poll changed it, or meetings moved); all of them when meetings came or went.
         everything = len(before) != len(states) or not self._blocks
         dirty = [everything] * len(FAMILIES)
-        for pos, (key, state) in enumerate(states.items()):
+        broken: list[tuple[MeetingKey, Exception]] = []
+        for key, state in states.items():
             # Keyed by id(state): cheap to hash, and safe because the entry holds the state.
             entry = old.get(id(state))
             answer = state.fresh_answer(now, stale_after)
@@ -310,14 +338,19 @@ class MeetingCollector(Collector):
                 or entry[0] is not key
                 or (entry[2] is not (answer is not None))
             ):
-                text = texts.get(key)
-                if text is None or text.labels != state.labels:
-                    text = texts[key] = _LabelText(key, state.labels)
-                entry = text.fragment(state, answer)
-            if not everything and before[pos] is not entry:  # polled, or moved
+                try:
+                    entry = _fragment(texts, key, state, answer)
+                except Exception as err:  # a bug in one meeting must not fail the scrape
+                    broken.append((key, err))
+                    continue
+            pos = len(order)
+            if not everything and pos < len(before) and before[pos] is not entry:  # polled, moved
                 _mark_changed(dirty, before[pos], entry)
             cache[id(state)] = entry
             order.append(entry)
+        if len(order) != len(before):  # meetings came, went or were left out
+            dirty = [True] * len(FAMILIES)
+        self._left_out(broken)
         blocks = list(self._blocks) or [b""] * len(FAMILIES)
         for i, changed in enumerate(dirty):
             if changed:
@@ -327,6 +360,38 @@ class MeetingCollector(Collector):
         if len(texts) > len(states):
             self._texts = {key: text for key, text in texts.items() if key in states}
         return blocks, interval
+
+
+def _samples(
+    key: MeetingKey, state: MeetingState, answer: Answer | None
+) -> list[tuple[int, Sample]]:
+    """A meeting's samples as ``collect()`` gives them: (index in FAMILIES, sample) pairs."""
+    labels = meeting_labels(key, state.labels)
+    session = isinstance(answer, Session)
+    out = []
+    for index, family in enumerate(FAMILIES):
+        if family.session_only and not session:
+            continue
+        if family.value is not None:
+            value = family.value(state, answer)
+            if value is not None:
+                out.append((index, Sample(family.sample_name, labels, float(value))))
+            continue
+        assert family.samples is not None
+        for extra, value in family.samples(state, answer):
+            sample_labels = meeting_labels(key, state.labels, extra)
+            out.append((index, Sample(family.sample_name, sample_labels, float(value))))
+    return out
+
+
+def _fragment(
+    texts: dict[MeetingKey, _LabelText], key: MeetingKey, state: MeetingState, answer: Answer | None
+) -> tuple[object, ...]:
+    """A meeting's fragment, from its (remembered) label text."""
+    text = texts.get(key)
+    if text is None or text.labels != state.labels:
+        text = texts[key] = _LabelText(key, state.labels)
+    return text.fragment(state, answer)
 
 
 def _mark_changed(dirty: list[bool], before: tuple[object, ...], after: tuple[object, ...]) -> None:

@@ -63,6 +63,7 @@ app's listing with ``set_listing_fault``) imitate what a client meets in the wil
   ``huge_header`` (an 80 KiB ``Ratelimit`` value), ``gzip_bomb`` (``Content-Encoding: gzip``, 1 GiB
   of zeros in ~1 MB, streamed), ``deep_json`` (``meta`` nested 10,000 deep), ``huge_int``
   (``live_participants`` = 10**400), ``long_name`` (a 900 KiB ``meeting_display_name``),
+  ``lone_surrogate`` (``meeting_display_name`` ``"Weekly \\ud83d sync"``, half an emoji),
   ``unknown_status`` (``status`` "PAUSED"), ``retry_after_huge`` (429, ``Retry-After:
   1000000000``) and ``not_found`` (404 "Meeting not found"; meetings only). On a listing the
   field faults change the page's first session. ``stop()`` ends streaming answers at once.
@@ -141,7 +142,7 @@ DEMO_TOKEN = "demo-token"
 FAULT_KINDS = frozenset(
     {"500", "503", "timeout", "reset", "non_json", "wrong_types", "401", "429"}
     | {"trickle", "endless", "huge_header", "gzip_bomb", "deep_json", "huge_int", "long_name"}
-    | {"unknown_status", "retry_after_huge", "not_found"}
+    | {"unknown_status", "retry_after_huge", "not_found", "lone_surrogate"}
 )
 _MEETING_ONLY_FAULTS = frozenset({"not_found"})
 PAGING_MODES = ("full", "partial", "absent")
@@ -300,7 +301,10 @@ class _Answer:
 
 
 def _dumps(obj: object) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`lone_surrogate`): JSON escapes it, validly
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def _cf_error(status: int, code: int, message: str) -> _Answer:
@@ -332,6 +336,7 @@ _FIELD_FAULTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "wrong_types": _break_types,
     "huge_int": lambda d: {**d, "live_participants": 10**400},
     "long_name": lambda d: {**d, "meeting_display_name": "n" * _LONG_NAME_BYTES},
+    "lone_surrogate": lambda d: {**d, "meeting_display_name": "Weekly \ud83d sync"},
     "unknown_status": lambda d: {**d, "status": "PAUSED"},
     "deep_json": lambda d: {**d, "meta": _DEEP_MARK},
 }

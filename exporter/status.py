@@ -18,6 +18,7 @@ No secret is on it: the config holds no token, and a token's source is shown by 
 from __future__ import annotations
 
 import html
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,9 +29,12 @@ import yaml
 
 from exporter.config import App, Config
 from exporter.errors import REASONS
+from exporter.exposition import encodable
 from exporter.health import AppHealth, HealthSnapshot
 from exporter.model import NO_ACTIVE_SESSION, Answer, MeetingKey, Session
 from exporter.store import MeetingState
+
+log = logging.getLogger(__name__)
 
 #: Meeting states, in the order the page lists them.
 KINDS: Final = ("failing", "live", "idle", "unknown")
@@ -49,8 +53,9 @@ th{background:#f0f0f0}small{color:#666}
 
 
 def _e(value: object) -> str:
-    """``value`` as HTML text (quotes too, so it is also safe inside an attribute)."""
-    return html.escape(str(value), quote=True)
+    """``value`` as HTML text (quotes too, so it is also safe inside an attribute), every lone
+    surrogate replaced (:func:`~exporter.exposition.encodable`: the page must encode as UTF-8)."""
+    return html.escape(encodable(str(value)), quote=True)
 
 
 def _num(value: float) -> str:
@@ -186,6 +191,17 @@ def _meeting_row(m: _Meeting, now: float) -> str:
     return _row(cells, m.kind)
 
 
+def _safe_row(m: _Meeting, now: float) -> str:
+    """:func:`_meeting_row`, or a row saying it could not be shown: one meeting's bug must not
+    take the page down."""
+    try:
+        return _meeting_row(m, now)
+    except Exception:  # a bug in one meeting's values; the page shows the others
+        log.exception("status page: meeting %s could not be shown", m.key.meeting_id)
+        cells = ["could not be shown", _e(m.key.meeting_id), "", "", "", "", "", ""]
+        return _row(cells, "failing")
+
+
 _MEETING_HEADERS: Final = (
     "State",
     "Meeting",
@@ -203,7 +219,7 @@ def _meetings_section(meetings: Sequence[_Meeting], now: float, limit: int) -> s
     tally = _tally_text(_tally(meetings))
     out = [f"<h2>Meetings</h2>\n<p>{len(meetings)} exported: {_e(tally)}.</p>\n"]
     if shown:
-        out.append(_table(_MEETING_HEADERS, (_meeting_row(m, now) for m in shown)))
+        out.append(_table(_MEETING_HEADERS, (_safe_row(m, now) for m in shown)))
     if rest:
         more = f"… and {len(rest)} more ({_tally_text(_tally(rest))})"
         out.append(f'<p id="more">{_e(more)}</p>\n')
