@@ -304,7 +304,6 @@ def collectors(service: Service) -> list[Collector]:
         GCCollector(registry=scratch),
         MeetingCollector(
             service.store,
-            interval_seconds=lambda: service.health.snapshot().help_interval,
             stale_after_seconds=lambda: service.config.poll.stale_after,
         ),
         ExporterCollector(

@@ -103,7 +103,10 @@ def _info(_: MeetingState, s: Session) -> tuple[tuple[Extra, float], ...]:
     return ((extra, 1.0),)
 
 
-#: The per-meeting families in output order. HELP gets " Polled every N seconds." appended.
+#: HELP of every per-meeting family ends so (static: the interval changes with the budget,
+#: webhook health and reloads, and is a series of its own).
+POLLED: Final = " Polled from the API; see realtimekit_poll_effective_interval_seconds."
+#: The per-meeting families in output order. HELP gets :data:`POLLED` appended.
 FAMILIES: Final = (
     Family(
         "realtimekit_up",
@@ -227,12 +230,10 @@ class MeetingCollector(Collector):
         self,
         store: Store,
         *,
-        interval_seconds: Callable[[], float],
         stale_after_seconds: Callable[[], float],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
-        self._interval = interval_seconds
         self._stale_after = stale_after_seconds
         self._clock = clock
         self._render_lock = threading.Lock()  # concurrent scrapes take turns with the caches
@@ -246,8 +247,7 @@ class MeetingCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         _, states = self._store.snapshot()
         now, stale_after = self._clock(), self._stale_after()
-        every = f" Polled every {self._interval():g} seconds."
-        families = [Metric(f.name, f.help + every, f.kind) for f in FAMILIES]
+        families = [Metric(f.name, f.help + POLLED, f.kind) for f in FAMILIES]
         broken: list[tuple[MeetingKey, Exception]] = []
         for key, state in states.items():
             try:
@@ -297,15 +297,14 @@ class MeetingCollector(Collector):
         polls change only the time of the last answer, the poll duration and the consumed
         time), and the parts are never copied into one."""
         if names is not None and not any(wanted(names, f.name, (f.sample_name,)) for f in FAMILIES):
-            blocks, interval = [b""] * len(FAMILIES), 0.0  # none wanted: nothing to refresh
+            blocks = [b""] * len(FAMILIES)  # none wanted: nothing to refresh
         else:
             with self._render_lock:
-                blocks, interval = self._refresh()
-        every = f" Polled every {interval:g} seconds."
+                blocks = self._refresh()
         out: list[bytes] = []
         for family, block in zip(FAMILIES, blocks, strict=True):
             if wanted(names, family.name, (family.sample_name,)):
-                out.append(header(family.name, family.kind, family.help + every, openmetrics))
+                out.append(header(family.name, family.kind, family.help + POLLED, openmetrics))
                 out.append(block)
         if wanted(names, BUILD_INFO.name, ()):
             out.append(header(BUILD_INFO.name, BUILD_INFO.kind, BUILD_INFO.help, openmetrics))
@@ -316,10 +315,10 @@ class MeetingCollector(Collector):
             out.append(line(errors.sample_name, {}, self._render_errors))
         return out
 
-    def _refresh(self) -> tuple[list[bytes], float]:
+    def _refresh(self) -> list[bytes]:
         """Bring the fragments and family bodies up to date with the store (under the lock)."""
         _, states = self._store.snapshot()
-        now, stale_after, interval = self._clock(), self._stale_after(), self._interval()
+        now, stale_after = self._clock(), self._stale_after()
         old, texts, before = self._cache, self._texts, self._order
         cache: dict[int, tuple[object, ...]] = {}
         order: list[tuple[object, ...]] = []
@@ -359,7 +358,7 @@ class MeetingCollector(Collector):
         self._cache, self._order, self._blocks = cache, order, blocks
         if len(texts) > len(states):
             self._texts = {key: text for key, text in texts.items() if key in states}
-        return blocks, interval
+        return blocks
 
 
 def _samples(

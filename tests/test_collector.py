@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import math
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -22,7 +23,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
-from exporter.collector import MeetingCollector
+from exporter.collector import FAMILIES, POLLED, MeetingCollector
 from exporter.errors import ApiError
 from exporter.exposition import PartsGzip
 from exporter.exposition import go_float as _value
@@ -114,13 +115,8 @@ def varied_store(clock: Clock) -> Store:
     return store
 
 
-def collector(store: Store, clock: Clock, interval: float = 30) -> MeetingCollector:
-    return MeetingCollector(
-        store,
-        interval_seconds=lambda: interval,
-        stale_after_seconds=lambda: STALE_AFTER,
-        clock=clock,
-    )
+def collector(store: Store, clock: Clock) -> MeetingCollector:
+    return MeetingCollector(store, stale_after_seconds=lambda: STALE_AFTER, clock=clock)
 
 
 def exposition(collectors: list[Any], accept: str | None) -> tuple[list[bytes], str] | None:
@@ -302,17 +298,14 @@ def test_unchanged_meetings_reuse_their_cached_lines(store: Store, clock: Clock)
     assert reused, "fragments of unchanged meetings should be the same objects"
 
 
-def test_help_follows_the_interval(store: Store, clock: Clock):
-    interval = [30.0]
-    mc = MeetingCollector(
-        store,
-        interval_seconds=lambda: interval[0],
-        stale_after_seconds=lambda: STALE_AFTER,
-        clock=clock,
-    )
-    mc.render()
-    interval[0] = 42.5
-    assert b"Polled every 42.5 seconds." in mc.render()
+def test_help_is_static(store: Store, clock: Clock):
+    """HELP never follows the interval (it changes with the budget, webhook health and reloads;
+    it is realtimekit_poll_effective_interval_seconds)."""
+    mc = collector(store, clock)
+    helps = [x for x in mc.render().splitlines() if x.startswith(b"# HELP realtimekit_")]
+    assert len(helps) > 10 and not any(re.search(rb"every|\d seconds", h) for h in helps)
+    polled = [h for h in helps if h.endswith(POLLED.encode())]
+    assert len(polled) == len(FAMILIES)
     assert mc.render() == reference(mc)
 
 

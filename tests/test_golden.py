@@ -140,7 +140,6 @@ def render() -> str:
         registry.register(
             MeetingCollector(
                 store,
-                interval_seconds=lambda: 30,
                 stale_after_seconds=lambda: 90,
                 clock=lambda at=at: at,
             )

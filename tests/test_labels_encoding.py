@@ -45,9 +45,7 @@ def test_one_meeting_that_cannot_be_rendered_is_left_out_and_counted() -> None:
     store.set_targets({good: (), bad: ()})
     store.record(good, _session(meeting_display_name=BAD), 0.1, clock.now)
     store.record(bad, _session(live_participants="three"), 0.1, clock.now)  # a bug's value
-    mc = MeetingCollector(
-        store, interval_seconds=lambda: 30, stale_after_seconds=lambda: 90, clock=clock
-    )
+    mc = MeetingCollector(store, stale_after_seconds=lambda: 90, clock=clock)
     for text in (mc.render().decode(), mc.render().decode()):
         samples = parse_metrics(text)
         assert value(samples, "realtimekit_session_live_participants", meeting_id="good") == 3
