@@ -305,6 +305,8 @@ def collectors(service: Service) -> list[Collector]:
         MeetingCollector(
             service.store,
             stale_after_seconds=lambda: service.config.poll.stale_after,
+            # This shard's apps; a standby exports no meeting, so no aggregate either.
+            options=lambda: {a.key: a.metrics for a in service.runtime.apps if service.leader},
         ),
         ExporterCollector(
             service.health.snapshot,
