@@ -37,7 +37,7 @@ from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
 from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
-from exporter.status import config_page, status_page
+from exporter.status import CachedPage, config_page, status_page
 from exporter.webconfig import load_web_config
 
 log = logging.getLogger("exporter")
@@ -353,7 +353,7 @@ async def run(
         collectors=collectors(service),
         telemetry_path=where.telemetry_path,
         ready=service.store.polled_all,
-        status=status,
+        status=CachedPage(status),  # made at most once a second, however many ask
         config_text=lambda: config_page(service.config),
         reload=reload_from_http,
     )

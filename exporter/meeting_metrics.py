@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from operator import itemgetter
 from typing import Final
 
@@ -30,8 +30,9 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
 from exporter import __version__
+from exporter.bodies import Bodies, Row
 from exporter.config import MetricsOptions
-from exporter.exposition import go_float, header, label_text, line, wanted
+from exporter.exposition import header, line, wanted
 from exporter.families import (
     BUILD_INFO,
     FAMILIES,
@@ -46,29 +47,13 @@ from exporter.families import (
     meeting_labels,
 )
 from exporter.model import Answer, MeetingKey, Session
-from exporter.store import Labels, MeetingState, Store
+from exporter.store import MeetingState, Store
 
 log = logging.getLogger(__name__)
 
 Options = Mapping[AppKey, MetricsOptions]
 Families = tuple[Family, ...]
 _DEFAULT: Final = MetricsOptions()
-#: The lines of a fragment start after (key, state, fresh).
-_FIRST_LINE: Final = 3
-#: FAMILIES as the fast renderer walks them: one-sample families and labelled ones, those that
-#: need a session apart (a meeting without one skips them at once).
-_VALUES, _LABELLED = (
-    tuple(
-        tuple((i, f.sample_name, f.value, f.repeats) for i, f in enumerate(FAMILIES)
-              if f.value is not None and f.session_only is session)
-        for session in (False, True)
-    ),
-    tuple(
-        tuple((i, f.key) for i, f in enumerate(FAMILIES)
-              if f.value is None and f.session_only is session)
-        for session in (False, True)
-    ),
-)  # fmt: skip
 
 
 class MeetingCollector(Collector):
@@ -89,11 +74,8 @@ class MeetingCollector(Collector):
         self._stale_after = stale_after_seconds
         self._options = options
         self._clock = clock
-        self._render_lock = threading.Lock()  # concurrent scrapes take turns with the caches
-        self._cache: dict[int, tuple[object, ...]] = {}  # id(state) -> its fragment
-        self._texts: dict[MeetingKey, _LabelText] = {}
-        self._order: list[tuple[object, ...]] = []  # the last render's fragments, store order
-        self._blocks: list[bytes] = []  # the body of each family in the last render
+        self._render_lock = threading.Lock()  # concurrent scrapes take turns with the bodies
+        self._bodies = Bodies()
         self._tallies: list[tuple[AppKey, Tally]] = []  # the last render's aggregates
         #: What the last render was made from (store version, options), when, and until when it
         #: holds (the first time one of its fresh answers turns stale).
@@ -166,21 +148,13 @@ class MeetingCollector(Collector):
         return out
 
     def _refresh(self) -> tuple[list[bytes], list[tuple[AppKey, Tally]]]:
-        """Bring the fragments, family bodies and aggregates up to date (under the lock)."""
+        """Bring the family bodies and aggregates up to date (under the lock)."""
         version, states = self._store.snapshot()
         now, stale_after, options = self._clock(), self._stale_after(), dict(self._options())
         made_from = (version, options)
         if made_from == self._made_from and self._made_at <= now < self._valid_until:
-            return self._blocks, self._tallies
-        if self._made_from is not None and options != self._made_from[1]:
-            self._cache, self._texts, self._blocks = {}, {}, []  # a reload changed the options
-        old, texts, before = self._cache, self._texts, self._order
-        cache: dict[int, tuple[object, ...]] = {}
-        order: list[tuple[object, ...]] = []
-        # A family is joined again when a line at some place differs from the last render's
-        # (a poll changed it, or meetings moved); all of them when meetings came or went.
-        everything = len(before) != len(states) or not self._blocks
-        dirty = [everything] * len(FAMILIES)
+            return self._bodies.blocks, self._tallies
+        rows: list[Row] = []
         broken: list[tuple[MeetingKey, Exception]] = []
         tallies = _Tallies(options)
         oldest = now  # the oldest fresh answer: the render holds until it turns stale
@@ -194,43 +168,16 @@ class MeetingCollector(Collector):
             except Exception as err:  # a bug in one meeting must not fail the scrape
                 broken.append((key, err))
                 continue
-            if not wanted_options.per_meeting:
-                continue
-            # Keyed by id(state): cheap to hash, and safe because the entry holds the state.
-            entry = old.get(id(state))
-            if (
-                entry is None
-                or entry[1] is not state
-                or entry[0] is not key
-                or (entry[2] is not (answer is not None))
-            ):
+            if wanted_options.per_meeting:
                 table = FAMILIES if wanted_options.display_name else FAMILIES_WITHOUT_NAME
-                try:
-                    entry = _fragment(texts, key, state, answer, table)
-                except Exception as err:  # a bug in one meeting must not fail the scrape
-                    broken.append((key, err))
-                    continue
-            pos = len(order)
-            if not everything and pos < len(before) and before[pos] is not entry:  # polled, moved
-                _mark_changed(dirty, before[pos], entry)
-            cache[id(state)] = entry
-            order.append(entry)
-        if len(order) != len(before):  # meetings came, went or were left out
-            dirty = [True] * len(FAMILIES)
+                rows.append((key, state, answer, table))
+        broken += self._bodies.update(rows)
         self._left_out(broken)
-        blocks = list(self._blocks) or [b""] * len(FAMILIES)
-        for i, changed in enumerate(dirty):
-            if changed:
-                # Not zip(*order): its 10,000 iterators would wake the garbage collector.
-                blocks[i] = b"".join(map(itemgetter(_FIRST_LINE + i), order))
-        self._cache, self._order, self._blocks = cache, order, blocks
         self._tallies = tallies.ordered()
         # A meeting left out is tried again at the next scrape.
         self._made_from = None if broken else made_from
         self._made_at, self._valid_until = now, oldest + stale_after
-        if len(texts) > len(order):
-            self._texts = {key: text for key, text in texts.items() if key in states}
-        return blocks, self._tallies
+        return self._bodies.blocks, self._tallies
 
     def _left_out(self, broken: list[tuple[MeetingKey, Exception]]) -> None:
         """Count the meetings a render left out; log each one that the last render did not
@@ -294,82 +241,3 @@ def _samples(
             sample_labels = meeting_labels(key, state.labels, extra)
             out.append((index, Sample(family.sample_name, sample_labels, float(value))))
     return out
-
-
-def _fragment(
-    texts: dict[MeetingKey, _LabelText],
-    key: MeetingKey,
-    state: MeetingState,
-    answer: Answer | None,
-    table: Families,
-) -> tuple[object, ...]:
-    """A meeting's fragment, from its (remembered) label text."""
-    text = texts.get(key)
-    if text is None or text.labels != state.labels or text.table is not table:
-        text = texts[key] = _LabelText(key, state.labels, table)
-    return text.fragment(state, answer)
-
-
-def _mark_changed(dirty: list[bool], before: tuple[object, ...], after: tuple[object, ...]) -> None:
-    """Mark the families whose lines at this place differ from the last render's."""
-    for i in range(len(dirty)):
-        if not dirty[i] and before[_FIRST_LINE + i] != after[_FIRST_LINE + i]:
-            dirty[i] = True
-
-
-class _LabelText:
-    """A meeting's escaped, sorted label text, and the lines of its labelled families (status,
-    info, errors), which change far less often than its values. Made again when the meeting's
-    static labels (or its app's options) change."""
-
-    __slots__ = ("base", "key", "labels", "lines", "table")
-    MAX_LINES = 64  # cached labelled lines per meeting; more (many sessions) start afresh
-
-    def __init__(self, key: MeetingKey, labels: Labels, table: Families) -> None:
-        self.key = key
-        self.labels = labels
-        self.table = table
-        self.base = "{" + label_text(meeting_labels(key, labels)) + "} "
-        self.lines: dict[tuple[int, Hashable], bytes] = {}
-
-    def fragment(self, state: MeetingState, answer: Answer | None) -> tuple[object, ...]:
-        """``(key, state, fresh, line of each family…)``, exactly as collect() and
-        prometheus_client write them; ``b""`` for a family without samples. One flat tuple: at
-        10,000 meetings every extra object per poll feeds the garbage collector. (The hot path
-        of a scrape when most meetings were polled since the last one: the table is walked
-        through ``_VALUES`` and ``_LABELLED``, and session-only families are skipped without a
-        call when there is no session.)"""
-        out: list[bytes] = [b""] * len(FAMILIES)
-        groups = (0, 1) if isinstance(answer, Session) else (0,)
-        base, lines = self.base, self.lines
-        for group in groups:
-            for index, name, value_of, repeats in _VALUES[group]:
-                value = value_of(state, answer)
-                if value is None:
-                    continue
-                if not repeats:
-                    out[index] = f"{name}{base}{go_float(value)}\n".encode()
-                    continue
-                cached = lines.get((index, value))
-                if cached is None:
-                    if len(lines) >= self.MAX_LINES:
-                        lines.clear()
-                    cached = lines[(index, value)] = f"{name}{base}{go_float(value)}\n".encode()
-                out[index] = cached
-            for index, key_of in _LABELLED[group]:
-                cached = lines.get((index, key_of(state, answer)))  # type: ignore[misc]
-                out[index] = cached if cached is not None else self._labelled(index, state, answer)
-        return (self.key, state, answer is not None, *out)
-
-    def _labelled(self, index: int, state: MeetingState, answer: Answer | None) -> bytes:
-        """A labelled family's lines, rendered and remembered under the family's key."""
-        family = self.table[index]
-        assert family.samples is not None and family.key is not None
-        if len(self.lines) >= self.MAX_LINES:
-            self.lines.clear()
-        text = b"".join(
-            line(family.sample_name, meeting_labels(self.key, self.labels, extra), value)
-            for extra, value in family.samples(state, answer)
-        )
-        self.lines[(index, family.key(state, answer))] = text
-        return text
