@@ -33,6 +33,7 @@ from exporter.config import (
     split_host_port,
 )
 from exporter.errors import ConfigError, ExporterError
+from exporter.heap import return_large_blocks
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
 from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
@@ -217,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail("; ".join(problems))
         assert launch.tokens is not None
         server = Server(host, port, args.telemetry_path, args.web_config_file)
+        return_large_blocks()  # the metrics bodies: freed memory goes back at once
         return asyncio.run(run(launch, server, redact, sharding))
     except OSError as err:
         return fail(f"cannot listen on {args.listen_address}: {err.strerror or err}")
