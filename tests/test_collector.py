@@ -503,3 +503,52 @@ def test_value_formatting_matches_prometheus_client():
     values += [10 ** rng.uniform(-10, 20) for _ in range(20000)]
     values += [float(rng.randint(0, 10**17)) for _ in range(2000)]
     assert [v for v in values if _value(v) != floatToGoString(v)] == []
+
+
+def test_random_changes_keep_the_cached_bodies_exact(clock: Clock):
+    """Polls, stale answers, labels, meetings coming, going and moving, options flipping, in a
+    random order: after every step the cached bodies are what prometheus_client writes."""
+    from exporter.config import MetricsOptions
+
+    rng = random.Random(26)
+    store = varied_store(clock)
+    options: dict[tuple[str, str], MetricsOptions] = {}
+    mc = MeetingCollector(
+        store, stale_after_seconds=lambda: STALE_AFTER, options=lambda: options, clock=clock
+    )
+    outcomes = [
+        lambda: live(live_participants=float(rng.randint(0, 1500)), minutes_consumed=rng.random()),
+        lambda: live(id=f"s{rng.randint(0, 3)}", status=rng.choice(["LIVE", "ENDED"])),
+        lambda: live(meeting_display_name=rng.choice([NASTY, "x", None])),
+        lambda: NO_ACTIVE_SESSION,
+        lambda: ApiError(rng.choice(["timeout", "http_5xx", "auth"]), "x"),
+    ]
+    for step in range(300):
+        keys = [k for k, _ in _targets(store)]
+        action = rng.random()
+        if action < 0.55 and keys:
+            for k in rng.sample(keys, rng.randint(1, min(4, len(keys)))):
+                when = clock.now - rng.uniform(0, 2 * STALE_AFTER)
+                store.record(k, rng.choice(outcomes)(), rng.uniform(0, 1), when)  # type: ignore[arg-type]
+        elif action < 0.65:
+            clock.now += rng.choice([-30.0, 1.0, 45.0])
+        elif action < 0.75:
+            targets = dict(_targets(store))
+            if rng.random() < 0.5:
+                targets = dict(rng.sample(list(targets.items()), len(targets)))
+            for k in rng.sample(list(targets), min(2, len(targets))):
+                targets[k] = rng.choice([(), (("team", "a"),), (("floor", NASTY),)])
+            store.set_targets(targets)
+        elif action < 0.85:
+            if keys and rng.random() < 0.5:
+                store.apply(remove=[rng.choice(keys)])
+            else:
+                store.apply(add={key(f"m-new{step}", rng.choice([APP, "app2"])): ()})
+        else:
+            app = rng.choice([(ACC, APP), (ACC, "app2")])
+            options[app] = MetricsOptions(
+                per_meeting=rng.random() < 0.7, display_name=rng.random() < 0.5
+            )
+        assert mc.render() == reference(mc), f"step {step}"
+        if step % 25 == 0:
+            assert mc.render(openmetrics=True) + b"# EOF\n" == reference(mc, openmetrics=True)
