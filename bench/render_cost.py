@@ -80,11 +80,7 @@ class Fleet:
 
 def registry_of(store: Store) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(
-        MeetingCollector(
-            store, interval_seconds=lambda: 30, stale_after_seconds=lambda: 90, clock=lambda: NOW
-        )
-    )
+    registry.register(MeetingCollector(store, stale_after_seconds=lambda: 90, clock=lambda: NOW))
     return registry
 
 

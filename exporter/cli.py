@@ -34,13 +34,14 @@ from exporter.config import (
     split_host_port,
 )
 from exporter.errors import ConfigError, ExporterError
+from exporter.heap import return_large_blocks
 from exporter.limiter import RateLimiter
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.poller import over_budget
 from exporter.runtime import Service, Sharding, Tokens
 from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
-from exporter.status import config_page, status_page
+from exporter.status import CachedPage, config_page, status_page
 from exporter.webconfig import load_web_config
 from exporter.webhook_layer import Webhooks
 
@@ -233,6 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return fail("; ".join(problems))
         assert launch.tokens is not None and sharding is not None
         server = Server(host, port, args.telemetry_path, args.web_config_file)
+        return_large_blocks()  # the metrics bodies: freed memory goes back at once
         return asyncio.run(run(launch, server, redact, sharding))
     except OSError as err:
         return fail(f"cannot listen on {args.listen_address}: {err.strerror or err}")
@@ -358,8 +360,9 @@ def collectors(service: Service) -> list[Collector]:
         GCCollector(registry=scratch),
         MeetingCollector(
             service.store,
-            interval_seconds=lambda: service.health.snapshot().help_interval,
             stale_after_seconds=lambda: service.config.poll.stale_after,
+            # This shard's apps; a standby exports no meeting, so no aggregate either.
+            options=lambda: {a.key: a.metrics for a in service.runtime.apps if service.leader},
         ),
         ExporterCollector(
             service.health.snapshot,
@@ -408,7 +411,7 @@ async def run(
         collectors=collectors(service),
         telemetry_path=where.telemetry_path,
         ready=service.store.polled_all,
-        status=status,
+        status=CachedPage(status),  # made at most once a second, however many ask
         config_text=lambda: config_page(service.config),
         reload=reload_from_http,
     )

@@ -248,7 +248,6 @@ class CoordinationConfig(StrictModel):
 
 
 _PULL_KEYS: Final = ("recordings", "livestreams", "usage", "quality")
-_METRIC_KEYS: Final = ("per_meeting", "display_name")
 _NOT_YET: Final = "not implemented in this version yet; ignored"
 
 
@@ -334,7 +333,6 @@ class Config(StrictModel):
         out: list[str] = []
         for i, app in enumerate(self.apps):
             wanted = [k for k in _PULL_KEYS if getattr(app, k).enabled]
-            wanted += [f"metrics.{k}: false" for k in _METRIC_KEYS if not getattr(app.metrics, k)]
             out += [f"apps[{i}].{key}: {_NOT_YET}" for key in wanted]
         if self.webhooks.public_url is not None:
             out.append(f"webhooks.public_url (the registration check): {_NOT_YET}")

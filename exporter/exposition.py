@@ -18,6 +18,7 @@ does (its escaping, its float format, its HELP/TYPE headers).
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 import zlib
@@ -144,9 +145,21 @@ class PartsGzip:
 # Lines as prometheus_client writes them.
 
 
+#: Halves of a UTF-16 surrogate pair: valid in JSON (``"\\ud83d"``) and in a Python string,
+#: not encodable as UTF-8. A pair in the right order is one character by the time it is a str.
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+
+
+def encodable(value: str) -> str:
+    """``value`` with every lone surrogate replaced by U+FFFD, so that it encodes as UTF-8
+    (``"Weekly \\ud83d sync"``, half an emoji, would fail the whole body)."""
+    return value if value.isascii() else _SURROGATES.sub("\ufffd", value)
+
+
 def escape(value: str) -> str:
-    """A label value as the exposition formats want it (and prometheus_client writes it)."""
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    """A label value as the exposition formats want it (and prometheus_client writes it), made
+    :func:`encodable` first."""
+    return encodable(value).replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
 def label_text(labels: dict[str, str]) -> str:
@@ -155,7 +168,8 @@ def label_text(labels: dict[str, str]) -> str:
 
 
 def line(name: str, labels: dict[str, str], value: float) -> bytes:
-    return f"{name}{{{label_text(labels)}}} {go_float(float(value))}\n".encode()
+    text = "{" + label_text(labels) + "}" if labels else ""
+    return f"{name}{text} {go_float(float(value))}\n".encode()
 
 
 def header(name: str, kind: str, doc: str, openmetrics: bool) -> bytes:

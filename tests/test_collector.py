@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import math
 import random
+import re
 import shutil
 import subprocess
 import threading
@@ -26,6 +27,7 @@ from exporter.collector import MeetingCollector
 from exporter.errors import ApiError
 from exporter.exposition import PartsGzip
 from exporter.exposition import go_float as _value
+from exporter.families import FAMILIES, POLLED
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.server import metrics_response
 from exporter.store import Store
@@ -114,13 +116,8 @@ def varied_store(clock: Clock) -> Store:
     return store
 
 
-def collector(store: Store, clock: Clock, interval: float = 30) -> MeetingCollector:
-    return MeetingCollector(
-        store,
-        interval_seconds=lambda: interval,
-        stale_after_seconds=lambda: STALE_AFTER,
-        clock=clock,
-    )
+def collector(store: Store, clock: Clock) -> MeetingCollector:
+    return MeetingCollector(store, stale_after_seconds=lambda: STALE_AFTER, clock=clock)
 
 
 def exposition(collectors: list[Any], accept: str | None) -> tuple[list[bytes], str] | None:
@@ -217,9 +214,17 @@ def test_promtool_finds_nothing_new_in_openmetrics(store: Store, clock: Clock):
         )
         return proc.stdout + proc.stderr
 
-    ours = findings(mc.render(openmetrics=True) + b"# EOF\n")
-    assert ours == findings(reference(mc, openmetrics=True))
-    assert set(ours.decode().splitlines()) <= {"realtimekit_poll_errors_total no help text"}
+    def without_gauge_histogram(body: bytes) -> bytes:
+        """promtool's text parser knows no ``gaugehistogram`` (prometheus_client's OpenMetrics
+        parser reads it: test_openmetrics_output_equals_prometheus_client_and_parses)."""
+        return b"".join(
+            x for x in body.splitlines(keepends=True) if b"app_session_participants" not in x
+        )
+
+    ours = findings(without_gauge_histogram(mc.render(openmetrics=True) + b"# EOF\n"))
+    assert ours == findings(without_gauge_histogram(reference(mc, openmetrics=True)))
+    counters = ("realtimekit_poll_errors", "realtimekit_exporter_render_errors")
+    assert set(ours.decode().splitlines()) <= {f"{c}_total no help text" for c in counters}
 
 
 def test_stale_answers_are_not_served_from_the_cache(store: Store, clock: Clock):
@@ -263,7 +268,8 @@ def test_a_change_in_one_family_only(store: Store, clock: Clock):
     after = mc.render()
     assert after == reference(mc)
     changed = [a for a, b in zip(before.splitlines(), after.splitlines(), strict=True) if a != b]
-    assert len(changed) == 1 and changed[0].startswith(b"realtimekit_session_live_participants{")
+    assert len(changed) == 2 and changed[0].startswith(b"realtimekit_session_live_participants{")
+    assert changed[1].startswith(b"realtimekit_app_session_participants_gsum{")  # 3 -> 4: +1
 
 
 def test_meetings_that_move_or_are_replaced(store: Store, clock: Clock):
@@ -301,17 +307,14 @@ def test_unchanged_meetings_reuse_their_cached_lines(store: Store, clock: Clock)
     assert reused, "fragments of unchanged meetings should be the same objects"
 
 
-def test_help_follows_the_interval(store: Store, clock: Clock):
-    interval = [30.0]
-    mc = MeetingCollector(
-        store,
-        interval_seconds=lambda: interval[0],
-        stale_after_seconds=lambda: STALE_AFTER,
-        clock=clock,
-    )
-    mc.render()
-    interval[0] = 42.5
-    assert b"Polled every 42.5 seconds." in mc.render()
+def test_help_is_static(store: Store, clock: Clock):
+    """HELP never follows the interval (it changes with the budget, webhook health and reloads;
+    it is realtimekit_poll_effective_interval_seconds)."""
+    mc = collector(store, clock)
+    helps = [x for x in mc.render().splitlines() if x.startswith(b"# HELP realtimekit_")]
+    assert len(helps) > 10 and not any(re.search(rb"every|\d seconds", h) for h in helps)
+    polled = [h for h in helps if h.endswith(POLLED.encode())]
+    assert len(polled) == len(FAMILIES) + 4  # and the aggregates (with _gcount, _gsum)
     assert mc.render() == reference(mc)
 
 
@@ -500,3 +503,52 @@ def test_value_formatting_matches_prometheus_client():
     values += [10 ** rng.uniform(-10, 20) for _ in range(20000)]
     values += [float(rng.randint(0, 10**17)) for _ in range(2000)]
     assert [v for v in values if _value(v) != floatToGoString(v)] == []
+
+
+def test_random_changes_keep_the_cached_bodies_exact(clock: Clock):
+    """Polls, stale answers, labels, meetings coming, going and moving, options flipping, in a
+    random order: after every step the cached bodies are what prometheus_client writes."""
+    from exporter.config import MetricsOptions
+
+    rng = random.Random(26)
+    store = varied_store(clock)
+    options: dict[tuple[str, str], MetricsOptions] = {}
+    mc = MeetingCollector(
+        store, stale_after_seconds=lambda: STALE_AFTER, options=lambda: options, clock=clock
+    )
+    outcomes = [
+        lambda: live(live_participants=float(rng.randint(0, 1500)), minutes_consumed=rng.random()),
+        lambda: live(id=f"s{rng.randint(0, 3)}", status=rng.choice(["LIVE", "ENDED"])),
+        lambda: live(meeting_display_name=rng.choice([NASTY, "x", None])),
+        lambda: NO_ACTIVE_SESSION,
+        lambda: ApiError(rng.choice(["timeout", "http_5xx", "auth"]), "x"),
+    ]
+    for step in range(300):
+        keys = [k for k, _ in _targets(store)]
+        action = rng.random()
+        if action < 0.55 and keys:
+            for k in rng.sample(keys, rng.randint(1, min(4, len(keys)))):
+                when = clock.now - rng.uniform(0, 2 * STALE_AFTER)
+                store.record(k, rng.choice(outcomes)(), rng.uniform(0, 1), when)  # type: ignore[arg-type]
+        elif action < 0.65:
+            clock.now += rng.choice([-30.0, 1.0, 45.0])
+        elif action < 0.75:
+            targets = dict(_targets(store))
+            if rng.random() < 0.5:
+                targets = dict(rng.sample(list(targets.items()), len(targets)))
+            for k in rng.sample(list(targets), min(2, len(targets))):
+                targets[k] = rng.choice([(), (("team", "a"),), (("floor", NASTY),)])
+            store.set_targets(targets)
+        elif action < 0.85:
+            if keys and rng.random() < 0.5:
+                store.apply(remove=[rng.choice(keys)])
+            else:
+                store.apply(add={key(f"m-new{step}", rng.choice([APP, "app2"])): ()})
+        else:
+            app = rng.choice([(ACC, APP), (ACC, "app2")])
+            options[app] = MetricsOptions(
+                per_meeting=rng.random() < 0.7, display_name=rng.random() < 0.5
+            )
+        assert mc.render() == reference(mc), f"step {step}"
+        if step % 25 == 0:
+            assert mc.render(openmetrics=True) + b"# EOF\n" == reference(mc, openmetrics=True)

@@ -319,7 +319,6 @@ def test_keys_not_acted_on_yet_are_warned_about() -> None:
     assert loud.webhooks.public_url == "https://exporter.example.com"
     assert loud.warnings() == [
         "apps[0].recordings: not implemented in this version yet; ignored",
-        "apps[0].metrics.display_name: false: not implemented in this version yet; ignored",
         "webhooks.public_url (the registration check): not implemented in this version yet; ignored",
     ]
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import CollectorRegistry, generate_latest
 
 from exporter.client import ApiClient, make_http_client
 from exporter.collector import MeetingCollector
+from exporter.config import MetricsOptions
 from exporter.health import Health
 from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog
@@ -29,6 +32,8 @@ from exporter.store import Store
 from .conftest import TOKEN, reply, require_binary
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
+#: The same with ``metrics: {display_name: false}``: no meeting_display_name anywhere.
+GOLDEN_WITHOUT_NAME = Path(__file__).parent / "golden" / "metrics_without_display_name.txt"
 ACC, APP = "023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 T0 = 1795849800.0  # 2026-11-28T07:10:00Z
 
@@ -96,7 +101,7 @@ ANSWERS: dict[str, list[tuple[int, Any]]] = {
 LABELS = {"m-live": (("team", "sales"),), "m-escape": (("floor", "3"), ("team", "eng"))}
 
 
-def render() -> str:
+def render(display_name: bool = True) -> str:
     queues = {meeting: list(answers) for meeting, answers in ANSWERS.items()}
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -135,14 +140,15 @@ def render() -> str:
         await http.aclose()
 
     asyncio.run(go())
+    options = {(ACC, APP): MetricsOptions(display_name=display_name)}
     out = []
     for title, at in (("70 s after the first round", T0 - 30), ("100 s after: stale", T0)):
         registry = CollectorRegistry(auto_describe=False)
         registry.register(
             MeetingCollector(
                 store,
-                interval_seconds=lambda: 30,
                 stale_after_seconds=lambda: 90,
+                options=lambda: options,
                 clock=lambda at=at: at,
             )
         )
@@ -150,16 +156,28 @@ def render() -> str:
     return "".join(out)
 
 
-def test_golden_metrics(tmp_path: Path):
-    text = render()
+@pytest.mark.parametrize("display_name", [True, False])
+def test_golden_metrics(display_name: bool):
+    text = render(display_name)
+    golden = GOLDEN if display_name else GOLDEN_WITHOUT_NAME
     if os.environ.get("RTK_UPDATE_GOLDEN") == "1":
-        GOLDEN.write_text(text)
-    assert text == GOLDEN.read_text()
+        golden.write_text(text)
+    assert text == golden.read_text()
 
 
-def test_golden_output_passes_promtool(tmp_path: Path):
+def test_display_name_false_removes_only_the_title():
+    with_name, without = render(True).splitlines(), render(False).splitlines()
+    changed = [(a, b) for a, b in zip(with_name, without, strict=True) if a != b]
+    assert changed and "meeting_display_name" not in render(False)
+    for a, b in changed:
+        assert a.startswith("realtimekit_session_info{")
+        assert re.sub(r',meeting_display_name="(?:[^"\\]|\\.)*"', "", a) == b
+
+
+@pytest.mark.parametrize("display_name", [True, False])
+def test_golden_output_passes_promtool(display_name: bool):
     promtool = require_binary("promtool")
-    for part in render().split("# --- ")[1:]:
+    for part in render(display_name).split("# --- ")[1:]:
         body = part.split("\n", 1)[1]
         proc = subprocess.run(
             [promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=30

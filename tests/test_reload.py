@@ -44,7 +44,7 @@ def test_reload_adds_removes_relabels_and_keeps_state(simulator, start_exporter)
     )
     assert value(samples, "realtimekit_config_last_reload_successful") == 1
     wait_for(lambda: value(exporter.scrape(), "realtimekit_up", meeting_id=d) == 1, timeout=10)
-    assert "Polled every 2 seconds" in exporter.metrics_text()
+    assert value(exporter.scrape(), "realtimekit_poll_effective_interval_seconds") == 2
     assert "config reloaded" in exporter.log()
 
 

@@ -33,7 +33,10 @@ class Answer:
 
 
 def dumps(obj: object) -> bytes:
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    try:
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`lone_surrogate`): JSON escapes it, validly
+        return json.dumps(obj, separators=(",", ":")).encode()
 
 
 def cf_error(status: int, code: int, message: str) -> Answer:
@@ -76,6 +79,7 @@ FIELD_FAULTS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "wrong_types": break_types,
     "huge_int": lambda d: {**d, "live_participants": 10**400},
     "long_name": lambda d: {**d, "meeting_display_name": "n" * _LONG_NAME_BYTES},
+    "lone_surrogate": lambda d: {**d, "meeting_display_name": "Weekly \ud83d sync"},
     "unknown_status": lambda d: {**d, "status": "PAUSED"},
     "deep_json": lambda d: {**d, "meta": _DEEP_MARK},
 }

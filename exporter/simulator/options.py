@@ -35,7 +35,7 @@ DEMO_TOKEN = "demo-token"
 FAULT_KINDS = frozenset(
     {"500", "503", "timeout", "reset", "non_json", "wrong_types", "401", "429"}
     | {"trickle", "endless", "huge_header", "gzip_bomb", "deep_json", "huge_int", "long_name"}
-    | {"unknown_status", "retry_after_huge", "not_found", "403"}
+    | {"unknown_status", "retry_after_huge", "not_found", "403", "lone_surrogate"}
 )
 MEETING_ONLY_FAULTS = frozenset({"not_found"})
 PAGING_MODES = ("full", "partial", "absent")
