@@ -55,7 +55,7 @@ def fleet() -> Store:
         for result in results:
             store.record(key, result, 0.1, NOW - 10)
     stale = MeetingKey(ACC, APP, "stale")
-    store.apply(add={stale: ()}, record=[(stale, live(5), 0.1, NOW - 500)])
+    store.merge(add={stale: ()}, record=[(stale, live(5), 0.1, NOW - 500)])
     return store
 
 

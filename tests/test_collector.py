@@ -541,9 +541,9 @@ def test_random_changes_keep_the_cached_bodies_exact(clock: Clock):
             store.set_targets(targets)
         elif action < 0.85:
             if keys and rng.random() < 0.5:
-                store.apply(remove=[rng.choice(keys)])
+                store.merge(remove=[rng.choice(keys)])
             else:
-                store.apply(add={key(f"m-new{step}", rng.choice([APP, "app2"])): ()})
+                store.merge(add={key(f"m-new{step}", rng.choice([APP, "app2"])): ()})
         else:
             app = rng.choice([(ACC, APP), (ACC, "app2")])
             options[app] = MetricsOptions(
