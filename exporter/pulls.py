@@ -26,12 +26,15 @@ from prometheus_client.samples import Sample
 from exporter.client import ApiClient
 from exporter.errors import ApiError
 from exporter.health import AppKey
+from exporter.logs import FailureLog
 from exporter.poller import HEADROOM, add_job, same_interval
 
 log = logging.getLogger(__name__)
 
 PULL_KINDS: Final = ("recordings", "livestreams", "usage", "webhook_registrations", "peer_reports")
 JOB_PREFIX: Final = "pull:"
+#: Kinds that only take what the session polls and every other pull leave.
+LAST: Final = frozenset({"peer_reports"})
 #: A pull is never stretched beyond this (a day): when session polls leave nothing, pulls still
 #: run now and then instead of never.
 MAX_PULL_INTERVAL: Final = 86400.0
@@ -82,13 +85,22 @@ def pull_intervals(plan: PullPlan) -> dict[PullKey, float]:
         groups.setdefault(id(job.client.limiter), []).append(job)
     intervals: dict[PullKey, float] = {}
     for token, jobs in groups.items():
-        limiter = jobs[0].client.limiter
-        spare = limiter.per_second / HEADROOM - plan.polls_per_second.get(token, 0.0)
-        demand = sum(max(1, job.pull.cost()) / job.interval for job in jobs)
-        factor = demand / spare if spare > 0 else float("inf")
-        for job in jobs:
-            intervals[job.key] = min(job.interval * max(1.0, factor), MAX_PULL_INTERVAL)
+        spare = jobs[0].client.limiter.per_second / HEADROOM - plan.polls_per_second.get(token, 0)
+        first = [job for job in jobs if job.kind not in LAST]
+        spare -= _stretch(first, spare, intervals)
+        _stretch([job for job in jobs if job.kind in LAST], spare, intervals)
     return intervals
+
+
+def _stretch(jobs: list[PullJob], spare: float, intervals: dict[PullKey, float]) -> float:
+    """Stretch ``jobs`` alike to fit in ``spare`` requests/s; returns what they then take."""
+    demand = sum(max(1, job.pull.cost()) / job.interval for job in jobs)
+    factor = max(1.0, demand / spare if spare > 0 else float("inf"))
+    taken = 0.0
+    for job in jobs:
+        intervals[job.key] = min(job.interval * factor, MAX_PULL_INTERVAL)
+        taken += max(1, job.pull.cost()) / intervals[job.key]
+    return taken
 
 
 @dataclass(slots=True)
@@ -135,9 +147,12 @@ class PullStats:
 class Pulls:
     """Runs one job per app and kind of a :class:`PullPlan`, each at its stretched interval."""
 
-    def __init__(self, scheduler: AsyncIOScheduler, stats: PullStats) -> None:
+    def __init__(
+        self, scheduler: AsyncIOScheduler, stats: PullStats, failures: FailureLog | None = None
+    ) -> None:
         self._scheduler = scheduler
         self.stats = stats
+        self._failures = failures or FailureLog(logging.getLogger(__name__))
         self._plan = PullPlan(())
         self._jobs: dict[PullKey, PullJob] = {}
         self._intervals: dict[PullKey, float] = {}
@@ -195,6 +210,8 @@ class Pulls:
             log.exception("unexpected error in the %s pull of %s/%s", key[1], *key[0])
             error = ApiError("invalid_response", "internal error")
         self.stats.finished(key, error)
+        where = f"{key[1]} pull of account_id={key[0][0]} app_id={key[0][1]}"
+        self._failures.outcome(key, where, error or True)
         if job.pull.cost() != cost and self._jobs.get(key) is job:
             self.schedule(self._plan)
 

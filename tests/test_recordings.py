@@ -424,3 +424,37 @@ def test_a_failing_pull_is_up_0_with_its_reason():
     labels = (("account_id", "acc"), ("app_id", "app"), ("pull", "recordings"))
     assert got[("realtimekit_app_pull_up", labels)] == 0
     assert got[("realtimekit_app_pull_errors_total", (*labels, ("reason", "auth")))] == 2
+
+
+def test_peer_reports_only_take_what_every_other_pull_leaves():
+    client = client_with(60, 60)
+    jobs = [
+        PullJob(APP, "peer_reports", 6, FakePull(1), client),
+        PullJob(APP, "recordings", 2, FakePull(1), client),
+    ]
+    got = pull_intervals(PullPlan(jobs, {id(client.limiter): 0.2}))
+    assert got[(APP, "recordings")] == 2  # 0.5/s fits in what the polls leave
+    left = client.limiter.per_second / 1.05 - 0.2 - 0.5
+    assert got[(APP, "peer_reports")] == pytest.approx(max(6, 1 / left))
+
+
+def test_a_failing_pull_is_logged_once_per_change(caplog):
+    client = client_with(60, 60)
+    pull = FakePull(1, ApiError("auth", "HTTP 403: no"))
+
+    async def go() -> None:
+        scheduler = AsyncIOScheduler(timezone="UTC")
+        scheduler.start(paused=True)
+        pulls = Pulls(scheduler, PullStats())
+        pulls.schedule(PullPlan([PullJob(APP, "usage", 60, pull, client)]))
+        for _ in range(5):
+            await pulls.run_pull((APP, "usage"))
+        pull.error = None
+        await pulls.run_pull((APP, "usage"))
+        scheduler.shutdown(wait=False)
+
+    with caplog.at_level("INFO", logger="exporter.pulls"):
+        asyncio.run(go())
+    lines = [r.getMessage() for r in caplog.records if r.name == "exporter.pulls"]
+    assert len([line for line in lines if "reason=auth" in line]) == 1
+    assert any("recovered usage pull" in line for line in lines)
