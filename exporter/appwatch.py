@@ -7,7 +7,7 @@ the session polls, hands them the webhook events that concern them, and exports 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -15,9 +15,8 @@ from prometheus_client.core import Metric
 
 from exporter.client import ApiClient
 from exporter.config import App, Config
-from exporter.health import AppKey
 from exporter.logs import FailureLog
-from exporter.model import MeetingKey
+from exporter.model import AppKey, MeetingKey
 from exporter.pulls import PullCollector, PullJob, PullPlan, Pulls, PullStats
 from exporter.quality import CallQuality
 from exporter.recordings import Media
@@ -91,10 +90,14 @@ class AppWatch:
             return None
         return self.media.take_event(app, event, payload)
 
-    def collector(self, exported: Callable[[], Mapping[MeetingKey, Labels]]) -> PullCollector:
-        """The collector of every pull's series; per-meeting ones for ``exported()`` meetings."""
+    def collector(
+        self, exported: Callable[[Collection[AppKey]], Mapping[MeetingKey, Labels]]
+    ) -> PullCollector:
+        """The collector of every pull's series; per-meeting ones for the meetings
+        ``exported(apps)`` gives of the apps with recordings or livestreams on."""
 
         def media() -> Iterator[Metric]:
-            return self.media.collect(exported())
+            apps = {*self.media.recordings, *self.media.livestreams}
+            return self.media.collect(exported(apps) if apps else {})
 
         return PullCollector(self.stats, media, self.account.collect, self.quality.collect)

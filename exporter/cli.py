@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
@@ -37,11 +37,13 @@ from exporter.errors import ConfigError, ExporterError
 from exporter.heap import return_large_blocks
 from exporter.limiter import RateLimiter
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
+from exporter.model import AppKey, MeetingKey
 from exporter.poller import over_budget
 from exporter.runtime import Service, Sharding, Tokens
 from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import CachedPage, config_page, status_page
+from exporter.store import Labels
 from exporter.webconfig import load_web_config
 from exporter.webhook_layer import Webhooks
 
@@ -173,6 +175,10 @@ def demo_launch() -> Launch:
             for i, m in enumerate(sim.meeting_ids)
         ],
         "webhooks": {"enabled": True},
+        "recordings": {"enabled": True, "interval_seconds": 10},
+        "livestreams": {"enabled": True, "interval_seconds": 10},
+        "usage": {"enabled": True, "interval_seconds": 60},
+        "quality": {"enabled": True, "delay_seconds": 2},
     }
     config = parse_config(
         {
@@ -182,6 +188,8 @@ def demo_launch() -> Launch:
                 "listen_address": f"127.0.0.1:{hooks}",
                 "public_key_url": sim.webhook_key_url,
                 "reconcile_interval_seconds": 30,
+                "public_url": f"http://127.0.0.1:{hooks}",
+                "registration_check_seconds": 60,
             },
             "apps": [app],
         }
@@ -369,7 +377,15 @@ def collectors(service: Service) -> list[Collector]:
             service.webhooks.stats.snapshot if service.webhooks is not None else None,
             service.coordination_state if service.coordinator is not None else None,
         ),
+        service.watch.collector(lambda apps: _exported(service, apps)),
     ]
+
+
+def _exported(service: Service, apps: Collection[AppKey]) -> dict[MeetingKey, Labels]:
+    """The meetings of ``apps`` that have per-meeting series, with their static labels."""
+    wanted = {a.key for a in service.runtime.apps if a.key in apps and a.metrics.per_meeting}
+    states = service.store.snapshot()[1] if wanted else {}
+    return {key: state.labels for key, state in states.items() if key.app in wanted}
 
 
 async def run(

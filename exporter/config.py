@@ -247,10 +247,6 @@ class CoordinationConfig(StrictModel):
         return value
 
 
-_PULL_KEYS: Final = ("recordings", "livestreams", "usage", "quality")
-_NOT_YET: Final = "not implemented in this version yet; ignored"
-
-
 class Config(StrictModel):
     api: ApiConfig = ApiConfig()
     poll: PollConfig = PollConfig()
@@ -309,7 +305,6 @@ class Config(StrictModel):
                 f"poll.interval_seconds ({poll.interval_seconds:g})"
             )
         out.extend(self._reconcile_outlives_stale())
-        out.extend(self._not_yet_acted_on())
         # Demand above the request budget is reported by the poller, which stretches the interval.
         return out
 
@@ -326,17 +321,6 @@ class Config(StrictModel):
             "(webhooks enabled): while their webhooks are healthy those apps are polled every "
             f"{reconcile:g}s, and their values are kept that long (stale_after_seconds is a floor)"
         ]
-
-    def _not_yet_acted_on(self) -> list[str]:
-        """Keys of the next round that this version accepts but does not act on yet: said at
-        once, so an enabled pull or a cardinality switch never silently does nothing."""
-        out: list[str] = []
-        for i, app in enumerate(self.apps):
-            wanted = [k for k in _PULL_KEYS if getattr(app, k).enabled]
-            out += [f"apps[{i}].{key}: {_NOT_YET}" for key in wanted]
-        if self.webhooks.public_url is not None:
-            out.append(f"webhooks.public_url (the registration check): {_NOT_YET}")
-        return out
 
 
 def _path(loc: tuple[int | str, ...]) -> str:

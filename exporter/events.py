@@ -18,7 +18,7 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -37,6 +37,10 @@ EVENTS: Final = (
     "meeting.chatSynced",
     "meeting.transcript",
     "meeting.summary",
+)
+#: Events whose payload an app-level pull keeps (recordings, livestreams, call quality).
+PULLED: Final = frozenset(
+    {"recording.statusUpdate", "livestreaming.statusUpdate", "meeting.participantLeft"}
 )
 #: JSON nesting deeper than this is malformed (real payloads are 3 levels deep).
 MAX_DEPTH: Final = 32
@@ -61,6 +65,7 @@ class Event:
     ended_at: float | None = None
     reason: str | None = None  # meeting.ended: HOST_ENDED_MEETING | ALL_PARTICIPANTS_LEFT
     peer_id: str | None = None  # participant events
+    body: Mapping[str, Any] | None = None  # the whole payload, for events a pull keeps (PULLED)
 
 
 def _parse_int(text: str) -> int:
@@ -165,6 +170,7 @@ def parse_event(body: bytes) -> Event:
         ended_at=parse_timestamp(meeting.get("endedAt")),
         reason=_text(doc, "reason", ""),
         peer_id=_text(participant, "peerId", "participant."),
+        body=doc if name in PULLED else None,
     )
 
 
@@ -287,6 +293,7 @@ class EventPorts:
     push: Callable[[MeetingKey, Answer, float], bool]  # a state an event implies, and when
     adopt: Callable[[MeetingKey, str | None], bool]  # export (title: for the app's filters)
     refresh: Callable[[MeetingKey, ApiClient], bool]  # ask for a prompt poll; False: coalesced
+    pulled: Callable[[AppKey, Event], None] = lambda app, event: None  # an event a pull keeps
 
 
 class EventEffects:
@@ -309,6 +316,8 @@ class EventEffects:
         """Carry out what one accepted event changes."""
         ports = self._ports
         client = ports.client_of(app_key)
+        if event.body is not None and client is not None:
+            ports.pulled(app_key, event)
         if event.meeting_id is None or client is None:
             return
         key = MeetingKey(*app_key, event.meeting_id)

@@ -8,11 +8,13 @@ values with its aliases expanded. Every failure is a :class:`ConfigError` naming
 
 from __future__ import annotations
 
+import asyncio
 import os
 import ssl
 import stat
-from collections.abc import Mapping
-from typing import Any, Final
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, Final, TypeVar
 
 import yaml
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -20,6 +22,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.errors import ConfigError
+
+T = TypeVar("T")
 
 # Size caps of the files the exporter reads, checked with a bounded read.
 MAX_CONFIG_BYTES: Final = 4 * 1024 * 1024  # the config, the web config, certificates and keys
@@ -221,3 +225,30 @@ def read_ca_bundle(path: str, key: str) -> None:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=text)
     except (ssl.SSLError, ValueError):
         raise ConfigError([f"{key}: {path!r} holds no usable PEM certificate"]) from None
+
+
+async def off_loop(work: Callable[[], T]) -> T:
+    """Run ``work`` in a daemon thread and wait for it without blocking the loop. A daemon
+    thread, not the default executor: a read that hangs (a file that never ends) must never
+    keep the process from exiting on SIGTERM."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = work()
+        except BaseException as err:  # handed to the awaiting coroutine
+            loop.call_soon_threadsafe(settle, None, err)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="reload", daemon=True).start()
+    return await future

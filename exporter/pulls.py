@@ -25,8 +25,8 @@ from prometheus_client.samples import Sample
 
 from exporter.client import ApiClient
 from exporter.errors import ApiError
-from exporter.health import AppKey
 from exporter.logs import FailureLog
+from exporter.model import AppKey
 from exporter.poller import HEADROOM, add_job, same_interval
 
 log = logging.getLogger(__name__)

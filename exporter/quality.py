@@ -31,8 +31,7 @@ from prometheus_client.samples import Sample
 from exporter.client import ApiClient
 from exporter.config import App, Quality
 from exporter.errors import ApiError
-from exporter.health import AppKey
-from exporter.model import SAFE_ID, decode_json, error_for_status
+from exporter.model import SAFE_ID, AppKey, decode_json, error_for_status
 from exporter.model import _error_doc as error_doc
 from exporter.pulls import Pull
 

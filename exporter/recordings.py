@@ -26,9 +26,8 @@ from prometheus_client.samples import Sample
 
 from exporter.client import ApiClient
 from exporter.config import App
-from exporter.health import AppKey
 from exporter.listings import walk
-from exporter.model import SAFE_ID, MeetingKey, parse_timestamp
+from exporter.model import SAFE_ID, AppKey, MeetingKey, parse_timestamp
 from exporter.pulls import Pull
 from exporter.store import Labels
 

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from exporter.appwatch import AppWatch, polls_per_second
 from exporter.client import ApiClient, make_http_client
 from exporter.config import (
     App,
@@ -32,7 +32,8 @@ from exporter.config import (
 )
 from exporter.discovery import Discovery, DiscoveryPlan, admits
 from exporter.errors import ConfigError
-from exporter.events import EventPorts
+from exporter.events import Event, EventPorts
+from exporter.files import off_loop
 from exporter.health import CoordinationState, Health
 from exporter.limiter import RateLimiter
 from exporter.logs import FailureLog, RedactingFilter
@@ -51,7 +52,6 @@ log = logging.getLogger("exporter")
 RELOAD_DEBOUNCE = 0.3
 Tokens = dict[TokenSource, str]
 ClientKey = tuple[TokenSource, str]  # (token source, token)
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,7 @@ class Service:
         parts = {"scheduler": self.scheduler, "store": self.store, "health": self.health}
         self.poller = Poller(**parts, failures=failures)
         self.discovery = Discovery(**parts, failures=failures)
+        self.watch = AppWatch(self.scheduler, failures)  # recordings, usage, call quality, …
         self._failures = failures
         self._transport = transport
         self.health.set_shard(self.sharding.shard, self.sharding.total)
@@ -258,12 +259,21 @@ class Service:
         discovered = self.discovery.schedule(discovery_plan)
         self.store.set_targets({**runtime.targets(), **discovered} if self.leader else {})
         self.poller.schedule(poll_plan)
+        self._plan_pulls(poll_plan, discovery_plan)
         apps = {app.key for app in runtime.apps}
         self._failures.keep_only(lambda k: k in apps or k in poll_plan.meetings or k in discovered)
         self.health.set_budgets(
             [c.limiter for c in runtime.by_token.values()], runtime.config.poll.interval_seconds
         )
         self._set_windows()
+
+    def _plan_pulls(self, polls: PollPlan, discovery: DiscoveryPlan) -> None:
+        """The app-level pulls of a leader's apps, on what the session polls leave."""
+        runtime = self.runtime
+        discovering = {app: client for app, (_, client) in discovery.apps.items()}
+        demand = polls_per_second(polls.meetings, polls.interval_of, discovering)
+        apps = runtime.apps if self.leader else []
+        self.watch.plan(runtime.config, apps, runtime.clients, demand, runtime.slots)
 
     def _set_windows(self) -> None:
         """Each app's staleness window, from the intervals just planned (:func:`stale_windows`)."""
@@ -434,6 +444,7 @@ def webhook_layer(service: Service, settings: WebhooksConfig) -> Webhooks:
         push=service.store.push,
         adopt=adopt,
         refresh=service.poller.refresh,
+        pulled=lambda app, event: _pulled(service.watch, app, event),
     )
     return Webhooks(
         settings,
@@ -443,6 +454,14 @@ def webhook_layer(service: Service, settings: WebhooksConfig) -> Webhooks:
         summary=service.store.app_summary,
         on_health=service.webhook_health,
     )
+
+
+def _pulled(watch: AppWatch, app: AppKey, event: Event) -> None:
+    """An event an app-level pull keeps; a payload it cannot read is one line, never a crash."""
+    try:
+        watch.take_event(app, event.name, event.body or {})
+    except ValueError as err:
+        log.warning("webhook %s of account_id=%s app_id=%s skipped: %s", event.name, *app, err)
 
 
 def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Coordinator | None:
@@ -465,30 +484,3 @@ def _coordinator(config: Config, password: str | None, sharding: Sharding) -> Co
 def _read(path: str) -> tuple[Config, Tokens]:
     config = load_config(path)
     return config, read_tokens(config)
-
-
-async def off_loop(work: Callable[[], T]) -> T:
-    """Run ``work`` in a daemon thread and wait for it without blocking the loop. A daemon
-    thread, not the default executor: a read that hangs (a file that never ends) must never
-    keep the process from exiting on SIGTERM."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = work()
-        except BaseException as err:  # handed to the awaiting coroutine
-            loop.call_soon_threadsafe(settle, None, err)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name="reload", daemon=True).start()
-    return await future

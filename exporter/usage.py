@@ -27,9 +27,8 @@ from prometheus_client.samples import Sample
 from exporter.client import ApiClient
 from exporter.config import App
 from exporter.errors import ApiError
-from exporter.health import AppKey
+from exporter.model import AppKey, decode_json, error_for_status
 from exporter.model import _error_doc as error_doc
-from exporter.model import decode_json, error_for_status
 from exporter.pulls import Pull
 
 log = logging.getLogger(__name__)

@@ -305,35 +305,23 @@ def test_quality_needs_webhooks() -> None:
         )
 
 
-def test_keys_not_acted_on_yet_are_warned_about() -> None:
-    """A pull or cardinality switch that this version accepts but ignores is said, not silent."""
-    app = {"account_id": "a", "app_id": "b", "meetings": ["m1"]}
-    quiet = parse_config({"apps": [app]})
-    assert quiet.warnings() == []
-    loud = parse_config(
+def test_the_keys_of_the_pulls_are_acted_on_without_a_warning() -> None:
+    """Every pull and cardinality switch is implemented: none is warned about any more."""
+    app = {"account_id": "a", "app_id": "b", "meetings": ["m1"], "webhooks": {"enabled": True}}
+    config = parse_config(
         {
-            "webhooks": {"public_url": "https://exporter.example.com/"},
-            "apps": [{**app, "recordings": {"enabled": True}, "metrics": {"display_name": False}}],
+            "webhooks": {"listen_address": ":9120", "public_url": "https://exporter.example.com/"},
+            "apps": [
+                {
+                    **app,
+                    "recordings": {"enabled": True},
+                    "livestreams": {"enabled": True},
+                    "usage": {"enabled": True},
+                    "quality": {"enabled": True},
+                    "metrics": {"display_name": False},
+                }
+            ],
         }
     )
-    assert loud.webhooks.public_url == "https://exporter.example.com"
-    assert loud.warnings() == [
-        "apps[0].recordings: not implemented in this version yet; ignored",
-        "webhooks.public_url (the registration check): not implemented in this version yet; ignored",
-    ]
-
-
-def test_config_check_prints_the_not_yet_warning(tmp_path: Path) -> None:
-    path = tmp_path / "config.yaml"
-    path.write_text(
-        "apps:\n  - {account_id: a, app_id: b, meetings: [m1], usage: {enabled: true}}\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-m", "exporter", "--config.file", str(path), "--config.check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={"CLOUDFLARE_API_TOKEN": TOKEN, "PATH": "/usr/bin:/bin"},
-    )
-    assert run.returncode == 0, run.stderr
-    assert "warning: apps[0].usage: not implemented in this version yet; ignored" in run.stderr
+    assert config.webhooks.public_url == "https://exporter.example.com"
+    assert config.warnings() == []
