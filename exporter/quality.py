@@ -74,20 +74,28 @@ def stream_kind(block: str) -> Series | None:
 @dataclass(frozen=True, slots=True)
 class Report:
     """What one report adds: per family, (media, direction, value) observations; and how many
-    values were unusable (missing, null, out of range)."""
+    values were unusable (null, mistyped, out of range)."""
 
     observations: dict[str, list[tuple[Series, float]]]
     invalid: int
 
 
+_ABSENT: Final = object()
+
+
 def _avg(block: Any, name: str) -> Any:
-    part = block.get(name) if isinstance(block, dict) else None
-    return part.get("avg") if isinstance(part, dict) else None
+    """``block[name].avg``; :data:`_ABSENT` when the report does not carry it (not every stream
+    kind has every measure: a producer has no jitter buffer), ``None`` for an explicit null."""
+    part = block.get(name, _ABSENT) if isinstance(block, dict) else _ABSENT
+    if part is _ABSENT or part is None:
+        return part
+    return part.get("avg", _ABSENT) if isinstance(part, dict) else part
 
 
 def parse_report(status: int, content_type: str, body: bytes) -> Report:
-    """Read ``data.participant.peer_report.quality``; a value that is missing, null or out of
-    range is counted and skipped, never a failure of the report."""
+    """Read ``data.participant.peer_report.quality``; a value that is null, mistyped or out of
+    range is counted and skipped, never a failure of the report (one the stream kind does not
+    carry is simply not there)."""
     if status != 200:
         raise error_for_status(status, error_doc(content_type, body))
     doc = decode_json(content_type, body)
@@ -104,6 +112,8 @@ def parse_report(status: int, content_type: str, body: bytes) -> Report:
             continue
         for name, _, part, factor, low, high, _ in FAMILIES:
             raw = _avg(block, part)
+            if raw is _ABSENT:
+                continue
             ok = isinstance(raw, int | float) and not isinstance(raw, bool)
             if not ok or not math.isfinite(raw) or not low <= raw <= high:
                 invalid += 1
@@ -280,7 +290,7 @@ class CallQuality:
         results = Metric("realtimekit_peer_reports", "Peer reports, by result.", "counter")
         invalid = Metric(
             "realtimekit_peer_report_invalid_values",
-            "Values of fetched peer reports that were missing, null or out of range (skipped).",
+            "Values of fetched peer reports that were null, mistyped or out of range (skipped).",
             "counter",
         )
         for (account_id, app_id), (_, counts, bad) in snapshots:
