@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import threading
 import time
@@ -68,8 +69,13 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(_fields(record, self), ensure_ascii=False)
 
 
+#: Personal ids inside request URLs that libraries log at debug level: a peer report's path.
+_PERSONAL: Final = re.compile(r"(/peer-report/)[^/?\s\"'&]+")
+
+
 class RedactingFilter(logging.Filter):
-    """Replaces every occurrence of a secret in a record's final message with ``<redacted>``.
+    """Replaces every occurrence of a secret in a record's final message with ``<redacted>``,
+    and the peer id of a peer report's URL with ``<peer>``.
 
     Attached to the handler, so it covers every library's records (httpx, httpcore, apscheduler).
     """
@@ -79,10 +85,8 @@ class RedactingFilter(logging.Filter):
         self.secrets: set[str] = {s for s in secrets if s}
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self.secrets:
-            return True
         message = record.getMessage()
-        text = message
+        text = _PERSONAL.sub(r"\1<peer>", message) if "/peer-report/" in message else message
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         if record.exc_info and not record.exc_text:
