@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -404,9 +405,16 @@ def test_dockerfile_contract() -> None:
         f"only the wheel, from the build: {copy}"
     )
     wheel_dir = copy.split()[-1]
-    assert any(f"pip install --no-cache-dir {wheel_dir}*.whl" in r for r in final.all("RUN")), (
+    assert f"constraints.txt {copy.split()[1]}" in " ".join(build.all("COPY")), (
+        "the build stage puts constraints.txt beside the wheel"
+    )
+    install = [r for r in final.all("RUN") if "pip install" in r]
+    assert len(install) == 1, install
+    assert f"{wheel_dir}realtimekit_exporter-*.whl" in install[0], (
         "the final stage installs the wheel built in the first"
     )
+    assert f"--constraint {wheel_dir}constraints.txt" in install[0], "pinned dependencies"
+    assert "[ha]" in install[0] and "--no-cache-dir" in install[0], install[0]
     (user,) = final.all("USER")
     uid = user.split(":")[0]
     assert uid.isdigit() and int(uid) > 0, f"fixed non-root numeric uid, got {user}"
@@ -423,6 +431,103 @@ def test_dockerfile_contract() -> None:
                 assert not re.search(r"TOKEN|SECRET|PASSWORD", instruction.args, re.I), instruction
             if instruction.keyword in ("COPY", "ADD"):
                 assert not re.search(r"config[^ ]*\.ya?ml|\.env\b", instruction.args), instruction
+
+
+def package_version() -> str:
+    """The version in pyproject.toml: its dynamic ``attr`` read from the module's source."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "version" in pyproject["project"]["dynamic"]
+    module, _, name = pyproject["tool"]["setuptools"]["dynamic"]["version"]["attr"].rpartition(".")
+    source = (ROOT / module.replace(".", "/") / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(rf'^{name} = "([^"]+)"$', source, re.M)
+    assert match, f"no {name} in {module}"
+    return match.group(1)
+
+
+def dockerfile_labels(stage: Stage) -> dict[str, str]:
+    labels = {}
+    for args in stage.all("LABEL"):
+        for word in shlex.split(args):
+            key, sep, value = word.partition("=")
+            assert sep, f"LABEL {word!r} is not key=value"
+            labels[key] = value
+    return labels
+
+
+def test_dockerfile_oci_labels() -> None:
+    labels = dockerfile_labels(dockerfile_stages()[-1])
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert labels["org.opencontainers.image.version"] == package_version()
+    assert labels["org.opencontainers.image.licenses"] == project["license"]
+    assert labels["org.opencontainers.image.source"] == project["urls"]["Source"]
+    assert labels["org.opencontainers.image.title"] == project["name"]
+
+
+#: Where the exporter's image is named: manifests (``image:``) and kustomizations (``newTag:``).
+IMAGE_REF = re.compile(
+    r"^\s*(?:-\s*)?image:\s*[\"']?(?:[\w.:/-]+/)?realtimekit-exporter:([\w.-]+)", re.M
+)
+
+
+def test_image_tag_everywhere_is_the_package_version() -> None:
+    version = package_version()
+    found: dict[str, list[str]] = {}
+    for path in sorted(DEPLOY.rglob("*.y*ml")):
+        rel = path.relative_to(ROOT).as_posix()
+        found.update({f"{rel} image": IMAGE_REF.findall(path.read_text(encoding="utf-8"))})
+        if path.name == "kustomization.yaml":
+            images = load_yaml(path).get("images", [])
+            tags = [i["newTag"] for i in images if i["name"] == "realtimekit-exporter"]
+            assert tags, f"{rel}: no images: entry for realtimekit-exporter"
+            found[f"{rel} newTag"] = [str(t) for t in tags]
+    found = {k: v for k, v in found.items() if v}
+    assert {k.split()[0] for k in found} >= {
+        "deploy/docker-compose.yml",
+        "deploy/kubernetes/deployment.yaml",
+        "deploy/kubernetes/ha/deployment.yaml",
+        "deploy/kubernetes/sharded/statefulset.yaml",
+    }, found
+    wrong = {k: v for k, v in found.items() if set(v) != {version}}
+    assert not wrong, f"image tags other than the package version {version}: {wrong}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    builds = re.findall(r"docker build -t (\S+) \.", readme)
+    assert builds and set(builds) == {f"realtimekit-exporter:{version}"}, builds
+
+
+def test_constraints_pin_every_runtime_dependency() -> None:
+    """constraints.txt pins (``==``) the whole dependency closure of ``realtimekit-exporter[ha]``
+    as resolved in this environment, and nothing is pinned twice."""
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    lines = (ROOT / "constraints.txt").read_text(encoding="utf-8").splitlines()
+    pins = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert lines[0].startswith("#") and ".ci/update-constraints" in "\n".join(lines[:3])
+    pinned = {}
+    for line in pins:
+        req = Requirement(line)
+        (spec,) = req.specifier
+        assert spec.operator == "==" and not req.marker, f"not an exact pin: {line}"
+        pinned[canonicalize_name(req.name)] = spec.version
+    assert len(pinned) == len(pins), "a package is pinned twice"
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [Requirement("realtimekit-exporter[ha]")]
+    while todo:
+        req = todo.pop()
+        name, extras = canonicalize_name(req.name), frozenset(req.extras)
+        if (name, extras) in seen:
+            continue
+        seen.add((name, extras))
+        for sub in metadata.requires(req.name) or []:
+            dep = Requirement(sub)
+            if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in extras | {""}):
+                todo.append(dep)
+    closure = {name for name, _ in seen} - {"realtimekit-exporter"}
+    assert closure, "the package is not installed in this environment"
+    missing = closure - set(pinned)
+    assert not missing, f"constraints.txt lacks {sorted(missing)}: run .ci/update-constraints"
 
 
 def image_entrypoint() -> list[str]:
@@ -522,7 +627,7 @@ def dockerignored(rel: str, patterns: list[str]) -> bool:
 
 def test_dockerignore_keeps_the_context_small() -> None:
     patterns = dockerignore_patterns()
-    for rel in ("pyproject.toml", "README.md", "exporter/cli.py", "exporter/simulator.py"):
+    for rel in ("pyproject.toml", "README.md", "LICENSE", "constraints.txt", "exporter/cli.py"):
         assert not dockerignored(rel, patterns), f"{rel} must be sent to the build"
     for rel in (
         ".git/config",
@@ -600,7 +705,9 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
     result = run([sys.executable, "-m", "venv", "--without-pip", str(venv)], timeout=120)
     assert result.returncode == 0, result.stderr
     pip = [sys.executable, "-m", "pip", "--python", str(bindir / "python"), "install"]
-    result = run([*pip, str(wheel)], env=pip_env, timeout=300)
+    # As the image does: the ha extra, every dependency at its pinned version.
+    constraints = ["--constraint", str(ROOT / "constraints.txt")]
+    result = run([*pip, *constraints, f"{wheel}[ha]"], env=pip_env, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
 
     # Run from an empty directory so that nothing but the installed package can be imported.

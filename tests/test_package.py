@@ -292,3 +292,14 @@ def test_installed_demo_gets_ready(installed: Path, home: Path) -> None:
                 proc.kill()
                 proc.wait(5)
     assert proc.returncode == 0, log_path.read_text(errors="replace")[-3000:]
+
+
+def test_changelog_has_one_section_per_version() -> None:
+    text = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^## (.+)$", text, re.M)
+    versions = [h.split()[0] for h in headings]
+    assert versions, "CHANGELOG.md has no version sections"
+    for heading, version in zip(headings, versions, strict=True):
+        assert re.fullmatch(r"\d+\.\d+\.\d+\S*", version), f"not a version section: ## {heading}"
+    assert len(set(versions)) == len(versions), f"a version has two sections: {versions}"
+    assert versions[0] == package_version(), "the newest section is the package's version"
