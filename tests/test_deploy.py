@@ -809,6 +809,12 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     assert tests in ci, ".ci/run must run the README's test command exactly"
     exported = ci.index("export RTK_REQUIRE_PROMETHEUS=1 RTK_REQUIRE_TOOLS=1")
     assert exported < ci.index(tests)
+    # Under Debian's own python3 (issue 22): /usr/bin leads PATH before any venv is made, and
+    # python3-venv is installed when Debian's python3 cannot make one.
+    debian = ci.index('export PATH="/usr/bin:$PATH"')
+    first_venv = min(i for i, line in enumerate(ci) if "python3 -m venv .venv" in line)
+    assert debian < first_venv < ci.index(tests)
+    assert "need+=(python3-venv)" in "\n".join(ci[:debian])
     assert ".venv/" in (ROOT / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert dockerignored(".venv/lib/python3.11/site-packages/x.py", dockerignore_patterns())
 
