@@ -1082,8 +1082,10 @@ def test_compose_file_structure() -> None:
     )
 
     prometheus_mounts = compose_mounts(services["prometheus"])
-    for name in ("prometheus.yml", "alerts.yml", "rules.yml"):
+    for name in ("alerts.yml", "rules.yml"):
         assert prometheus_mounts[f"/etc/prometheus/{name}"] == PROM_DIR / name
+    assert prometheus_mounts["/etc/prometheus/prometheus.yml"] == COMPOSE_PROMETHEUS
+
     grafana = services["grafana"]
     assert str(grafana["environment"]["GF_AUTH_ANONYMOUS_ENABLED"]).lower() == "true"
     assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
@@ -1091,6 +1093,37 @@ def test_compose_file_structure() -> None:
     for sub in ("datasources", "dashboards"):
         path = grafana_mounts[f"/etc/grafana/provisioning/{sub}"]
         assert path == DEPLOY / "grafana" / "provisioning" / sub
+
+
+#: The compose demo's Prometheus config: the base one plus the ha profile's DNS discovery.
+COMPOSE_PROMETHEUS = DEPLOY / "compose" / "prometheus.yml"
+
+
+def test_base_prometheus_config_has_no_compose_discovery() -> None:
+    """Issue 22 item 14: the base config is what users copy; only the compose one finds the ha
+    profile's replicas by DNS, and otherwise the two are the same."""
+    base = load_yaml(PROM_DIR / "prometheus.yml")
+    demo = load_yaml(COMPOSE_PROMETHEUS)
+    assert "exporter-a" not in (PROM_DIR / "prometheus.yml").read_text(encoding="utf-8")
+    for job in base["scrape_configs"]:
+        assert "dns_sd_configs" not in job and "relabel_configs" not in job, job["job_name"]
+    (demo_job,) = [j for j in demo["scrape_configs"] if j["job_name"] == "realtimekit"]
+    names = {n for sc in demo_job["dns_sd_configs"] for n in sc["names"]}
+    assert names == {"exporter-a", "exporter-b"}
+    demo_job.pop("dns_sd_configs")
+    demo_job.pop("relabel_configs")
+    assert demo == base
+
+
+def test_promtool_check_compose_config(tmp_path: Path) -> None:
+    promtool = require_prometheus_tool("promtool")
+    for name in ("alerts.yml", "rules.yml"):
+        shutil.copy(PROM_DIR / name, tmp_path / name)
+    shutil.copy(COMPOSE_PROMETHEUS, tmp_path / "prometheus.yml")
+    result = run(
+        [promtool, "check", "config", "--lint=all", "--lint-fatal", "prometheus.yml"], cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_docker_compose_config() -> None:
@@ -1108,14 +1141,38 @@ def k8s_docs() -> dict[str, list[dict[str, Any]]]:
     return {
         path.name: load_yaml_all(path)
         for path in sorted(K8S.glob("*.yaml"))
-        if path.name != "kustomization.yaml"
+        if path.name not in ("kustomization.yaml", "config.yaml")
     }
 
 
+def generated_config_map(folder: Path = K8S) -> dict[str, Any]:
+    """The ConfigMap a kustomization's configMapGenerator makes (without the name's hash)."""
+    (generator,) = load_yaml(folder / "kustomization.yaml")["configMapGenerator"]
+    files = generator["files"]
+    data = {posixpath.basename(f): (folder / f).read_text(encoding="utf-8") for f in files}
+    meta = {"name": generator["name"], "labels": generator.get("options", {}).get("labels", {})}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+
 def k8s_object(kind: str) -> dict[str, Any]:
+    if kind == "ConfigMap":
+        assert not docs_of_kind("ConfigMap"), "the ConfigMap comes from configMapGenerator"
+        return generated_config_map()
     found = [d for docs in k8s_docs().values() for d in docs if d["kind"] == kind]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
+
+
+def test_kubernetes_configmaps_carry_a_content_hash() -> None:
+    """Issue 22 item 14: base, ha and sharded all generate their ConfigMap (its name carries a
+    hash of the config, so a change rolls the pods), with the same name and from config.yaml."""
+    for folder in (K8S, K8S / "ha", K8S / "sharded"):
+        kustomization = load_yaml(folder / "kustomization.yaml")
+        assert not kustomization.get("generatorOptions", {}).get("disableNameSuffixHash")
+        (generator,) = kustomization["configMapGenerator"]
+        assert generator["name"] == "realtimekit-exporter-config", folder
+        assert generator["files"] == ["config.yaml"], folder
+        assert not [r for r in kustomization["resources"] if "configmap" in r.lower()], folder
 
 
 def deployment_container() -> dict[str, Any]:
@@ -1144,7 +1201,6 @@ def test_kubernetes_manifests_validate() -> None:
     assert set(docs) >= {
         "deployment.yaml",
         "service.yaml",
-        "configmap.yaml",
         "secret.example.yaml",
         "servicemonitor.yaml",
         "prometheusrule.yaml",
@@ -1152,6 +1208,7 @@ def test_kubernetes_manifests_validate() -> None:
     for name, objects in docs.items():
         assert objects, f"{name} is empty"
         validate_k8s(objects, name)
+    validate_k8s([generated_config_map()], "configMapGenerator")
 
 
 def test_kubernetes_deployment_is_hardened() -> None:
