@@ -1767,3 +1767,21 @@ def test_rules_evaluate_cleanly_on_real_data(stack: Stack) -> None:
         if needs - served:
             continue  # a metric being added; the rule is checked once the exporter has it
         assert stack.query(rule["record"]), f"recording rule {rule['record']} has no data"
+
+
+def test_dashboard_legends_are_titles(stack: Stack) -> None:
+    """The title join gives each meeting one series, named by its session's title where it has a
+    session and by its id otherwise."""
+    (panel,) = [p for p in dashboard_panels() if p["title"] == "Live participants per meeting"]
+    values = {**GRAFANA_VARIABLES, "app_id": ".*", "meeting_id": ".*"}
+    series = stack.query(substitute(panel["targets"][0]["expr"], values))
+    ids = [s["metric"]["meeting_id"] for s in series]
+    assert sorted(ids) == sorted(set(ids)) == sorted(stack.sim.meeting_ids), ids
+    info = stack.query("realtimekit_session_info")
+    titles = {s["metric"]["meeting_id"]: s["metric"]["meeting_display_name"] for s in info}
+    assert titles, "no session in the stack"
+    # Sessions start and end while the two queries run: a name is the title or the id.
+    for s in series:
+        meeting = s["metric"]["meeting_id"]
+        assert s["metric"]["meeting_display_name"] in {titles.get(meeting), meeting}, s
+    assert any(s["metric"]["meeting_display_name"] != s["metric"]["meeting_id"] for s in series)
