@@ -388,10 +388,10 @@ def test_compose_ha_profile_structure() -> None:
 
 
 def test_compose_prometheus_scrapes_the_ha_exporters() -> None:
-    """The stack's Prometheus (deploy/prometheus/prometheus.yml, shared with every deployment)
+    """The stack's Prometheus (deploy/compose/prometheus.yml, the base one plus discovery)
     must find exporter-a and exporter-b in its "realtimekit" job when the profile runs."""
     (job,) = [
-        j for j in load_yaml(PROM_DIR / "prometheus.yml")["scrape_configs"]
+        j for j in load_yaml(DEPLOY / "compose" / "prometheus.yml")["scrape_configs"]
         if j["job_name"] == "realtimekit"
     ]  # fmt: skip
     names = {t.rpartition(":")[0] for sc in job.get("static_configs", []) for t in sc["targets"]}
@@ -441,7 +441,7 @@ def exporter_configs() -> dict[str, str]:
         str(p.relative_to(ROOT)): p.read_text(encoding="utf-8")
         for p in [HA_CONFIG, COMPOSE_HA_CONFIG, DEPLOY / "compose" / "config.yaml"]
     }
-    texts["kubernetes/configmap.yaml"] = load_yaml(K8S / "configmap.yaml")["data"]["config.yaml"]
+    texts["kubernetes/config.yaml"] = (K8S / "config.yaml").read_text(encoding="utf-8")
     return texts
 
 

@@ -1,0 +1,162 @@
+"""The example Alertmanager config (deploy/alertmanager/alertmanager.yml) against a real
+Alertmanager (Debian's ``prometheus-alertmanager``) on 127.0.0.1: ``amtool check-config`` passes,
+and alerts posted to it are inhibited exactly as the file's comments say (one ``not_found``
+meeting pages once, not also as stale). A missing binary skips, or fails with
+``RTK_REQUIRE_PROMETHEUS=1`` (.ci/run installs it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.process
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def require(*names: str) -> str:
+    for name in names:
+        path = shutil.which(name)
+        if path:
+            return path
+    why = f"{names[0]} is not installed (apt-get install prometheus-alertmanager)"
+    if os.environ.get("RTK_REQUIRE_PROMETHEUS") == "1":
+        pytest.fail(f"{why}, and RTK_REQUIRE_PROMETHEUS=1 requires it")
+    pytest.skip(why)
+
+
+def test_amtool_check_config() -> None:
+    amtool = require("amtool")
+    result = subprocess.run(
+        [amtool, "check-config", str(CONFIG)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_inhibitions_name_shipped_alerts() -> None:
+    shipped = {
+        rule["alert"]
+        for group in yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    config = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
+    for rule in config["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            match = re.fullmatch(r'alertname(=|!=|=~)"(.+)"', matcher)
+            if match is None:
+                continue
+            op, value = match.groups()
+            names = value.split("|") if op == "=~" and ".+" not in value else [value]
+            for name in names if op != "=~" or ".+" not in value else []:
+                assert name in shipped, f"{matcher}: no alert {name} in alerts.yml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _request(url: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with NO_PROXY.open(req, timeout=5) as response:
+        text = response.read().decode()
+    return json.loads(text) if text.strip() else None
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[str]:
+    binary = require("prometheus-alertmanager", "alertmanager")
+    port = _free_port()
+    log_path = tmp_path / "alertmanager.log"
+    cmd = [
+        binary,
+        f"--config.file={CONFIG}",
+        f"--storage.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",  # no gossip port: a single instance
+    ]
+    url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    with NO_PROXY.open(url + "/-/ready", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except (OSError, urllib.error.URLError):
+                    pass
+                assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
+                assert time.monotonic() < deadline, "Alertmanager not ready within 30 s"
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _alert(name: str, **labels: str) -> dict[str, Any]:
+    base = {"job": "realtimekit", "instance": "exporter:9877", "severity": "warning"}
+    return {"labels": {"alertname": name, **base, **labels}, "annotations": {"summary": name}}
+
+
+def test_one_cause_pages_once(alertmanager: str) -> None:
+    m1 = {"account_id": "acc", "app_id": "app", "meeting_id": "m1"}
+    m2 = {"account_id": "acc", "app_id": "app", "meeting_id": "m2"}
+    other_app = {"account_id": "acc", "app_id": "other", "meeting_id": "m3"}
+    posted = [
+        _alert("RealtimeKitMeetingNotFound", **m1),
+        _alert("RealtimeKitMeetingDataStale", **m1),  # inhibited: its meeting is not found
+        _alert("RealtimeKitMeetingDataStale", **m2),  # another meeting: pages
+        _alert("RealtimeKitAuthFailing", account_id="acc", app_id="other", severity="critical"),
+        _alert("RealtimeKitMeetingDataStale", **other_app),  # inhibited: the app's token fails
+    ]
+    _request(alertmanager + "/api/v2/alerts", posted)
+
+    def state() -> dict[tuple[str, str], bool]:
+        alerts = _request(alertmanager + "/api/v2/alerts")
+        return {
+            (a["labels"]["alertname"], a["labels"].get("meeting_id", "")): bool(
+                a["status"]["inhibitedBy"]
+            )
+            for a in alerts
+        }
+
+    deadline = time.monotonic() + 20
+    while len(seen := state()) < len(posted):
+        assert time.monotonic() < deadline, f"Alertmanager shows {seen}"
+        time.sleep(0.2)
+    assert seen == {
+        ("RealtimeKitMeetingNotFound", "m1"): False,
+        ("RealtimeKitMeetingDataStale", "m1"): True,
+        ("RealtimeKitMeetingDataStale", "m2"): False,
+        ("RealtimeKitAuthFailing", ""): False,
+        ("RealtimeKitMeetingDataStale", "m3"): True,
+    }
