@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.app import DEFAULT_PORT, create_app
 from exporter.collector import ExporterCollector, MeetingCollector
 from exporter.config import (
     Config,
@@ -35,10 +36,11 @@ from exporter.config import (
 from exporter.errors import ConfigError, ExporterError
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
-from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
-from exporter.webconfig import load_web_config
+from exporter.web.listen import parse_listen_address
+from exporter.web.security import load_web_config
+from exporter.web.server import HttpServer, serve
 
 log = logging.getLogger("exporter")
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_LISTEN_ADDRESS = ":9877"  # the exporter's default (exporter.server.DEFAULT_PORT)
+DEFAULT_LISTEN_ADDRESS = ":9877"  # the exporter's default (exporter.app.DEFAULT_PORT)
 CMDLINE = "/proc/1/cmdline"
 HEALTH_PATH = "/-/healthy"
 TIMEOUT_SECONDS = 2.0

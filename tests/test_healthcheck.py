@@ -119,7 +119,7 @@ def test_probe_url_rejects_bad_addresses(address: str) -> None:
 
 
 def test_probe_url_agrees_with_the_server() -> None:
-    from exporter.server import parse_listen_address
+    from exporter.web.listen import parse_listen_address
 
     for address in (":9877", "0.0.0.0:1", "[::]:9100", "127.0.0.1:65535", "[::1]:2"):
         host, port = parse_listen_address(address)

@@ -22,7 +22,7 @@ import pytest
 
 from bench.slowloris import Slowloris
 from exporter.logs import RedactingFilter, RepeatLog, setup_logging
-from exporter.server import HttpServer, Limits, serve
+from exporter.web.server import HttpServer, Limits, serve
 
 from . import test_webconfig
 from .conftest import TOKEN, FakeTime, sim_config, wait_for
@@ -385,7 +385,7 @@ def _call(app, method: str, path: str, query: str = "") -> tuple[str, dict[str, 
 
 
 def test_the_wsgi_app_routes_without_a_socket():
-    from exporter.server import create_app
+    from exporter.app import create_app
 
     reloads: list[int] = []
     ready = [False]

@@ -1,0 +1,307 @@
+"""The hardened HTTP(S) server: one event loop reads requests, a fixed pool of workers answers.
+
+:class:`HttpServer` serves a WSGI app: one event loop thread accepts connections, completes TLS
+handshakes and reads request headers without blocking (a slow or silent client costs a socket,
+never a thread, and is cut off ``header_timeout`` after it connected; :mod:`exporter.web.conn`);
+complete requests go to a fixed pool of wsgiref workers (:mod:`exporter.web.handler`).
+Everything it has to say goes through :mod:`logging`.
+
+With a web config (:mod:`exporter.web.security`) the server speaks TLS, asks for basic auth on
+every path and adds the configured headers to every answer::
+
+    server, thread = serve(app, "127.0.0.1", 9877, web_config_file="web.yml")
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import resource
+import selectors
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from exporter.errors import ConfigError
+from exporter.logs import SUPPRESSED_LOG_SECONDS, RepeatLog
+from exporter.web.conn import Next, Pending, Reading
+from exporter.web.handler import Handler, answer, send_quietly
+from exporter.web.security import WebSecurity, protect
+from exporter.web.wsgi import WsgiApp
+
+# The logger's name stays that of the module the server came from: log lines are an interface.
+log = logging.getLogger("exporter.server")
+
+#: Seconds a client has to complete the TLS handshake and send its request's headers.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may hold of the server, and for how long."""
+
+    #: Seconds from accept to the end of the request's headers, TLS handshake included: in
+    #: total, not per read, so a client trickling a byte a second is cut off all the same.
+    header_timeout: float = HANDSHAKE_TIMEOUT
+    #: Seconds a worker may block writing one part of an answer to a client that stopped reading.
+    write_timeout: float = 10.0
+    #: Connections open at once, from accept to the last byte sent (at most half the process's
+    #: file descriptors). When full, the oldest one still sending its request makes room. One
+    #: waiting for its headers costs a socket and its bytes so far, no thread: the bound is
+    #: high, so that an attacker's churn rarely reaches a scrape still on its way.
+    max_connections: int = 1024
+    #: Threads that answer complete requests.
+    workers: int = 8
+    #: The listen backlog.
+    backlog: int = 1024
+    #: Bytes of request line and headers (more: 431); Prometheus sends well under 1 KiB.
+    max_header_bytes: int = 16384
+    #: Seconds between the lines that sum up repeated connection problems.
+    log_every: float = SUPPRESSED_LOG_SECONDS
+
+
+_BUSY_ANSWER = answer("503 Service Unavailable", "Too many connections\n")
+_TIMEOUT_ANSWER = answer("408 Request Timeout", "Request not complete in time\n")
+
+
+class HttpServer(WSGIServer):
+    """A WSGI server safe to face a hostile network.
+
+    One thread (``serve_forever``) accepts connections and, without blocking, completes their
+    TLS handshakes and reads their request headers, each within ``header_timeout`` of the
+    accept; a slow or silent client costs a socket, never a thread. Complete requests go to a
+    fixed pool of worker threads, which run the WSGI app (one request per connection, as
+    wsgiref does). At most ``max_connections`` are open at once: a new one closes the oldest
+    that is still sending its request, or, when every one is being answered, gets a 503.
+    Problems of clients (failed handshakes, timeouts, bad requests) are logged once per kind
+    and then summed up once a minute.
+    """
+
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], family: int, web: WebSecurity | None, limits: Limits
+    ) -> None:
+        self.address_family = family
+        self.request_queue_size = limits.backlog
+        self.web = web
+        self.limits = limits
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fds = soft if soft != resource.RLIM_INFINITY else limits.max_connections * 2
+        self.max_connections = max(1, min(limits.max_connections, fds // 2))
+        self.events = RepeatLog(log, what="connection problem(s)", every=limits.log_every)
+        self._selector = selectors.DefaultSelector()
+        self._reading = Reading(self._selector, self.events, limits.max_header_bytes)
+        self._wake, self._waker = socket.socketpair()
+        self._pending: dict[Pending, None] = {}  # in the order accepted, so of deadlines
+        self._busy = 0  # connections handed to the workers and not yet closed
+        self._lock = threading.Lock()
+        self._jobs: queue.SimpleQueue[tuple[socket.socket, Any, bytes] | None]
+        self._jobs = queue.SimpleQueue()
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._workers: list[threading.Thread] = []
+        super().__init__(address, Handler)  # binds; on failure calls server_close and raises
+        self.socket.setblocking(False)
+        for i in range(limits.workers):
+            worker = threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+
+    # -- the event loop ---------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 1.0) -> None:
+        """Accept and read requests until :meth:`shutdown`."""
+        self._selector.register(self.socket, selectors.EVENT_READ)
+        self._selector.register(self._wake, selectors.EVENT_READ)
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select(self._wait(poll_interval)):
+                    if key.fileobj is self.socket:
+                        self._accept()
+                    elif key.fileobj is self._wake:
+                        self._wake.recv(64)
+                    elif key.data in self._pending:  # not closed by an earlier event of the batch
+                        self._step(key.data)
+                self._expire()
+                self.events.flush()
+        finally:
+            for pending in list(self._pending):
+                self._close(pending)
+            self._selector.unregister(self.socket)
+            self._selector.unregister(self._wake)
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop :meth:`serve_forever` and wait until it has; connections being answered finish."""
+        self._stopping = True
+        self._waker.send(b"x")
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            self._jobs.put(None)
+        self._selector.close()
+        self._wake.close()
+        self._waker.close()
+
+    def _wait(self, poll_interval: float) -> float:
+        if not self._pending:
+            return poll_interval
+        oldest = next(iter(self._pending))
+        return max(0.0, min(poll_interval, oldest.deadline - time.monotonic()))
+
+    def _accept(self) -> None:
+        for _ in range(64):  # then let the others have their turn
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # out of file descriptors, or the like
+                self.events.note("accept failed", "accept failed: %s", err)
+                return
+            sock.setblocking(False)
+            if not self._make_room():
+                send_quietly(sock, _BUSY_ANSWER)
+                sock.close()
+                continue
+            context = self.web.current().ssl_context if self.web is not None else None
+            deadline = time.monotonic() + self.limits.header_timeout
+            pending = Pending(sock, address, deadline, context)
+            self._pending[pending] = None
+            self._selector.register(sock, pending.events, pending)
+
+    def _make_room(self) -> bool:
+        """Whether a new connection may stay, after closing the oldest unfinished one if needed."""
+        if len(self._pending) + self._busy < self.max_connections:
+            return True
+        if not self._pending:
+            self.events.note(
+                "busy", "%d connections being answered: new connection refused", self._busy
+            )
+            return False
+        oldest = next(iter(self._pending))
+        self.events.note(
+            "connection limit",
+            "%d connections open: closed the oldest unfinished one, from %s",
+            self.max_connections, oldest.peer,
+        )  # fmt: skip
+        self._close(oldest)
+        return True
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        while self._pending:
+            oldest = next(iter(self._pending))
+            if oldest.deadline > now:
+                return
+            if oldest.stage == "headers":
+                self.events.note(
+                    "request timeout", "no complete request from %s within %gs",
+                    oldest.peer, self.limits.header_timeout,
+                )  # fmt: skip
+                send_quietly(oldest.sock, _TIMEOUT_ANSWER)
+            else:
+                self.events.note(
+                    "TLS handshake timeout", "TLS handshake with %s not done within %gs",
+                    oldest.peer, self.limits.header_timeout,
+                )  # fmt: skip
+            self._close(oldest)
+
+    def _step(self, pending: Pending) -> None:
+        """Move a connection on as far as the bytes it sent allow."""
+        try:
+            self._try_step(pending)
+        except Exception:  # a bug: lose this connection, never the loop
+            log.exception("error while reading a request from %s", pending.peer)
+            if pending in self._pending:
+                self._close(pending)
+
+    def _try_step(self, pending: Pending) -> None:
+        what = pending.step(self._reading)
+        if what is Next.DISPATCH:
+            self._dispatch(pending)
+        elif what is Next.CLOSE:
+            self._close(pending)
+        elif what.value != pending.events:
+            pending.events = what.value
+            self._selector.modify(pending.sock, what.value, pending)
+
+    def _dispatch(self, pending: Pending) -> None:
+        self._leave(pending)
+        with self._lock:
+            self._busy += 1
+        self._jobs.put((pending.sock, pending.address, bytes(pending.data)))
+
+    def _leave(self, pending: Pending) -> None:
+        del self._pending[pending]
+        self._selector.unregister(pending.sock)
+
+    def _close(self, pending: Pending) -> None:
+        self._leave(pending)
+        pending.sock.close()
+
+    # -- the workers ------------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            sock, address, head = job
+            try:
+                sock.settimeout(self.limits.write_timeout)
+                Handler(sock, address, self, head)
+            except Exception:
+                self.handle_error(sock, address)
+            finally:
+                self.shutdown_request(sock)
+                with self._lock:
+                    self._busy -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that drops or garbles its connection is no bug: no traceback for that."""
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            log.debug("connection from %s: %s", client_address[0], err)
+        else:
+            log.exception("error while serving %s", client_address[0])
+
+
+def serve(
+    app: WsgiApp,
+    host: str,
+    port: int,
+    *,
+    web_config_file: str | None = None,
+    basic_auth: bool = True,
+    limits: Limits | None = None,
+) -> tuple[HttpServer, threading.Thread]:
+    """Bind (raising ``OSError`` if the port is taken) and serve in a daemon thread.
+
+    ``web_config_file`` turns on TLS, basic auth (unless ``basic_auth`` is off) and extra
+    headers as it says; a file that cannot be used raises :class:`ConfigError` before anything
+    is bound.
+    """
+    web: WebSecurity | None = None
+    if web_config_file:
+        try:
+            web = WebSecurity(web_config_file)
+        except ConfigError as err:
+            raise ConfigError([f"--web.config.file {web_config_file}: {err}"]) from None
+        app = protect(app, web, basic_auth=basic_auth)
+        state = web.state
+        log.info(
+            "web config %s: TLS %s, basic auth %s",
+            web_config_file,
+            "on" if state.ssl_context is not None else "off",
+            f"on for {len(state.config.basic_auth_users)} user(s)" if state.auth else "off",
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = HttpServer((host, port), family, web, limits or Limits())
+    server.set_app(app)
+    thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    thread.start()
+    return server, thread
