@@ -40,7 +40,7 @@ from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
 from exporter.web.listen import parse_listen_address
 from exporter.web.security import load_web_config
-from exporter.web.server import HttpServer, serve
+from exporter.web.server import HttpServer, Limits, serve
 
 log = logging.getLogger("exporter")
 
@@ -388,8 +388,9 @@ def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[HttpServer, th
     host, port = split_host_port(address)
     try:
         listener = serve(
-            webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False
-        )
+            webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False,
+            limits=Limits(max_body_bytes=webhooks.settings.max_body_bytes),
+        )  # fmt: skip
     except OSError as err:
         problem = f"webhooks.listen_address: cannot listen on {address}: {err.strerror or err}"
         raise ConfigError([problem]) from None

@@ -1,4 +1,10 @@
-"""A connection the event loop holds until its request is in: TLS handshake, then the head.
+"""A connection the event loop holds until its request is in: TLS handshake, head, then body.
+
+The head must be complete within ``max_header_bytes`` (else 431, however it arrived), hold no NUL
+byte, and say the body's length one way only (a duplicate or malformed ``Content-Length``, or one
+beside ``Transfer-Encoding``: 400; ``Transfer-Encoding`` alone: 411), so that every request ends
+where the server thinks it does. A body of up to ``max_body_bytes`` is read here too, within the
+same total deadline as the head: a client dripping its body costs a socket, never a worker.
 
 :meth:`Pending.step` moves a connection on as far as the bytes it sent allow, without blocking,
 and says what the event loop should do next. It never sleeps and never waits: the loop calls it
@@ -7,6 +13,7 @@ again when the socket is ready.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import selectors
 import socket
@@ -23,6 +30,7 @@ log = logging.getLogger("exporter.server")
 # What Go's net/http answers to plain HTTP on a TLS port; clearer than a reset connection.
 PLAIN_HTTP_ANSWER = answer("400 Bad Request", "Client sent an HTTP request to an HTTPS server.\n")
 TOO_LARGE_ANSWER = answer("431 Request Header Fields Too Large", "Request headers too large\n")
+_LENGTH_REQUIRED = answer("411 Length Required", "Send the body with a Content-Length\n")
 _TLS_HANDSHAKE_RECORD = b"\x16"
 
 
@@ -42,12 +50,16 @@ class Reading:
     selector: selectors.BaseSelector
     events: RepeatLog
     max_header_bytes: int
+    max_body_bytes: int
 
 
 class Pending:
     """A connection the event loop holds until its request headers are in."""
 
-    __slots__ = ("address", "context", "data", "deadline", "events", "peer", "sock", "stage")
+    __slots__ = (
+        "address", "close_after", "context", "data", "deadline", "end", "events", "peer",
+        "sock", "stage",
+    )  # fmt: skip
 
     def __init__(
         self, sock: socket.socket, address: Any, deadline: float, context: ssl.SSLContext | None
@@ -57,8 +69,10 @@ class Pending:
         self.peer = str(address[0])
         self.deadline = deadline
         self.context = context
-        self.stage = "tls" if context is not None else "headers"  # then "handshake", "headers"
+        self.stage = "tls" if context is not None else "headers"  # "handshake", "headers", "body"
         self.data = bytearray()
+        self.end = 0  # where the request ends in data, once its head is in
+        self.close_after = False  # the body was not read: the connection cannot carry another
         self.events = selectors.EVENT_READ
 
     def step(self, reading: Reading) -> Next:
@@ -70,7 +84,7 @@ class Pending:
         except ssl.SSLWantWriteError:
             return Next.WRITE
         except OSError as err:  # ssl.SSLError, resets
-            if self.stage == "headers":
+            if self.stage in ("headers", "body"):
                 log.debug("connection from %s: %s", self.peer, err)
             else:
                 kind = getattr(err, "reason", None) or type(err).__name__
@@ -102,6 +116,11 @@ class Pending:
             self.stage = "headers"
         return self._read_headers(reading)
 
+    @property
+    def request(self) -> bytes:
+        """The request as read: head and body (all of it that was read)."""
+        return bytes(self.data[: self.end] if self.end else self.data)
+
     def _read_headers(self, reading: Reading) -> Next:
         while True:  # until the socket has no more (BlockingIOError, SSLWantReadError)
             chunk = self.sock.recv(65536)
@@ -109,12 +128,85 @@ class Pending:
                 return Next.CLOSE
             start = max(0, len(self.data) - 3)
             self.data += chunk
-            if self.data.find(b"\r\n\r\n", start) >= 0 or self.data.find(b"\n\n", start) >= 0:
-                return Next.DISPATCH
-            if len(self.data) > reading.max_header_bytes:
+            if self.stage == "body":
+                if len(self.data) >= self.end:
+                    return Next.DISPATCH
+                continue
+            end = _head_end(self.data, start)
+            if end < 0 and len(self.data) <= reading.max_header_bytes:
+                continue
+            if end < 0 or end > reading.max_header_bytes:
                 reading.events.note(
                     "headers too large", "request headers from %s over %d bytes",
                     self.peer, reading.max_header_bytes,
                 )  # fmt: skip
-                send_quietly(self.sock, TOO_LARGE_ANSWER)
-                return Next.CLOSE
+                return self._refuse(TOO_LARGE_ANSWER)
+            return self._head_done(reading, end)
+
+    def _head_done(self, reading: Reading, end: int) -> Next:
+        """The head is ``data[:end]``: check it, then read the body if it has one."""
+        head = bytes(self.data[:end])
+        length, problem = _body_length(head)
+        if problem:
+            reading.events.note("bad request", "bad request from %s: %s", self.peer, problem)
+            refusal = _LENGTH_REQUIRED if problem.startswith("Transfer") else _bad(problem)
+            return self._refuse(refusal)
+        if length > reading.max_body_bytes:
+            # The app refuses it by its Content-Length; its body is never read.
+            self.end, self.close_after = end, True
+            return Next.DISPATCH
+        self.end = end + length
+        self.stage = "body"
+        return Next.DISPATCH if len(self.data) >= self.end else Next.READ
+
+    def _refuse(self, refusal: bytes) -> Next:
+        """Answer and close, reading first what the client already sent, so that the close is
+        not a reset that could destroy the answer before the client reads it."""
+        for _ in range(16):
+            try:
+                if not self.sock.recv(65536):
+                    break
+            except (OSError, ValueError):
+                break
+        send_quietly(self.sock, refusal)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        return Next.CLOSE
+
+
+def _head_end(data: bytearray, start: int) -> int:
+    """Where the head ends in ``data`` (after its blank line), or -1."""
+    crlf = data.find(b"\r\n\r\n", start)
+    lf = data.find(b"\n\n", start)
+    ends = [i + n for i, n in ((crlf, 4), (lf, 2)) if i >= 0]
+    return min(ends) if ends else -1
+
+
+def _bad(problem: str) -> bytes:
+    return answer("400 Bad Request", f"{problem}\n")
+
+
+def _body_length(head: bytes) -> tuple[int, str]:
+    """The body's length from a request head, or a problem that makes the request refused."""
+    if b"\0" in head:
+        return 0, "NUL byte in the request head"
+    lengths: list[bytes] = []
+    chunked = False
+    for line in head.split(b"\n")[1:]:
+        name, sep, value = line.partition(b":")
+        name = name.strip().lower()
+        if sep and name == b"content-length":
+            lengths.append(value.strip())
+        elif sep and name == b"transfer-encoding":
+            chunked = True
+    if len(lengths) > 1:
+        return 0, "more than one Content-Length"
+    if lengths and chunked:
+        return 0, "Content-Length and Transfer-Encoding together"
+    if chunked:
+        return 0, "Transfer-Encoding is not supported; send a Content-Length"
+    if not lengths:
+        return 0, ""
+    if not lengths[0].isdigit() or len(lengths[0]) > 18:
+        return 0, "malformed Content-Length"
+    return int(lengths[0]), ""

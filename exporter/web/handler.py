@@ -1,7 +1,7 @@
 """The worker's side of a connection: wsgiref's request handler, fed the bytes the event loop read.
 
-The event loop (:mod:`exporter.web.server`) has read the request head already; the handler
-reads it from :class:`_Prefixed`, runs the WSGI app, and logs through :mod:`logging` only, with
+The event loop (:mod:`exporter.web.server`) has read the whole request already (head and body);
+the handler reads it from memory, runs the WSGI app, and logs through :mod:`logging` only, with
 no ``Server`` header and no access log.
 """
 
@@ -47,30 +47,6 @@ def send_quietly(sock: socket.socket, data: bytes) -> None:
         sock.send(data)
 
 
-class _Prefixed(io.RawIOBase):
-    """A connection's input with the bytes the event loop already read put back in front."""
-
-    def __init__(self, head: bytes, rest: io.RawIOBase) -> None:
-        super().__init__()
-        self._head = memoryview(head)
-        self._rest = rest
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int | None:
-        if not self._head:
-            return self._rest.readinto(buffer)
-        n = min(len(buffer), len(self._head))
-        buffer[:n] = self._head[:n]
-        self._head = self._head[n:]
-        return n
-
-    def close(self) -> None:
-        self._rest.close()
-        super().close()
-
-
 class _LogStream:
     """``wsgi.errors``: what an app writes there becomes log lines."""
 
@@ -105,7 +81,6 @@ class Handler(WSGIRequestHandler):
     :mod:`logging` only, and without a ``Server`` header."""
 
     server_version = "realtimekit-exporter"  # SERVER_SOFTWARE in the environ
-    rbufsize = 0  # a raw reader, which _Prefixed wraps
     server: Serving  # type: ignore[assignment]
 
     def __init__(
@@ -116,7 +91,10 @@ class Handler(WSGIRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.rfile = io.BufferedReader(_Prefixed(self._head, self.rfile))  # type: ignore[arg-type]
+        self.rfile.close()
+        # The whole request, as the event loop read it: the app never reads from the socket, so
+        # a client cannot hold a worker by sending slowly.
+        self.rfile = io.BytesIO(self._head)
 
     def handle(self) -> None:
         """One request, as wsgiref's ``handle`` but with our ``ServerHandler``."""

@@ -44,8 +44,9 @@ HANDSHAKE_TIMEOUT = 10.0
 class Limits:
     """What one client may hold of the server, and for how long."""
 
-    #: Seconds from accept to the end of the request's headers, TLS handshake included: in
-    #: total, not per read, so a client trickling a byte a second is cut off all the same.
+    #: Seconds from accept to the end of the request (headers and body), TLS handshake
+    #: included: in total, not per read, so a client trickling a byte a second is cut off all
+    #: the same.
     header_timeout: float = HANDSHAKE_TIMEOUT
     #: Seconds a worker may block writing one part of an answer to a client that stopped reading.
     write_timeout: float = 10.0
@@ -60,6 +61,10 @@ class Limits:
     backlog: int = 1024
     #: Bytes of request line and headers (more: 431); Prometheus sends well under 1 KiB.
     max_header_bytes: int = 16384
+    #: Bytes of body the event loop reads before the request goes to a worker, within the same
+    #: ``header_timeout``. A longer body is not read: the app sees only the head (and refuses
+    #: it by its Content-Length), and the connection closes after the answer.
+    max_body_bytes: int = 1 << 20
     #: Seconds between the lines that sum up repeated connection problems.
     log_every: float = SUPPRESSED_LOG_SECONDS
 
@@ -95,7 +100,9 @@ class HttpServer(WSGIServer):
         self.max_connections = max(1, min(limits.max_connections, fds // 2))
         self.events = RepeatLog(log, what="connection problem(s)", every=limits.log_every)
         self._selector = selectors.DefaultSelector()
-        self._reading = Reading(self._selector, self.events, limits.max_header_bytes)
+        self._reading = Reading(
+            self._selector, self.events, limits.max_header_bytes, limits.max_body_bytes
+        )
         self._wake, self._waker = socket.socketpair()
         self._pending: dict[Pending, None] = {}  # in the order accepted, so of deadlines
         self._busy = 0  # connections handed to the workers and not yet closed
@@ -200,7 +207,7 @@ class HttpServer(WSGIServer):
             oldest = next(iter(self._pending))
             if oldest.deadline > now:
                 return
-            if oldest.stage == "headers":
+            if oldest.stage in ("headers", "body"):
                 self.events.note(
                     "request timeout", "no complete request from %s within %gs",
                     oldest.peer, self.limits.header_timeout,
@@ -236,7 +243,7 @@ class HttpServer(WSGIServer):
         self._leave(pending)
         with self._lock:
             self._busy += 1
-        self._jobs.put((pending.sock, pending.address, bytes(pending.data)))
+        self._jobs.put((pending.sock, pending.address, pending.request))
 
     def _leave(self, pending: Pending) -> None:
         del self._pending[pending]
