@@ -9,6 +9,8 @@ refused when the config was parsed (:mod:`exporter.web.config`); what the local 
 
 from __future__ import annotations
 
+import logging
+import platform
 import re
 import ssl
 import warnings
@@ -23,6 +25,8 @@ from exporter.web.config import (
     TLS_VERSIONS,
     TlsServerConfig,
 )
+
+log = logging.getLogger("exporter.webconfig")  # the name log lines have always had
 
 
 def build_ssl_context(tls: TlsServerConfig) -> ssl.SSLContext:
@@ -89,11 +93,32 @@ def _protocol_context(tls: TlsServerConfig) -> ssl.SSLContext:
             context.set_ciphers(":".join(tls12))
         key = f"{p}.curve_preferences"
         if tls.curve_preferences:
-            context.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
+            _set_curve(context, tls.curve_preferences[0])
         context.set_alpn_protocols(["http/1.1"])
     except (ssl.SSLError, ValueError) as err:
         raise ConfigError([f"{key}: not supported by this system's OpenSSL: {err}"]) from None
     return context
+
+
+def _set_curve(context: ssl.SSLContext, curve: str) -> None:
+    """Restrict the key exchange to ``curve``.
+
+    CPython up to 3.11.4 (Debian bookworm's 3.11.2 among them) looks the name up as an EC curve
+    in ``set_ecdh_curve``, and X25519 is no EC curve there: it refuses it whatever OpenSSL can
+    do. OpenSSL's default groups put X25519 first, so a client that offers it gets it anyway;
+    the handshake is then not *restricted* to X25519 (clients without it may use another of
+    OpenSSL's default groups), which is logged once per load rather than refusing the config.
+    """
+    try:
+        context.set_ecdh_curve(CURVES[curve])
+    except ssl.SSLError as err:
+        if curve != "X25519" or "UNKNOWN_GROUP" not in str(err):
+            raise
+        log.info(
+            "tls_server_config.curve_preferences: this Python (%s) cannot restrict the key "
+            "exchange to X25519; OpenSSL's default groups apply, which prefer X25519",
+            platform.python_version(),
+        )
 
 
 def _load_certificates(context: ssl.SSLContext, pem: bytes, path: Path, key: str) -> None:
