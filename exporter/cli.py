@@ -38,9 +38,10 @@ from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
-from exporter.web.listen import parse_listen_address
+from exporter.web.listen import bind, parse_listen_address, systemd_sockets
 from exporter.web.security import load_web_config
-from exporter.web.server import HttpServer, Limits, serve
+from exporter.web.server import HttpServer, Limits, serve, serve_on, web_security
+from exporter.web.wsgi import WsgiApp
 
 log = logging.getLogger("exporter")
 
@@ -67,9 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--web.listen-address",
         dest="listen_address",
-        default=f":{DEFAULT_PORT}",
+        action="append",
         metavar="HOST:PORT",
-        help=f"address to serve on (default: :{DEFAULT_PORT}, or 127.0.0.1:{DEFAULT_PORT} in demo)",
+        help=f"address to serve on; repeat for more (default: :{DEFAULT_PORT}, or "
+        f"127.0.0.1:{DEFAULT_PORT} in demo)",
+    )
+    p.add_argument(
+        "--web.systemd-socket",
+        dest="systemd_socket",
+        action="store_true",
+        help="serve on the sockets systemd passes (socket activation) instead of listening",
     )
     p.add_argument(
         "--web.telemetry-path",
@@ -197,11 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     redact = RedactingFilter()
     setup_logging(args.log_level, args.log_format, redact=redact)
-    given = sys.argv[1:] if argv is None else argv
-    if args.demo and not any(a.startswith("--web.listen-address") for a in given):
-        args.listen_address = f"127.0.0.1:{DEFAULT_PORT}"  # the demo stays on loopback
+    if args.listen_address is None:  # the demo stays on loopback
+        args.listen_address = [f"{'127.0.0.1' if args.demo else ''}:{DEFAULT_PORT}"]
     try:
-        host, port = parse_listen_address(args.listen_address)
+        addresses = tuple(parse_listen_address(a) for a in args.listen_address)
         _check_telemetry_path(args.telemetry_path)
         sharding = Sharding(
             resolve_shard(args.shard, args.total_shards, args.pod), args.total_shards
@@ -218,10 +225,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problems:
             return fail("; ".join(problems))
         assert launch.tokens is not None
-        server = Server(host, port, args.telemetry_path, args.web_config_file)
+        server = Server(addresses, args.telemetry_path, args.web_config_file, args.systemd_socket)
         return asyncio.run(run(launch, server, redact, sharding))
     except OSError as err:
-        return fail(f"cannot listen on {args.listen_address}: {err.strerror or err}")
+        where = ", ".join(args.listen_address)
+        return fail(f"cannot listen on {where}: {err.strerror or err}")
     except ExporterError as err:
         return fail(str(err))
     finally:
@@ -289,10 +297,10 @@ def _config_ok(args: argparse.Namespace, launch: Launch) -> int:
 class Server:
     """Where and how to serve (from the flags)."""
 
-    host: str
-    port: int
+    addresses: tuple[tuple[str, int], ...]  # (host, port) of each --web.listen-address
     telemetry_path: str
     web_config_file: str = ""
+    systemd_socket: bool = False  # serve on systemd's sockets instead of the addresses
 
 
 def collectors(service: Service) -> list[Collector]:
@@ -358,9 +366,9 @@ async def run(
         config_text=lambda: config_page(service.config),
         reload=reload_from_http,
     )
-    server, thread = serve(app, where.host, where.port, web_config_file=where.web_config_file)
+    server, thread = _serve(app, where)
     servers = [(server, thread)]
-    _started(launch, where, server.server_port, _share(service))
+    _started(launch, where, server, _share(service))
     if service.webhooks is not None:
         servers.append(_webhook_listener(service.webhooks, where))
     stop = asyncio.Event()
@@ -378,6 +386,24 @@ async def run(
             each.server_close()
             runs.join(timeout=2)
     return 0
+
+
+def _serve(app: WsgiApp, where: Server) -> tuple[HttpServer, threading.Thread]:
+    """Serve on every listen address (or systemd's sockets), TLS and auth from the web config."""
+    web = web_security(where.web_config_file)
+    limits = Limits()
+    if where.systemd_socket:
+        listeners = systemd_sockets()
+    else:
+        listeners = []
+        try:
+            for host, port in where.addresses:
+                listeners.append(bind(host, port, limits.backlog))
+        except OSError:
+            for each in listeners:
+                each.close()
+            raise
+    return serve_on(app, listeners, web=web, limits=limits)
 
 
 def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[HttpServer, threading.Thread]:
@@ -416,13 +442,17 @@ def _share(service: Service) -> str:
     )
 
 
-def _started(launch: Launch, where: Server, port: int, share: str) -> None:
+def _started(launch: Launch, where: Server, server: HttpServer, share: str) -> None:
     config = launch.config
-    shown = f"[{where.host}]" if ":" in where.host else where.host
+    shown = ", ".join(
+        f"{f'[{host}]' if ':' in host else host}:{port}{where.telemetry_path}"
+        for host, port in (sock.getsockname()[:2] for sock in server.listeners)
+    )
+    port = server.server_port
     log.info(
-        "%s %s listening on %s:%d%s; %d app(s), %d listed meeting(s), poll every %gs, "
+        "%s %s listening on %s; %d app(s), %d listed meeting(s), poll every %gs, "
         "budget %d requests per %gs per token; config %s%s",
-        PROG, __version__, shown, port, where.telemetry_path, len(config.apps),
+        PROG, __version__, shown, len(config.apps),
         len(config.targets()), config.poll.interval_seconds, config.api.rate_limit.requests,
         config.api.rate_limit.period_seconds, launch.source, share,
     )  # fmt: skip

@@ -232,11 +232,11 @@ def test_headers_too_large(start_server):
 
 def test_no_server_banner(start_server):
     server = start_server()
-    ok = raw_exchange(server.server_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    ok = raw_exchange(server.server_port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     many_headers = b"".join(b"X-%d: 1\r\n" % i for i in range(120))
     refused = raw_exchange(server.server_port, b"GET / HTTP/1.1\r\n" + many_headers + b"\r\n")
-    assert ok.startswith(b"HTTP/1.0 200 ") and ok.endswith(b"hello\n")
-    assert refused.startswith(b"HTTP/1.0 431 ")
+    assert ok.startswith(b"HTTP/1.1 200 ") and ok.endswith(b"hello\n")
+    assert refused.startswith(b"HTTP/1.1 431 ")
     for answer in (ok, refused):
         head = answer.split(b"\r\n\r\n")[0].lower()
         assert b"\r\nserver:" not in head

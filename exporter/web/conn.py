@@ -58,7 +58,7 @@ class Pending:
 
     __slots__ = (
         "address", "close_after", "context", "data", "deadline", "end", "events", "peer",
-        "sock", "stage",
+        "served", "sock", "stage",
     )  # fmt: skip
 
     def __init__(
@@ -73,7 +73,22 @@ class Pending:
         self.data = bytearray()
         self.end = 0  # where the request ends in data, once its head is in
         self.close_after = False  # the body was not read: the connection cannot carry another
+        self.served = 0  # requests answered on this connection so far
         self.events = selectors.EVENT_READ
+
+    def next_request(self) -> None:
+        """Ready for the next request of a kept-alive connection (what the client sent after
+        this request, pipelined, is its start)."""
+        self.data = self.data[self.end :] if self.end else bytearray()
+        self.end = 0
+        self.stage = "headers"
+        self.served += 1
+        self.events = selectors.EVENT_READ
+
+    @property
+    def buffered(self) -> bool:
+        """Whether bytes of the next request are in already (read, or decrypted and waiting)."""
+        return bool(self.data) or (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending() > 0)
 
     def step(self, reading: Reading) -> Next:
         """Move on as far as the bytes sent allow; what to do next."""
@@ -122,26 +137,32 @@ class Pending:
         return bytes(self.data[: self.end] if self.end else self.data)
 
     def _read_headers(self, reading: Reading) -> Next:
+        if self.data and (verdict := self._examine(reading, 0)) is not None:
+            return verdict  # a pipelined request, in already
         while True:  # until the socket has no more (BlockingIOError, SSLWantReadError)
             chunk = self.sock.recv(65536)
             if not chunk:  # the client gave up
                 return Next.CLOSE
             start = max(0, len(self.data) - 3)
             self.data += chunk
-            if self.stage == "body":
-                if len(self.data) >= self.end:
-                    return Next.DISPATCH
-                continue
-            end = _head_end(self.data, start)
-            if end < 0 and len(self.data) <= reading.max_header_bytes:
-                continue
-            if end < 0 or end > reading.max_header_bytes:
-                reading.events.note(
-                    "headers too large", "request headers from %s over %d bytes",
-                    self.peer, reading.max_header_bytes,
-                )  # fmt: skip
-                return self._refuse(TOO_LARGE_ANSWER)
-            return self._head_done(reading, end)
+            if (verdict := self._examine(reading, start)) is not None:
+                return verdict
+
+    def _examine(self, reading: Reading, start: int) -> Next | None:
+        """What the bytes so far make of the request; None: more are needed."""
+        if self.stage == "body":
+            return Next.DISPATCH if len(self.data) >= self.end else None
+        end = _head_end(self.data, start)
+        if end < 0 and len(self.data) <= reading.max_header_bytes:
+            return None
+        if end < 0 or end > reading.max_header_bytes:
+            reading.events.note(
+                "headers too large", "request headers from %s over %d bytes",
+                self.peer, reading.max_header_bytes,
+            )  # fmt: skip
+            return self._refuse(TOO_LARGE_ANSWER)
+        verdict = self._head_done(reading, end)
+        return None if verdict is Next.READ else verdict
 
     def _head_done(self, reading: Reading, end: int) -> Next:
         """The head is ``data[:end]``: check it, then read the body if it has one."""

@@ -66,8 +66,36 @@ class _LogStream:
 
 class _ServerHandler(ServerHandler):
     server_software = ""  # no Server header (wsgiref's names Python's version)
+    #: Whether the connection may carry another request after this answer (HTTP/1.1, the
+    #: client did not say close, the server's bounds allow it); the answer says which.
+    keep = False
+    # Set by wsgiref's BaseHandler as it answers (its stubs do not declare them).
+    headers: Any
+    environ: Any
+    bytes_sent: int
+    headers_sent: bool
+
+    def cleanup_headers(self) -> None:
+        super().cleanup_headers()  # sets Content-Length when the body is one part
+        # Without a Content-Length the client can only tell the end of the body by the close.
+        self.keep = self.keep and "Content-Length" in self.headers
+        if not self.keep and self.http_version == "1.1":
+            self.headers["Connection"] = "close"
+
+    def close(self) -> None:
+        self.keep = self.keep and self._complete()  # before close() forgets the answer
+        super().close()
+
+    def _complete(self) -> bool:
+        """Whether all of the answer went out (its Content-Length's worth of body, or HEAD)."""
+        if not self.headers_sent or self.headers is None:
+            return False
+        length = self.headers.get("Content-Length")
+        head = self.environ.get("REQUEST_METHOD") == "HEAD"
+        return length is not None and (head or self.bytes_sent == int(length))
 
     def log_exception(self, exc_info: Any) -> None:
+        self.keep = False
         environ = getattr(self, "environ", None) or {}
         log.error(
             "error answering %s %s",
@@ -81,12 +109,22 @@ class Handler(WSGIRequestHandler):
     :mod:`logging` only, and without a ``Server`` header."""
 
     server_version = "realtimekit-exporter"  # SERVER_SOFTWARE in the environ
+    protocol_version = "HTTP/1.1"  # so that parse_request lets an HTTP/1.1 connection persist
     server: Serving  # type: ignore[assignment]
 
     def __init__(
-        self, request: Any, client_address: Any, server: Serving, head: bytes = b""
+        self,
+        request: Any,
+        client_address: Any,
+        server: Serving,
+        head: bytes = b"",
+        *,
+        may_keep: bool = False,
     ) -> None:
         self._head = head
+        self._may_keep = may_keep
+        #: After the answer: whether the connection may carry the client's next request.
+        self.keep_alive = False
         super().__init__(request, client_address, server)  # type: ignore[arg-type]
 
     def setup(self) -> None:
@@ -111,7 +149,11 @@ class Handler(WSGIRequestHandler):
             rfile, wfile, self.get_stderr(), self.get_environ(), multithread=True
         )
         handler.request_handler = self  # type: ignore[attr-defined]
+        if self.request_version == "HTTP/1.1":
+            handler.http_version = "1.1"
+            handler.keep = self._may_keep and not self.close_connection
         handler.run(self.server.get_app())  # type: ignore[arg-type]
+        self.keep_alive = handler.keep
 
     def send_response(self, code: int, message: str | None = None) -> None:
         """http.server's, without the ``Server`` header."""

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -30,6 +31,7 @@ from exporter.errors import ConfigError
 from exporter.logs import SUPPRESSED_LOG_SECONDS, RepeatLog
 from exporter.web.conn import Next, Pending, Reading
 from exporter.web.handler import Handler, answer, send_quietly
+from exporter.web.listen import bind
 from exporter.web.security import WebSecurity, protect
 from exporter.web.wsgi import WsgiApp
 
@@ -59,6 +61,11 @@ class Limits:
     workers: int = 8
     #: The listen backlog.
     backlog: int = 1024
+    #: Seconds a kept-alive connection may wait for its next request (then it is closed; it
+    #: costs a socket, no thread, and is the first to go when connections run short).
+    idle_timeout: float = 120.0
+    #: Requests one connection may carry; the last answer says ``Connection: close``.
+    max_requests: int = 100
     #: Bytes of request line and headers (more: 431); Prometheus sends well under 1 KiB.
     max_header_bytes: int = 16384
     #: Bytes of body the event loop reads before the request goes to a worker, within the same
@@ -76,23 +83,23 @@ _TIMEOUT_ANSWER = answer("408 Request Timeout", "Request not complete in time\n"
 class HttpServer(WSGIServer):
     """A WSGI server safe to face a hostile network.
 
-    One thread (``serve_forever``) accepts connections and, without blocking, completes their
-    TLS handshakes and reads their request headers, each within ``header_timeout`` of the
-    accept; a slow or silent client costs a socket, never a thread. Complete requests go to a
-    fixed pool of worker threads, which run the WSGI app (one request per connection, as
-    wsgiref does). At most ``max_connections`` are open at once: a new one closes the oldest
-    that is still sending its request, or, when every one is being answered, gets a 503.
-    Problems of clients (failed handshakes, timeouts, bad requests) are logged once per kind
-    and then summed up once a minute.
+    One thread (``serve_forever``) accepts connections on every listening socket and, without
+    blocking, completes their TLS handshakes and reads their requests, each within
+    ``header_timeout`` of the accept (or of its first byte on a kept-alive connection); a slow
+    or silent client costs a socket, never a thread. Complete requests go to a fixed pool of
+    worker threads, which run the WSGI app and give HTTP/1.1 connections back to the loop to
+    wait, up to ``idle_timeout``, for their next request (at most ``max_requests`` each). At
+    most ``max_connections`` are open at once: a new one closes the oldest idle one, else the
+    oldest that is still sending its request, or, when every one is being answered, gets a
+    503. Problems of clients (failed handshakes, timeouts, bad requests) are logged once per
+    kind and then summed up once a minute.
     """
 
-    allow_reuse_address = True
-
     def __init__(
-        self, address: tuple[str, int], family: int, web: WebSecurity | None, limits: Limits
+        self, listeners: Sequence[socket.socket], web: WebSecurity | None, limits: Limits
     ) -> None:
-        self.address_family = family
-        self.request_queue_size = limits.backlog
+        self.listeners = list(listeners)
+        self.address_family = self.listeners[0].family
         self.web = web
         self.limits = limits
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -104,53 +111,73 @@ class HttpServer(WSGIServer):
             self._selector, self.events, limits.max_header_bytes, limits.max_body_bytes
         )
         self._wake, self._waker = socket.socketpair()
+        self._waker.setblocking(False)  # a full pipe already means "wake up"
         self._pending: dict[Pending, None] = {}  # in the order accepted, so of deadlines
+        self._idle: dict[Pending, None] = {}  # kept alive, in the order they went idle
+        self._returned: queue.SimpleQueue[Pending] = queue.SimpleQueue()  # from the workers
         self._busy = 0  # connections handed to the workers and not yet closed
         self._lock = threading.Lock()
-        self._jobs: queue.SimpleQueue[tuple[socket.socket, Any, bytes] | None]
-        self._jobs = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
         self._stopping = False
         self._stopped = threading.Event()
         self._workers: list[threading.Thread] = []
-        super().__init__(address, Handler)  # binds; on failure calls server_close and raises
-        self.socket.setblocking(False)
+        first = self.listeners[0]
+        super().__init__(first.getsockname()[:2], Handler, bind_and_activate=False)
+        self.socket.close()  # socketserver made one of its own; ours are bound already
+        self.socket = first
+        host, port = first.getsockname()[:2]
+        self.server_name, self.server_port = str(host), int(port)
+        self.setup_environ()
+        for listener in self.listeners:
+            listener.setblocking(False)
         for i in range(limits.workers):
             worker = threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
             worker.start()
             self._workers.append(worker)
 
+    @property
+    def ports(self) -> list[int]:
+        """The port of each listening socket, in order."""
+        return [int(sock.getsockname()[1]) for sock in self.listeners]
+
     # -- the event loop ---------------------------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 1.0) -> None:
         """Accept and read requests until :meth:`shutdown`."""
-        self._selector.register(self.socket, selectors.EVENT_READ)
+        for listener in self.listeners:
+            self._selector.register(listener, selectors.EVENT_READ, "listener")
         self._selector.register(self._wake, selectors.EVENT_READ)
         try:
             while not self._stopping:
                 for key, _ in self._selector.select(self._wait(poll_interval)):
-                    if key.fileobj is self.socket:
-                        self._accept()
+                    if key.data == "listener":
+                        self._accept(key.fileobj)  # type: ignore[arg-type]
                     elif key.fileobj is self._wake:
                         self._wake.recv(64)
+                        self._take_back()
+                    elif key.data in self._idle:
+                        self._wake_idle(key.data)
                     elif key.data in self._pending:  # not closed by an earlier event of the batch
                         self._step(key.data)
                 self._expire()
                 self.events.flush()
         finally:
-            for pending in list(self._pending):
+            for pending in [*self._pending, *self._idle]:
                 self._close(pending)
-            self._selector.unregister(self.socket)
+            for listener in self.listeners:
+                self._selector.unregister(listener)
             self._selector.unregister(self._wake)
             self._stopped.set()
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait until it has; connections being answered finish."""
         self._stopping = True
-        self._waker.send(b"x")
+        send_quietly(self._waker, b"x")
         self._stopped.wait()
 
     def server_close(self) -> None:
-        super().server_close()
+        for listener in self.listeners:
+            listener.close()
         for _ in self._workers:
             self._jobs.put(None)
         self._selector.close()
@@ -158,15 +185,15 @@ class HttpServer(WSGIServer):
         self._waker.close()
 
     def _wait(self, poll_interval: float) -> float:
-        if not self._pending:
+        deadlines = [next(iter(held)).deadline for held in (self._pending, self._idle) if held]
+        if not deadlines:
             return poll_interval
-        oldest = next(iter(self._pending))
-        return max(0.0, min(poll_interval, oldest.deadline - time.monotonic()))
+        return max(0.0, min(poll_interval, min(deadlines) - time.monotonic()))
 
-    def _accept(self) -> None:
+    def _accept(self, listener: socket.socket) -> None:
         for _ in range(64):  # then let the others have their turn
             try:
-                sock, address = self.socket.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as err:  # out of file descriptors, or the like
@@ -184,8 +211,12 @@ class HttpServer(WSGIServer):
             self._selector.register(sock, pending.events, pending)
 
     def _make_room(self) -> bool:
-        """Whether a new connection may stay, after closing the oldest unfinished one if needed."""
-        if len(self._pending) + self._busy < self.max_connections:
+        """Whether a new connection may stay, after closing the oldest idle or unfinished one
+        if needed."""
+        if len(self._pending) + len(self._idle) + self._busy < self.max_connections:
+            return True
+        if self._idle:
+            self._close(next(iter(self._idle)))  # it can reconnect when it needs to
             return True
         if not self._pending:
             self.events.note(
@@ -201,8 +232,34 @@ class HttpServer(WSGIServer):
         self._close(oldest)
         return True
 
+    def _take_back(self) -> None:
+        """Connections the workers answered and kept alive: wait for their next request."""
+        while not self._returned.empty():
+            pending = self._returned.get()
+            pending.sock.setblocking(False)
+            if pending.buffered:  # pipelined: the next request is (partly) in
+                self._reading_again(pending)
+                self._selector.register(pending.sock, pending.events, pending)
+                self._step(pending)
+            else:
+                pending.deadline = time.monotonic() + self.limits.idle_timeout
+                self._idle[pending] = None
+                self._selector.register(pending.sock, pending.events, pending)
+
+    def _wake_idle(self, pending: Pending) -> None:
+        """A kept-alive connection sent something: its request has header_timeout from now."""
+        del self._idle[pending]
+        self._reading_again(pending)
+        self._step(pending)
+
+    def _reading_again(self, pending: Pending) -> None:
+        pending.deadline = time.monotonic() + self.limits.header_timeout
+        self._pending[pending] = None
+
     def _expire(self) -> None:
         now = time.monotonic()
+        while self._idle and next(iter(self._idle)).deadline <= now:
+            self._close(next(iter(self._idle)))  # a quiet end of a kept-alive connection
         while self._pending:
             oldest = next(iter(self._pending))
             if oldest.deadline > now:
@@ -243,10 +300,13 @@ class HttpServer(WSGIServer):
         self._leave(pending)
         with self._lock:
             self._busy += 1
-        self._jobs.put((pending.sock, pending.address, pending.request))
+        self._jobs.put(pending)
 
     def _leave(self, pending: Pending) -> None:
-        del self._pending[pending]
+        if pending in self._pending:
+            del self._pending[pending]
+        else:
+            del self._idle[pending]
         self._selector.unregister(pending.sock)
 
     def _close(self, pending: Pending) -> None:
@@ -256,15 +316,27 @@ class HttpServer(WSGIServer):
     # -- the workers ------------------------------------------------------------------------
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            sock, address, head = job
+        while (pending := self._jobs.get()) is not None:
+            sock, address = pending.sock, pending.address
+            kept = False
             try:
                 sock.settimeout(self.limits.write_timeout)
-                Handler(sock, address, self, head)
+                may_keep = (
+                    not pending.close_after
+                    and pending.served + 1 < self.limits.max_requests
+                    and not self._stopping
+                )
+                handler = Handler(sock, address, self, pending.request, may_keep=may_keep)
+                kept = handler.keep_alive
             except Exception:
                 self.handle_error(sock, address)
             finally:
-                self.shutdown_request(sock)
+                if kept:
+                    pending.next_request()
+                    self._returned.put(pending)
+                    send_quietly(self._waker, b"r")
+                else:
+                    self.shutdown_request(sock)
                 with self._lock:
                     self._busy -= 1
 
@@ -286,29 +358,50 @@ def serve(
     basic_auth: bool = True,
     limits: Limits | None = None,
 ) -> tuple[HttpServer, threading.Thread]:
-    """Bind (raising ``OSError`` if the port is taken) and serve in a daemon thread.
+    """Bind ``host:port`` (raising ``OSError`` if the port is taken) and serve in a daemon
+    thread; see :func:`serve_on`. A web config that cannot be used raises
+    :class:`ConfigError` before anything is bound."""
+    web = web_security(web_config_file)
+    listener = bind(host, port, (limits or Limits()).backlog)
+    return serve_on(app, [listener], web=web, basic_auth=basic_auth, limits=limits)
 
-    ``web_config_file`` turns on TLS, basic auth (unless ``basic_auth`` is off) and extra
-    headers as it says; a file that cannot be used raises :class:`ConfigError` before anything
-    is bound.
+
+def serve_on(
+    app: WsgiApp,
+    listeners: Sequence[socket.socket],
+    *,
+    web: WebSecurity | None = None,
+    basic_auth: bool = True,
+    limits: Limits | None = None,
+) -> tuple[HttpServer, threading.Thread]:
+    """Serve ``app`` on every listening socket of ``listeners``, in a daemon thread.
+
+    ``web`` (:func:`web_security`) turns on TLS, basic auth (unless ``basic_auth`` is off) and
+    extra headers as its file says.
     """
-    web: WebSecurity | None = None
-    if web_config_file:
-        try:
-            web = WebSecurity(web_config_file)
-        except ConfigError as err:
-            raise ConfigError([f"--web.config.file {web_config_file}: {err}"]) from None
+    if web is not None:
         app = protect(app, web, basic_auth=basic_auth)
-        state = web.state
-        log.info(
-            "web config %s: TLS %s, basic auth %s",
-            web_config_file,
-            "on" if state.ssl_context is not None else "off",
-            f"on for {len(state.config.basic_auth_users)} user(s)" if state.auth else "off",
-        )
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = HttpServer((host, port), family, web, limits or Limits())
+    server = HttpServer(listeners, web, limits or Limits())
     server.set_app(app)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     return server, thread
+
+
+def web_security(web_config_file: str | None) -> WebSecurity | None:
+    """The web config of ``--web.config.file`` (None without one), logged; a file that cannot
+    be used raises :class:`ConfigError` naming the flag."""
+    if not web_config_file:
+        return None
+    try:
+        web = WebSecurity(web_config_file)
+    except ConfigError as err:
+        raise ConfigError([f"--web.config.file {web_config_file}: {err}"]) from None
+    state = web.state
+    log.info(
+        "web config %s: TLS %s, basic auth %s",
+        web_config_file,
+        "on" if state.ssl_context is not None else "off",
+        f"on for {len(state.config.basic_auth_users)} user(s)" if state.auth else "off",
+    )
+    return web
