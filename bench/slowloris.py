@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import multiprocessing
+import os
 import selectors
 import socket
 import sys
@@ -233,6 +235,26 @@ def deliverer(
             time.sleep(0.05)  # a sender, not a flood: the listener's budget is not the point
 
 
+def _metrics_port(pid: int, hooks: int, timeout: float = 60) -> int:
+    """The exporter's listening port that is not the webhook listener's (both appear in
+    /proc/PID/net/tcp once both listen)."""
+    more = bounded(timeout)
+    while more():
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            port = int(fields[1].split(":")[1], 16)
+            if fields[3] == "0A" and fields[9] in inodes and port != hooks:  # LISTEN
+                return port
+        time.sleep(0.05)
+    raise RuntimeError(f"the exporter ({pid}) listens on no port but {hooks}")
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -250,6 +272,9 @@ def measure(args: argparse.Namespace) -> list[object]:
         if hooks is not None:
             hooks.configure(config)
         exporter = ExporterProcess(config, tmp, root=args.root)
+        if hooks is not None:  # it found one of the two listening ports: the metrics' one?
+            exporter.port = _metrics_port(exporter.pid, hooks.port)
+            exporter.base = f"http://127.0.0.1:{exporter.port}"
         exporter.wait_ready(timeout=60 + args.meetings / 20)
         before = threads(exporter.pid)
         started = multiprocessing.Event()
