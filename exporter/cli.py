@@ -38,6 +38,7 @@ from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.runtime import Service, Sharding, Tokens, Webhooks
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import config_page, status_page
+from exporter.web.flags import add_flags
 from exporter.web.listen import bind, parse_listen_address, systemd_sockets
 from exporter.web.security import load_web_config
 from exporter.web.server import HttpServer, Limits, serve, serve_on, web_security
@@ -65,33 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration and the token's presence, then exit",
     )
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        action="append",
-        metavar="HOST:PORT",
-        help=f"address to serve on; repeat for more (default: :{DEFAULT_PORT}, or "
-        f"127.0.0.1:{DEFAULT_PORT} in demo)",
-    )
-    p.add_argument(
-        "--web.systemd-socket",
-        dest="systemd_socket",
-        action="store_true",
-        help="serve on the sockets systemd passes (socket activation) instead of listening",
-    )
+    add_flags(p, f":{DEFAULT_PORT}", demo_note=f"127.0.0.1:{DEFAULT_PORT} in demo")
     p.add_argument(
         "--web.telemetry-path",
         dest="telemetry_path",
         default="/metrics",
         metavar="PATH",
         help="path of the metrics (default: /metrics)",
-    )
-    p.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        default="",
-        metavar="PATH",
-        help="web config for TLS, basic auth and headers (exporter-toolkit format)",
     )
     p.add_argument(
         "--shard",

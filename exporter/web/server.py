@@ -19,12 +19,10 @@ import queue
 import resource
 import selectors
 import socket
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from exporter.errors import ConfigError
@@ -118,7 +116,7 @@ class HttpServer(WSGIServer):
         self._busy = 0  # connections handed to the workers and not yet closed
         self._lock = threading.Lock()
         self._jobs: queue.SimpleQueue[Pending | None] = queue.SimpleQueue()
-        self._stopping = False
+        self.stopping = False
         self._stopped = threading.Event()
         self._workers: list[threading.Thread] = []
         first = self.listeners[0]
@@ -148,7 +146,7 @@ class HttpServer(WSGIServer):
             self._selector.register(listener, selectors.EVENT_READ, "listener")
         self._selector.register(self._wake, selectors.EVENT_READ)
         try:
-            while not self._stopping:
+            while not self.stopping:
                 for key, _ in self._selector.select(self._wait(poll_interval)):
                     if key.data == "listener":
                         self._accept(key.fileobj)  # type: ignore[arg-type]
@@ -171,7 +169,7 @@ class HttpServer(WSGIServer):
 
     def shutdown(self) -> None:
         """Stop :meth:`serve_forever` and wait until it has; connections being answered finish."""
-        self._stopping = True
+        self.stopping = True
         send_quietly(self._waker, b"x")
         self._stopped.wait()
 
@@ -317,36 +315,36 @@ class HttpServer(WSGIServer):
 
     def _work(self) -> None:
         while (pending := self._jobs.get()) is not None:
-            sock, address = pending.sock, pending.address
-            kept = False
             try:
-                sock.settimeout(self.limits.write_timeout)
-                may_keep = (
-                    not pending.close_after
-                    and pending.served + 1 < self.limits.max_requests
-                    and not self._stopping
-                )
-                handler = Handler(sock, address, self, pending.request, may_keep=may_keep)
-                kept = handler.keep_alive
-            except Exception:
-                self.handle_error(sock, address)
+                kept = _answer(self, pending)
             finally:
-                if kept:
-                    pending.next_request()
-                    self._returned.put(pending)
-                    send_quietly(self._waker, b"r")
-                else:
-                    self.shutdown_request(sock)
                 with self._lock:
                     self._busy -= 1
+            if kept:
+                pending.next_request()
+                self._returned.put(pending)
+                send_quietly(self._waker, b"r")
+            else:
+                self.shutdown_request(pending.sock)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that drops or garbles its connection is no bug: no traceback for that."""
-        err = sys.exc_info()[1]
-        if isinstance(err, OSError):
-            log.debug("connection from %s: %s", client_address[0], err)
-        else:
-            log.exception("error while serving %s", client_address[0])
+
+def _answer(server: HttpServer, pending: Pending) -> bool:
+    """Answer ``pending``'s request in this worker; whether the connection stays open.
+
+    A client that drops or garbles its connection is no bug: no traceback for that.
+    """
+    sock, address = pending.sock, pending.address
+    try:
+        sock.settimeout(server.limits.write_timeout)
+        may_keep = not pending.close_after and pending.served + 1 < server.limits.max_requests
+        handler = Handler(sock, address, server, pending.request, may_keep=may_keep)
+    except OSError as err:
+        log.debug("connection from %s: %s", address[0], err)
+        return False
+    except Exception:
+        log.exception("error while serving %s", address[0])
+        return False
+    return handler.keep_alive and not server.stopping
 
 
 def serve(
