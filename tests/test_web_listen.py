@@ -4,10 +4,13 @@ sockets from systemd (``systemd-socket-activate``), all on loopback."""
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import os
 import re
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -16,6 +19,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from .conftest import free_port
 
@@ -154,3 +161,56 @@ def test_socket_activation(tmp_path: Path) -> None:
         assert get(port, timeout=30) == b"HTTP/1.0 200 OK Healthy\n"  # starts the exporter
         assert re.search(rf"listening on 127\.0\.0\.1:{port}/metrics", log.read_text())
         assert b"realtimekit_exporter_build_info" in get(port, "/metrics")
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 signed by its own key: (cert file, key file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "tls.crt", folder / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_keep_alive_over_tls_on_two_addresses(tmp_path: Path) -> None:
+    """Both addresses speak TLS from the one web config, and a TLS connection carries several
+    requests (one handshake)."""
+    cert, key = self_signed(tmp_path)
+    web = tmp_path / "web.yml"
+    web.write_text(f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n")
+    one, two = free_port(), free_port()
+    argv = [*EXPORTER, "--demo", "--web.config.file", str(web),
+            "--web.listen-address", f"127.0.0.1:{one}", "--web.listen-address", f"127.0.0.1:{two}"]  # fmt: skip
+    context = ssl.create_default_context(cafile=str(cert))
+    with running(tmp_path, argv, rf"listening on 127\.0\.0\.1:{one}/metrics, "):
+        for port in (one, two):
+            raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
+                stream = sock.makefile("rb")
+                for path in ("/-/healthy", "/metrics", "/-/healthy"):
+                    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                    head, body = read_answer(stream)
+                    assert head.startswith(b"HTTP/1.1 200 "), head
+                assert body == b"Healthy\n"
