@@ -18,6 +18,7 @@ import logging
 import selectors
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -107,6 +108,10 @@ class Pending:
                     f"TLS handshake failed ({kind})", "TLS handshake with %s failed: %s",
                     self.peer, err,
                 )  # fmt: skip
+                # A TLS 1.3 client sends its request right after its Finished: read it (raw,
+                # past the broken TLS layer), so that the close is no reset that destroys the
+                # alert (e.g. "certificate required") before the client reads it.
+                _drain(self.sock, socket.socket.recv)
             return Next.CLOSE
 
     def _advance(self, reading: Reading) -> Next:
@@ -183,16 +188,21 @@ class Pending:
     def _refuse(self, refusal: bytes) -> Next:
         """Answer and close, reading first what the client already sent, so that the close is
         not a reset that could destroy the answer before the client reads it."""
-        for _ in range(16):
-            try:
-                if not self.sock.recv(65536):
-                    break
-            except (OSError, ValueError):
-                break
+        _drain(self.sock, type(self.sock).recv)
         send_quietly(self.sock, refusal)
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_WR)
         return Next.CLOSE
+
+
+def _drain(sock: socket.socket, recv: Callable[[Any, int], bytes]) -> None:
+    """Read and drop what ``sock`` has received so far (bounded: 1 MiB), never waiting."""
+    for _ in range(16):
+        try:
+            if not recv(sock, 65536):
+                return
+        except (OSError, ValueError):
+            return
 
 
 def _head_end(data: bytearray, start: int) -> int:
