@@ -2,7 +2,8 @@
 
 It knows nothing of RealtimeKit; it is this project's counterpart of Go's exporter-toolkit:
 
-- :mod:`~exporter.web.listen`: ``--web.listen-address`` values;
+- :mod:`~exporter.web.flags`: the ``--web.*`` flags every exporter shares;
+- :mod:`~exporter.web.listen`: ``--web.listen-address`` values, systemd's sockets;
 - :mod:`~exporter.web.config`: the web config file's format (``--web.config.file``), checked;
 - :mod:`~exporter.web.tls`: the SSL context of ``tls_server_config``;
 - :mod:`~exporter.web.auth`: basic auth against bcrypt hashes;
@@ -12,5 +13,7 @@ It knows nothing of RealtimeKit; it is this project's counterpart of Go's export
   :mod:`~exporter.web.conn` reads a request in the event loop, :mod:`~exporter.web.handler`
   answers it in a worker.
 
-Imports run down that list's reverse: ``server`` → ``security`` → ``tls``/``auth`` → ``config``.
+Imports run one way: ``server`` → ``conn`` → ``handler``; ``server`` → ``security`` →
+``tls``/``auth`` → ``config``; below them only :mod:`exporter.errors`, :mod:`exporter.files`
+and :mod:`exporter.logs`.
 """
