@@ -911,8 +911,8 @@ def test_deployment_command_lines_are_valid() -> None:
     for where, args in lines.items():
         parsed = parse_exporter_args(args)
         assert parsed.config_file == CONFIG_PATH_IN_IMAGE, where
-        host_port = parsed.listen_address.rpartition(":")[2]
-        assert host_port == str(DEFAULT_PORT), f"{where}: listens on {parsed.listen_address}"
+        address = (parsed.listen_address or [f":{DEFAULT_PORT}"])[0]  # repeatable; None: default
+        assert address.rpartition(":")[2] == str(DEFAULT_PORT), f"{where}: listens on {address}"
 
 
 # -- Grafana ---------------------------------------------------------------------------------------
