@@ -27,11 +27,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import ACCOUNT_ID, APP_ID, machine, median, table
+from exporter.app import metrics_response
 from exporter.collector import MeetingCollector
 from exporter.errors import ApiError
 from exporter.exposition import PartsGzip
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
-from exporter.server import metrics_response
 from exporter.store import Store
 
 NOW = 1795849800.0

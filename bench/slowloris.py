@@ -3,7 +3,12 @@ send their request one byte a second (reopened as soon as the server closes them
 would), and 20 concurrent scrapers, for a bounded time.
 
     python bench/slowloris.py [--meetings 1000] [--connections 500] [--scrapers 20]
-                              [--seconds 30] [--root DIR]
+                              [--seconds 30] [--root DIR] [--webhooks]
+
+With ``--webhooks`` the target is the webhook listener instead: the attackers announce a body
+(``Content-Length: 100000``) and send it one byte a second, and the scrapers become senders of
+genuine signed deliveries (``meeting.participantJoined`` of a listed meeting), each of which must
+be answered in under a second.
 
 The simulator and the exporter are real processes on 127.0.0.1 (the exporter polls every meeting
 every 30 s with a budget it never reaches); the attack runs in a process of its own, so that the
@@ -15,7 +20,11 @@ second from /proc).
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
+import json
 import multiprocessing
+import os
 import selectors
 import socket
 import sys
@@ -24,11 +33,16 @@ import time
 from collections import Counter
 from multiprocessing.synchronize import Event
 from pathlib import Path
+from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
+    ACCOUNT_ID,
+    APP_ID,
     ROOT,
     ExporterProcess,
     SimulatorProcess,
@@ -43,6 +57,8 @@ from bench._common import (
 
 #: What a slow client sends, a byte at a time; then one more header byte for ever.
 SLOW_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+#: What a slow webhook sender sends: its head at once, then a lying body a byte at a time.
+SLOW_BODY = b"POST /webhooks/%s/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100000\r\n\r\n"
 
 
 class Slowloris:
@@ -51,8 +67,9 @@ class Slowloris:
     server closed (``lifetimes``: how long each lived); with ``reopen`` it opens new ones in
     their place."""
 
-    def __init__(self, port: int, count: int, *, reopen: bool = False) -> None:
+    def __init__(self, port: int, count: int, *, reopen: bool = False, head: bytes = b"") -> None:
         self.port = port
+        self.head = head  # sent at once on each new connection
         self.count = count
         self.reopen = reopen
         self.lifetimes: list[float] = []
@@ -72,8 +89,10 @@ class Slowloris:
             except OSError:
                 self.failed_connects += 1
                 continue
+            if self.head:
+                sock.sendall(self.head)
             sock.setblocking(False)
-            self._open[sock] = [time.monotonic(), 0]
+            self._open[sock] = [time.monotonic(), len(SLOW_REQUEST) if self.head else 0]
             self._selector.register(sock, selectors.EVENT_READ)
 
     def trickle(self) -> None:
@@ -122,8 +141,8 @@ class Slowloris:
         self._selector.close()
 
 
-def _attack(port: int, count: int, seconds: float, started: Event) -> None:
-    attack = Slowloris(port, count, reopen=True)
+def _attack(port: int, count: int, seconds: float, started: Event, head: bytes = b"") -> None:
+    attack = Slowloris(port, count, reopen=True, head=head)
     started.set()
     try:
         attack.run(seconds)
@@ -159,6 +178,89 @@ def scraper(url: str, seconds: float, times: list[float], errors: list[str]) -> 
             times.append(time.perf_counter() - started)
 
 
+class Deliveries:
+    """Genuine webhook deliveries: signed ``meeting.participantJoined`` events of listed
+    meetings, to the listener at 127.0.0.1:``port``."""
+
+    def __init__(self, tmp: Path, meetings: list[str]) -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.key_file = tmp / "webhook-public.pem"
+        self.key_file.write_bytes(
+            self.key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        self.meetings = meetings
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/webhooks/{ACCOUNT_ID}/{APP_ID}"
+
+    def configure(self, config: dict[str, Any]) -> None:
+        config["webhooks"] = {
+            "listen_address": f"127.0.0.1:{self.port}",
+            "public_key_file": str(self.key_file),
+        }
+        config["apps"][0]["webhooks"] = {"enabled": True}
+
+    def post(self, client: httpx.Client, n: int) -> httpx.Response:
+        meeting = self.meetings[n % len(self.meetings)]
+        event = {
+            "event": "meeting.participantJoined",
+            "meeting": {"id": meeting, "sessionId": f"s-{meeting}"},
+            "participant": {"peerId": f"peer-{n}-{time.monotonic_ns()}"},
+        }
+        body = json.dumps(event).encode()
+        signature = self.key.sign(body, padding.PKCS1v15(), hashes.SHA256())
+        headers = {"rtk-signature": base64.b64encode(signature).decode("ascii")}
+        return client.post(self.url, content=body, headers=headers)
+
+
+def deliverer(
+    deliveries: Deliveries, seconds: float, times: list[float], errors: list[str]
+) -> None:
+    more = bounded(seconds)
+    n = 0
+    with httpx.Client(timeout=10) as client:
+        while more():
+            n += 1
+            started = time.perf_counter()
+            try:
+                response = deliveries.post(client, n)
+                if response.status_code != 200:
+                    errors.append(f"{response.status_code} {response.text.strip()}")
+                    continue
+            except httpx.HTTPError as err:
+                errors.append(f"{type(err).__name__}: {err}")
+                continue
+            times.append(time.perf_counter() - started)
+            time.sleep(0.05)  # a sender, not a flood: the listener's budget is not the point
+
+
+def _metrics_port(pid: int, hooks: int, timeout: float = 60) -> int:
+    """The exporter's listening port that is not the webhook listener's (both appear in
+    /proc/PID/net/tcp once both listen)."""
+    more = bounded(timeout)
+    while more():
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            port = int(fields[1].split(":")[1], 16)
+            if fields[3] == "0A" and fields[9] in inodes and port != hooks:  # LISTEN
+                return port
+        time.sleep(0.05)
+    raise RuntimeError(f"the exporter ({pid}) listens on no port but {hooks}")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def measure(args: argparse.Namespace) -> list[object]:
     tmp = tmpdir("slowloris")
     sim = SimulatorProcess(args.meetings, tmp)
@@ -166,12 +268,21 @@ def measure(args: argparse.Namespace) -> list[object]:
     attack = None
     try:
         config = exporter_config(sim.base_url, sim.meeting_ids, interval=30, concurrency=20)
+        hooks = Deliveries(tmp, sim.meeting_ids) if args.webhooks else None
+        if hooks is not None:
+            hooks.configure(config)
         exporter = ExporterProcess(config, tmp, root=args.root)
+        if hooks is not None:  # it found one of the two listening ports: the metrics' one?
+            exporter.port = _metrics_port(exporter.pid, hooks.port)
+            exporter.base = f"http://127.0.0.1:{exporter.port}"
         exporter.wait_ready(timeout=60 + args.meetings / 20)
         before = threads(exporter.pid)
         started = multiprocessing.Event()
+        target_port = hooks.port if hooks is not None else exporter.port
+        head = SLOW_BODY % (ACCOUNT_ID.encode(), APP_ID.encode()) if hooks is not None else b""
         attack = multiprocessing.Process(
-            target=_attack, args=(exporter.port, args.connections, args.seconds + 5, started)
+            target=_attack,
+            args=(target_port, args.connections, args.seconds + 5, started, head),
         )
         attack.start()
         if not started.wait(60):
@@ -182,6 +293,8 @@ def measure(args: argparse.Namespace) -> list[object]:
         url = exporter.base + "/metrics"
         workers = [
             threading.Thread(target=scraper, args=(url, args.seconds, times, errors))
+            if hooks is None
+            else threading.Thread(target=deliverer, args=(hooks, args.seconds, times, errors))
             for _ in range(args.scrapers)
         ]
         for worker in workers:
@@ -220,9 +333,15 @@ def main() -> int:
     p.add_argument("--scrapers", type=int, default=20, help="concurrent scrapers")
     p.add_argument("--seconds", type=float, default=30, help="how long the scrapers scrape")
     p.add_argument("--root", type=Path, default=ROOT, help="source tree to run the exporter from")
+    p.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="attack the webhook listener with slow bodies; the scrapers deliver signed events",
+    )
     args = p.parse_args()
     row = measure(args)
-    print(f"# /metrics under slowloris for {args.seconds:g}s; exporter from {args.root}")
+    target = "webhook deliveries" if args.webhooks else "/metrics"
+    print(f"# {target} under slowloris for {args.seconds:g}s; exporter from {args.root}")
     print(f"# {machine()}")
     headers = ["meetings", "slow conns", "scrapers", "scrapes", "failed", "median ms", "p99 ms",
                "max ms", "scrapes ≥ 1 s", "threads before", "threads max"]  # fmt: skip

@@ -10,41 +10,43 @@ import argparse
 import asyncio
 import logging
 import os
-import secrets
 import signal
-import socket
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import Collector
 
 from exporter import __version__
+from exporter.app import DEFAULT_PORT, create_app
 from exporter.collector import ExporterCollector, MeetingCollector
 from exporter.config import (
     Config,
     load_config,
-    parse_config,
     read_coordination_password,
     read_tokens,
     split_host_port,
 )
+from exporter.demo import Launch, demo_launch
 from exporter.errors import ConfigError, ExporterError
 from exporter.heap import return_large_blocks
 from exporter.limiter import RateLimiter
 from exporter.logs import FORMATS, LEVELS, RedactingFilter, setup_logging
 from exporter.model import AppKey, MeetingKey
 from exporter.poller import over_budget
-from exporter.runtime import Service, Sharding, Tokens
-from exporter.server import DEFAULT_PORT, HttpServer, create_app, parse_listen_address, serve
+from exporter.runtime import Service, Sharding
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import CachedPage, config_page, status_page
 from exporter.store import Labels
-from exporter.webconfig import load_web_config
+from exporter.web.flags import add_flags
+from exporter.web.listen import bind, parse_listen_address, systemd_sockets
+from exporter.web.security import load_web_config
+from exporter.web.server import HttpServer, Limits, serve, serve_on, web_security
+from exporter.web.wsgi import WsgiApp
 from exporter.webhook_layer import Webhooks
 
 log = logging.getLogger("exporter")
@@ -71,26 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the configuration and the token's presence, then exit",
     )
-    p.add_argument(
-        "--web.listen-address",
-        dest="listen_address",
-        default=f":{DEFAULT_PORT}",
-        metavar="HOST:PORT",
-        help=f"address to serve on (default: :{DEFAULT_PORT}, or 127.0.0.1:{DEFAULT_PORT} in demo)",
-    )
+    add_flags(p, f":{DEFAULT_PORT}", demo_note=f"127.0.0.1:{DEFAULT_PORT} in demo")
     p.add_argument(
         "--web.telemetry-path",
         dest="telemetry_path",
         default="/metrics",
         metavar="PATH",
         help="path of the metrics (default: /metrics)",
-    )
-    p.add_argument(
-        "--web.config.file",
-        dest="web_config_file",
-        default="",
-        metavar="PATH",
-        help="web config for TLS, basic auth and headers (exporter-toolkit format)",
     )
     p.add_argument(
         "--shard",
@@ -131,99 +120,14 @@ def fail(message: str) -> int:
     return 1
 
 
-@dataclass
-class Launch:
-    """What :func:`run` needs beyond the flags; the demo supplies its own."""
-
-    config: Config
-    tokens: Tokens | None  # by TokenRef.source; None: read them from where the config says
-    source: str
-    config_path: str | None  # None: no file to reload (the demo)
-    cleanup: Callable[[], None] | None = None  # run at exit (the demo's simulator)
-    banner: str = ""  # printed once serving (the demo's URLs)
-    redis_password: str | None = None  # coordination's, from its file or variable
-
-
-def demo_launch() -> Launch:
-    """Start the simulator on loopback, delivering signed webhooks to the demo's receiver, and
-    make a config that watches its meetings with both (polling reconciles)."""
-    from exporter.simulator import Simulator
-
-    token = "demo-" + secrets.token_hex(16)
-    hooks = _free_loopback_port()
-    sim = Simulator(
-        token=token,
-        meetings=6,
-        speed=10.0,
-        seed=7,
-        webhook_url=f"http://127.0.0.1:{hooks}/webhooks/{{account_id}}/{{app_id}}",
-        recording_chance=0.6,
-        recording_error_rate=0.15,
-        recording_stuck_rate=0.1,
-        livestream_chance=0.4,
-        livestream_error_rate=0.25,
-        peer_bad_rate=0.25,
-        peer_partial_rate=0.2,
-        peer_late_rate=0.1,
-    )
-    sim.start("127.0.0.1", 0)
-    app = {
-        "account_id": "023e105f4ecef8ad9ca31a8372d0c353",
-        "app_id": "6f0a8a2c3b8e4f62a1d2c3b4e5f60718",
-        "meetings": [
-            {"id": m, "labels": {"team": ("sales", "support", "eng")[i % 3]}}
-            for i, m in enumerate(sim.meeting_ids)
-        ],
-        "webhooks": {"enabled": True},
-        "recordings": {"enabled": True, "interval_seconds": 10},
-        "livestreams": {"enabled": True, "interval_seconds": 10},
-        "usage": {"enabled": True, "interval_seconds": 60},
-        "quality": {"enabled": True, "delay_seconds": 2},
-    }
-    config = parse_config(
-        {
-            "api": {"base_url": sim.base_url, "timeout_seconds": 4},
-            "poll": {"interval_seconds": 5},
-            "webhooks": {
-                "listen_address": f"127.0.0.1:{hooks}",
-                "public_key_url": sim.webhook_key_url,
-                "reconcile_interval_seconds": 30,
-                "public_url": f"http://127.0.0.1:{hooks}",
-                "registration_check_seconds": 60,
-            },
-            "apps": [app],
-        }
-    )
-    tokens = {config.token_ref(config.apps[0]).source: token}
-    # The demo token is a throwaway for a loopback simulator: printed so that curl or a second
-    # exporter can use the simulator too.
-    banner = (
-        f"Demo: simulated RealtimeKit API at {sim.base_url} (token {token}); it delivers "
-        f"signed webhooks to http://127.0.0.1:{hooks}/webhooks/…; try: curl -H "
-        f"'Authorization: Bearer {token}' {sim.base_url}/accounts/{app['account_id']}"
-        f"/realtime/kit/{app['app_id']}/sessions"
-    )
-    return Launch(
-        config, tokens, f"demo simulator at {sim.base_url}", None, cleanup=sim.stop, banner=banner
-    )
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     redact = RedactingFilter()
     setup_logging(args.log_level, args.log_format, redact=redact)
-    given = sys.argv[1:] if argv is None else argv
-    if args.demo and not any(a.startswith("--web.listen-address") for a in given):
-        args.listen_address = f"127.0.0.1:{DEFAULT_PORT}"  # the demo stays on loopback
+    if args.listen_address is None:  # the demo stays on loopback
+        args.listen_address = [f"{'127.0.0.1' if args.demo else ''}:{DEFAULT_PORT}"]
     try:  # the flags: their problems name the flag, not the config file
-        host, port = parse_listen_address(args.listen_address)
+        addresses = tuple(parse_listen_address(a) for a in args.listen_address)
         _check_telemetry_path(args.telemetry_path)
         sharding = _sharding(args)
     except ConfigError as err:
@@ -241,11 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problems:
             return fail("; ".join(problems))
         assert launch.tokens is not None and sharding is not None
-        server = Server(host, port, args.telemetry_path, args.web_config_file)
+        server = Server(addresses, args.telemetry_path, args.web_config_file, args.systemd_socket)
         return_large_blocks()  # the metrics bodies: freed memory goes back at once
         return asyncio.run(run(launch, server, redact, sharding))
     except OSError as err:
-        return fail(f"cannot listen on {args.listen_address}: {err.strerror or err}")
+        where = ", ".join(args.listen_address)
+        return fail(f"cannot listen on {where}: {err.strerror or err}")
     except ExporterError as err:
         return fail(str(err))
     finally:
@@ -351,10 +256,10 @@ def budget_warnings(config: Config) -> list[str]:
 class Server:
     """Where and how to serve (from the flags)."""
 
-    host: str
-    port: int
+    addresses: tuple[tuple[str, int], ...]  # (host, port) of each --web.listen-address
     telemetry_path: str
     web_config_file: str = ""
+    systemd_socket: bool = False  # serve on systemd's sockets instead of the addresses
 
 
 def collectors(service: Service) -> list[Collector]:
@@ -431,9 +336,9 @@ async def run(
         config_text=lambda: config_page(service.config),
         reload=reload_from_http,
     )
-    server, thread = serve(app, where.host, where.port, web_config_file=where.web_config_file)
+    server, thread = _serve(app, where)
     servers = [(server, thread)]
-    _started(launch, where, server.server_port, _share(service))
+    _started(launch, where, server, _share(service))
     if service.webhooks is not None:
         servers.append(_webhook_listener(service.webhooks, where))
     stop = asyncio.Event()
@@ -453,6 +358,24 @@ async def run(
     return 0
 
 
+def _serve(app: WsgiApp, where: Server) -> tuple[HttpServer, threading.Thread]:
+    """Serve on every listen address (or systemd's sockets), TLS and auth from the web config."""
+    web = web_security(where.web_config_file)
+    limits = Limits()
+    if where.systemd_socket:
+        listeners = systemd_sockets()
+    else:
+        listeners = []
+        try:
+            for host, port in where.addresses:
+                listeners.append(bind(host, port, limits.backlog))
+        except OSError:
+            for each in listeners:
+                each.close()
+            raise
+    return serve_on(app, listeners, web=web, limits=limits)
+
+
 def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[HttpServer, threading.Thread]:
     """The webhook receiver on its own address: the web config's TLS and headers, no basic
     auth (RealtimeKit cannot send it; the signature authenticates each delivery)."""
@@ -461,8 +384,9 @@ def _webhook_listener(webhooks: Webhooks, where: Server) -> tuple[HttpServer, th
     host, port = split_host_port(address)
     try:
         listener = serve(
-            webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False
-        )
+            webhooks.receiver, host, port, web_config_file=where.web_config_file, basic_auth=False,
+            limits=Limits(max_body_bytes=webhooks.settings.max_body_bytes),
+        )  # fmt: skip
     except OSError as err:
         problem = f"webhooks.listen_address: cannot listen on {address}: {err.strerror or err}"
         raise ConfigError([problem]) from None
@@ -488,13 +412,17 @@ def _share(service: Service) -> str:
     )
 
 
-def _started(launch: Launch, where: Server, port: int, share: str) -> None:
+def _started(launch: Launch, where: Server, server: HttpServer, share: str) -> None:
     config = launch.config
-    shown = f"[{where.host}]" if ":" in where.host else where.host
+    shown = ", ".join(
+        f"{f'[{host}]' if ':' in host else host}:{port}{where.telemetry_path}"
+        for host, port in (sock.getsockname()[:2] for sock in server.listeners)
+    )
+    port = server.server_port
     log.info(
-        "%s %s listening on %s:%d%s; %d app(s), %d listed meeting(s), poll every %gs, "
+        "%s %s listening on %s; %d app(s), %d listed meeting(s), poll every %gs, "
         "budget %d requests per %gs per token; config %s%s",
-        PROG, __version__, shown, port, where.telemetry_path, len(config.apps),
+        PROG, __version__, shown, len(config.apps),
         len(config.targets()), config.poll.interval_seconds, config.api.rate_limit.requests,
         config.api.rate_limit.period_seconds, launch.source, share,
     )  # fmt: skip

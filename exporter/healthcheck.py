@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-DEFAULT_LISTEN_ADDRESS = ":9877"  # the exporter's default (exporter.server.DEFAULT_PORT)
+DEFAULT_LISTEN_ADDRESS = ":9877"  # the exporter's default (exporter.app.DEFAULT_PORT)
 CMDLINE = "/proc/1/cmdline"
 HEALTH_PATH = "/-/healthy"
 TIMEOUT_SECONDS = 2.0
@@ -47,7 +47,7 @@ class Unhealthy(Exception):
 def _flag_parser() -> argparse.ArgumentParser:
     """The two exporter flags the probe needs, spelt as the exporter spells them."""
     p = argparse.ArgumentParser(add_help=False, exit_on_error=False)
-    p.add_argument("--web.listen-address", dest="listen_address", default=None)
+    p.add_argument("--web.listen-address", dest="listen_address", action="append", default=None)
     p.add_argument("--web.config.file", dest="web_config_file", default=None)
     return p
 
@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
 def exporter_flags(argv: Sequence[str]) -> tuple[str, str]:
     """``(listen address, web config file)`` from an exporter command line; defaults for what is
     not given. ``--`` (e.g. ``docker-init -- realtimekit-exporter …``) and unknown flags are
-    skipped; the last of a repeated flag wins, as in the exporter."""
+    skipped; of several listen addresses the first is probed (the exporter serves the same on
+    each), of a repeated web config the last wins, as in the exporter."""
     try:
         known, _ = _flag_parser().parse_known_args([a for a in argv if a != "--"])
     except argparse.ArgumentError as err:
@@ -84,7 +85,7 @@ def exporter_flags(argv: Sequence[str]) -> tuple[str, str]:
 def _flag_values(flags: argparse.Namespace) -> tuple[str, str]:
     listen_address = flags.listen_address
     return (
-        DEFAULT_LISTEN_ADDRESS if listen_address is None else listen_address,
+        DEFAULT_LISTEN_ADDRESS if not listen_address else listen_address[0],
         flags.web_config_file or "",
     )
 

@@ -23,13 +23,13 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.utils import floatToGoString
 
+from exporter.app import metrics_response
 from exporter.collector import MeetingCollector
 from exporter.errors import ApiError
 from exporter.exposition import PartsGzip
 from exporter.exposition import go_float as _value
 from exporter.families import FAMILIES, POLLED
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
-from exporter.server import metrics_response
 from exporter.store import Store
 
 from .conftest import FakeTime, require_binary

@@ -911,8 +911,8 @@ def test_deployment_command_lines_are_valid() -> None:
     for where, args in lines.items():
         parsed = parse_exporter_args(args)
         assert parsed.config_file == CONFIG_PATH_IN_IMAGE, where
-        host_port = parsed.listen_address.rpartition(":")[2]
-        assert host_port == str(DEFAULT_PORT), f"{where}: listens on {parsed.listen_address}"
+        address = (parsed.listen_address or [f":{DEFAULT_PORT}"])[0]  # repeatable; None: default
+        assert address.rpartition(":")[2] == str(DEFAULT_PORT), f"{where}: listens on {address}"
 
 
 # -- Grafana ---------------------------------------------------------------------------------------
@@ -993,7 +993,7 @@ def test_dashboard_structure() -> None:
 def dashboard_known_metrics() -> frozenset[str]:
     """What panels may name: the exporter's metrics and the shipped recording rules."""
     recorded = {rule["record"] for rule in recording_rules()}
-    return KNOWN_METRICS | OPERATIONS_METRICS | recorded
+    return KNOWN_METRICS | OPERATIONS_METRICS | NEXT_ROUND_METRICS | recorded
 
 
 #: Served only when a feature is configured that the dashboard stack does not run (Redis
@@ -1537,11 +1537,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         seed=1,
         speed=10,
         webhook_url=f"http://127.0.0.1:{hooks}/webhooks/{{account_id}}/{{app_id}}",
+        recording_chance=0.6,
+        livestream_chance=0.5,
     )
     sim.start("127.0.0.1", 0)
     try:
         ids = sim.meeting_ids
         sim.set_participants(ids[0], 3)  # at least one session, whatever the dice say
+        sim.recordings.start(ids[0], status="RECORDING")  # the recording and livestream panels
+        sim.livestreams.start(ids[0], status="LIVE")
         sim.set_fault(ids[5], "500")  # poll errors exist (http_5xx), and one meeting is down
         config = {
             "api": {"base_url": sim.base_url, "timeout_seconds": 2},
@@ -1549,11 +1553,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "webhooks": {
                 "listen_address": f"127.0.0.1:{hooks}",
                 "public_key_url": sim.webhook_key_url,
+                "public_url": f"http://127.0.0.1:{hooks}",
+                "registration_check_seconds": 2,
             },
             "apps": [
                 {
                     "account_id": sim.account_id,
                     "app_id": sim.app_id,
+                    # Every app-level pull, so that their rows have data.
+                    "recordings": {"enabled": True, "interval_seconds": 2},
+                    "livestreams": {"enabled": True, "interval_seconds": 2},
+                    "usage": {"enabled": True, "interval_seconds": 2},
+                    "quality": {"enabled": True, "delay_seconds": 0, "max_reports_per_hour": 3600},
                     "meetings": [
                         {"id": m, "labels": {"team": ("sales", "eng")[i % 2]}}
                         for i, m in enumerate(ids)
@@ -1602,6 +1613,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 log=exporter_log,
             )
             sim.set_fault(ids[4], None)
+            sim.peers.leave(ids[0])  # a peer report for the call quality row
+            wait_until(
+                lambda: "realtimekit_peer_mos_count{" in http_get(exporter_url + "/metrics"),
+                30,
+                "a peer report",
+                proc=exporter,
+                log=exporter_log,
+            )
             # The 429 paused every poll for 5 s, longer than 3 of the 1.6 s intervals: wait
             # until the pause is over and every meeting answered again, or whether a stale-data
             # alert is pending would depend on when Prometheus first evaluates.

@@ -119,7 +119,7 @@ def test_probe_url_rejects_bad_addresses(address: str) -> None:
 
 
 def test_probe_url_agrees_with_the_server() -> None:
-    from exporter.server import parse_listen_address
+    from exporter.web.listen import parse_listen_address
 
     for address in (":9877", "0.0.0.0:1", "[::]:9100", "127.0.0.1:65535", "[::1]:2"):
         host, port = parse_listen_address(address)
@@ -135,7 +135,7 @@ def test_probe_url_agrees_with_the_server() -> None:
         ([*CONFIG_IN_IMAGE, "--log.level", "debug"], (":9877", "")),
         (["--web.listen-address", ":9100"], (":9100", "")),
         (["--web.listen-address=[::]:9100", "--web.config.file=w.yml"], ("[::]:9100", "w.yml")),
-        (["--web.listen-address=:1", "--web.listen-address=:2"], (":2", "")),  # last one wins
+        (["--web.listen-address=:1", "--web.listen-address=:2"], (":1", "")),  # the first
         (["/usr/local/bin/realtimekit-exporter", "--demo"], (":9877", "")),
         (
             ["--", "realtimekit-exporter", *CONFIG_IN_IMAGE, "--web.listen-address", ":5"],
@@ -148,11 +148,13 @@ def test_exporter_flags(argv: list[str], expected: tuple[str, str]) -> None:
 
 
 def test_flags_are_the_exporters() -> None:
+    from exporter.app import DEFAULT_PORT
     from exporter.cli import build_parser
 
     options = {a.dest: a for a in build_parser()._actions}
     assert options["listen_address"].option_strings == ["--web.listen-address"]
-    assert options["listen_address"].default == healthcheck.DEFAULT_LISTEN_ADDRESS
+    assert f":{DEFAULT_PORT}" == healthcheck.DEFAULT_LISTEN_ADDRESS  # the exporter's default
+    assert f"(default: :{DEFAULT_PORT}," in options["listen_address"].help
     assert options["web_config_file"].option_strings == ["--web.config.file"]
 
 

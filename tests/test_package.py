@@ -133,7 +133,11 @@ def test_wheel_metadata(dist: Dist) -> None:
         )
         assert license_text == (ROOT / "LICENSE").read_bytes()
         names = whl.namelist()
-    assert {"exporter/cli.py", "exporter/simulator/__init__.py", "exporter/limiter/local.py"} <= set(names)
+    assert {
+        "exporter/cli.py",
+        "exporter/simulator/__init__.py",
+        "exporter/limiter/local.py",
+    } <= set(names)
     assert not [n for n in names if n.startswith("tests/")], "the tests are not installed"
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from bench.slowloris import Slowloris
 from exporter.logs import RedactingFilter, RepeatLog, setup_logging
-from exporter.server import HttpServer, Limits, serve
+from exporter.web.server import HttpServer, Limits, serve
 
 from . import test_webconfig
 from .conftest import TOKEN, FakeTime, sim_config, wait_for
@@ -232,11 +232,11 @@ def test_headers_too_large(start_server):
 
 def test_no_server_banner(start_server):
     server = start_server()
-    ok = raw_exchange(server.server_port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    ok = raw_exchange(server.server_port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     many_headers = b"".join(b"X-%d: 1\r\n" % i for i in range(120))
     refused = raw_exchange(server.server_port, b"GET / HTTP/1.1\r\n" + many_headers + b"\r\n")
-    assert ok.startswith(b"HTTP/1.0 200 ") and ok.endswith(b"hello\n")
-    assert refused.startswith(b"HTTP/1.0 431 ")
+    assert ok.startswith(b"HTTP/1.1 200 ") and ok.endswith(b"hello\n")
+    assert refused.startswith(b"HTTP/1.1 431 ")
     for answer in (ok, refused):
         head = answer.split(b"\r\n\r\n")[0].lower()
         assert b"\r\nserver:" not in head
@@ -385,7 +385,7 @@ def _call(app, method: str, path: str, query: str = "") -> tuple[str, dict[str, 
 
 
 def test_the_wsgi_app_routes_without_a_socket():
-    from exporter.server import create_app
+    from exporter.app import create_app
 
     reloads: list[int] = []
     ready = [False]

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter.errors import ConfigError
-from exporter.webconfig import BasicAuth, WebSecurity, WebState, load_web_config
+from exporter.web.auth import BasicAuth
+from exporter.web.security import WebSecurity, WebState, load_web_config
 
 from .conftest import TOKEN, parse_metrics, require_binary, sim_config, value, wait_for
 
