@@ -9,6 +9,8 @@ job (:mod:`exporter.web`).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
@@ -191,3 +193,36 @@ def _empty(start: StartResponse, code: str, *headers: tuple[str, str]) -> list[b
 
 #: The status page needs no script and loads nothing: say so to the browser too.
 _PAGE_HEADERS = (("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'"),)
+
+
+class CachedPage:
+    """A page made at most once per ``seconds`` however many ask for it: a request within that
+    gets the page made last, and requests that arrive while it is being made wait for that one
+    make instead of each making their own (32 concurrent ``GET /`` at 10,000 meetings made 32
+    pages and pushed scrapes to 4 s).
+
+        >>> status = CachedPage(lambda: status_page(...), seconds=1.0)
+        >>> status() is status()
+        True
+    """
+
+    def __init__(
+        self,
+        make: Callable[[], str],
+        *,
+        seconds: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._make = make
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()  # held while making: one make at a time
+        self._page: str | None = None
+        self._made = 0.0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._page is None or not 0 <= self._clock() - self._made < self._seconds:
+                self._page = self._make()
+                self._made = self._clock()
+            return self._page

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.registry import Collector
 
 from exporter import __version__
-from exporter.app import DEFAULT_PORT, create_app
+from exporter.app import DEFAULT_PORT, CachedPage, create_app
 from exporter.collector import ExporterCollector, MeetingCollector
 from exporter.config import (
     Config,
@@ -40,7 +40,8 @@ from exporter.model import AppKey, MeetingKey
 from exporter.poller import over_budget
 from exporter.runtime import Service, Sharding
 from exporter.shard import describe_split, resolve_shard
-from exporter.status import CachedPage, config_page, status_page
+from exporter.status import Webhooks as WebhooksView
+from exporter.status import config_page, status_page
 from exporter.store import Labels
 from exporter.web.flags import add_flags
 from exporter.web.listen import bind, parse_listen_address, systemd_sockets
@@ -286,6 +287,15 @@ def collectors(service: Service) -> list[Collector]:
     ]
 
 
+def _webhooks_view(service: Service) -> WebhooksView | None:
+    """What the status page shows of the webhook receiver (None: no receiver)."""
+    hooks, listen = service.webhooks, service.config.webhooks.listen_address
+    if hooks is None or listen is None:
+        return None
+    apps = [app.key for app in service.runtime.apps if app.webhooks.enabled]
+    return WebhooksView(listen, apps, service.slowed, hooks.stats.snapshot().last_event)
+
+
 def _exported(service: Service, apps: Collection[AppKey]) -> dict[MeetingKey, Labels]:
     """The meetings of ``apps`` that have per-meeting series, with their static labels."""
     wanted = {a.key for a in service.runtime.apps if a.key in apps and a.metrics.per_meeting}
@@ -326,6 +336,7 @@ async def run(
             note=(
                 _share(service) + ((service.coordinator and service.coordinator.conflict) or "")
             ).strip(),
+            webhooks=_webhooks_view(service),
         )
 
     app = create_app(

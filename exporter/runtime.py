@@ -228,6 +228,11 @@ class Service:
     def config(self) -> Config:
         return self.runtime.config
 
+    @property
+    def slowed(self) -> frozenset[AppKey]:
+        """Apps whose healthy webhooks slow their polling to the reconcile interval."""
+        return frozenset(self._slow)
+
     def start(self) -> None:
         self.scheduler.start()
         self.swap(self.runtime)

@@ -21,16 +21,14 @@ import heapq
 import html
 import logging
 import math
-import threading
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import yaml
 
-from exporter.config import App, Config
+from exporter.config import DEFAULT_TOKEN_ENV, App, Config
 from exporter.errors import REASONS
 from exporter.exposition import encodable
 from exporter.health import AppHealth, HealthSnapshot
@@ -311,7 +309,7 @@ def _apps_section(
             _e(per_app.get(app.key, 0)),
             _e(f"{demand:.2f} req/s"),
             _e(str(config.token_ref(app))),
-            _e(_discovery_text(app_health)) if discovery else "",
+            _e(_discovery_text(app_health)) if discovery else "off (listed meetings only)",
         ]
         rows.append(_row(cells))
     headers = ("App", "Polling", "Interval", "Meetings", "Planned", "Token from", "Discovery")
@@ -347,16 +345,46 @@ def _budget_section(health: HealthSnapshot, config: Config, demand: float, now: 
 # -- the pages ------------------------------------------------------------------------------------
 
 
-def _header(version: str, telemetry_path: str, health: HealthSnapshot, now: float) -> str:
+def _header(
+    version: str, telemetry_path: str, health: HealthSnapshot, now: float, answered: float | None
+) -> str:
     links = [(telemetry_path, "Metrics"), ("/config", "Config")]
     links += [("/-/healthy", "Health"), ("/-/ready", "Readiness")]
     nav = " · ".join(f'<a href="{_e(href)}">{_e(text)}</a>' for href, text in links)
     reload = "ok" if health.reload_ok else "FAILED (running the previous config)"
+    api = f"{_utc(answered)} ({_age(now, answered)})" if answered is not None else "none yet"
     return (
         f"<h1>RealtimeKit Exporter</h1>\n<p>Version {_e(version)} · {nav}</p>\n"
         f"<p>Page made {_e(_utc(now))}; last config load {_e(reload)}, "
-        f"last success {_e(_utc(health.reload_success_time))}.</p>\n"
+        f"config loaded {_e(_utc(health.reload_success_time))}; "
+        f"last valid API answer {_e(api)}.</p>\n"
     )
+
+
+def _webhooks_section(webhooks: Webhooks | None, now: float) -> str:
+    """The receiver, and per app whether its webhooks are healthy and its last event."""
+    if webhooks is None:
+        return "<h2>Webhooks</h2>\n<p>Off: no <code>webhooks.listen_address</code>.</p>\n"
+    rows = [
+        _row([
+            f"{_e(app[0])}/<br>{_e(app[1])}",
+            "healthy (reconcile interval)" if app in webhooks.healthy else "not healthy",
+            _e(_age(now, webhooks.last_event.get(app)) if app in webhooks.last_event else "never"),
+        ])
+        for app in webhooks.apps
+    ]  # fmt: skip
+    head = f"<h2>Webhooks</h2>\n<p>Receiver on {_e(webhooks.listen)}.</p>\n"
+    return head + _table(("App", "Health", "Last event"), rows)
+
+
+@dataclass(frozen=True)
+class Webhooks:
+    """What the status page shows of the webhook receiver."""
+
+    listen: str
+    apps: list[tuple[str, str]]  # apps that take webhooks
+    healthy: frozenset[tuple[str, str]]
+    last_event: Mapping[tuple[str, str], float]
 
 
 def status_page(
@@ -370,6 +398,7 @@ def status_page(
     telemetry_path: str,
     limit: int = 100,
     note: str = "",
+    webhooks: Webhooks | None = None,
 ) -> str:
     """The HTML status page (served on ``/``): header, apps, request budget, then at most
     ``limit`` meetings, failing first, then live, then idle, then unknown, and a line
@@ -378,10 +407,11 @@ def status_page(
     found = _meetings(states, now, stale_after, limit)
     apps, demand = _apps_section(config, health, found.per_app)
     body = (
-        _header(version, telemetry_path, health, now)
+        _header(version, telemetry_path, health, now, _last_answer(states))
         + (f"<p>{_e(note)}</p>\n" if note else "")
         + apps
         + _budget_section(health, config, demand, now)
+        + _webhooks_section(webhooks, now)
         + _meetings_section(found, now)
     )
     return (
@@ -394,37 +424,11 @@ def status_page(
     )
 
 
-class CachedPage:
-    """A page made at most once per ``seconds`` however many ask for it: a request within that
-    gets the page made last, and requests that arrive while it is being made wait for that one
-    make instead of each making their own (32 concurrent ``GET /`` at 10,000 meetings made 32
-    pages and pushed scrapes to 4 s).
-
-        >>> status = CachedPage(lambda: status_page(...), seconds=1.0)
-        >>> status() is status()
-        True
-    """
-
-    def __init__(
-        self,
-        make: Callable[[], str],
-        *,
-        seconds: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._make = make
-        self._seconds = seconds
-        self._clock = clock
-        self._lock = threading.Lock()  # held while making: one make at a time
-        self._page: str | None = None
-        self._made = 0.0
-
-    def __call__(self) -> str:
-        with self._lock:
-            if self._page is None or not 0 <= self._clock() - self._made < self._seconds:
-                self._page = self._make()
-                self._made = self._clock()
-            return self._page
+def _last_answer(states: Mapping[MeetingKey, MeetingState]) -> float | None:
+    """Unix time of the newest valid API answer of any meeting (None: none yet)."""
+    return max(
+        (s.last_success for s in states.values() if s.last_success is not None), default=None
+    )
 
 
 def _is_secret(key: str) -> bool:
@@ -456,5 +460,10 @@ def redact(data: Any) -> Any:
 
 def config_page(config: Config) -> str:
     """The running config as YAML, every secret redacted by :func:`redact` (served as text/plain
-    on ``/config``). The token itself is never in the config object."""
-    return yaml.safe_dump(redact(config.model_dump(mode="json")), sort_keys=False)
+    on ``/config``). The token itself is never in the config object. Values left to their
+    defaults are shown as they are in force: where each token comes from, the staleness window."""
+    data = config.model_dump(mode="json")
+    data["poll"]["stale_after_seconds"] = config.poll.stale_after
+    if data["api"].get("token_env") is None and data["api"].get("token_file") is None:
+        data["api"]["token_env"] = DEFAULT_TOKEN_ENV
+    return yaml.safe_dump(redact(data), sort_keys=False)

@@ -226,7 +226,12 @@ def test_no_token_on_either_page(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
     text = config_page(config)
     assert FAKE_TOKEN not in text and FAKE_TOKEN not in page(mixed(), config=config)
     assert "token_env: MY_RTK_TOKEN" in text and f"token_file: {token_file}" in text
-    assert parse_config(yaml.safe_load(text)) == config  # nothing of the config is lost
+    # nothing of the config is lost; defaults are shown as the values in force
+    expected = config.model_dump(mode="json")
+    expected["poll"]["stale_after_seconds"] = config.poll.stale_after
+    if expected["api"]["token_env"] is None and expected["api"]["token_file"] is None:
+        expected["api"]["token_env"] = "CLOUDFLARE_API_TOKEN"
+    assert parse_config(yaml.safe_load(text)).model_dump(mode="json") == expected
 
 
 def test_redact_secret_keys_at_any_depth() -> None:

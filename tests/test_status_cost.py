@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from exporter.app import CachedPage
 from exporter.simulator import Simulator
-from exporter.status import CachedPage
 
 from .conftest import TOKEN, FakeTime, sim_config, value, wait_for
 
