@@ -19,7 +19,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from exporter.client import ApiClient
@@ -65,7 +65,8 @@ class Event:
     ended_at: float | None = None
     reason: str | None = None  # meeting.ended: HOST_ENDED_MEETING | ALL_PARTICIPANTS_LEFT
     peer_id: str | None = None  # participant events
-    body: Mapping[str, Any] | None = None  # the whole payload, for events a pull keeps (PULLED)
+    # the whole payload, for events a pull keeps (PULLED); not part of what the event says
+    body: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def _parse_int(text: str) -> int:

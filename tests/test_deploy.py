@@ -1555,6 +1555,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 "public_key_url": sim.webhook_key_url,
                 "public_url": f"http://127.0.0.1:{hooks}",
                 "registration_check_seconds": 2,
+                # Healthy webhooks must not slow polling here: the 429 episode needs polls.
+                "reconcile_interval_seconds": 1,
             },
             "apps": [
                 {
@@ -1605,6 +1607,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             )
             # A brief 429 episode, so that the rate-limit series exist.
             sim.set_fault(ids[4], "429")
+            sim.set_listing_fault("429")  # discovery answers listed meetings from the listing
             wait_until(
                 lambda: 'reason="rate_limited"' in http_get(exporter_url + "/metrics"),
                 20,
@@ -1613,6 +1616,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 log=exporter_log,
             )
             sim.set_fault(ids[4], None)
+            sim.set_listing_fault(None)
             sim.peers.leave(ids[0])  # a peer report for the call quality row
             wait_until(
                 lambda: "realtimekit_peer_mos_count{" in http_get(exporter_url + "/metrics"),
