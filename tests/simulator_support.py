@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import pytest
 
 from exporter.simulator import Simulator
 
@@ -110,3 +111,28 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+MakeSim = Callable[..., tuple[Simulator, "Api"]]
+
+
+def make_sim_fixture(**defaults: Any) -> Any:
+    """A ``make_sim`` fixture: ``make_sim(**options)`` starts a simulator (``defaults`` then
+    ``options``; manual mode, the test token) with an :class:`Api` on it; all stop at teardown."""
+
+    @pytest.fixture
+    def make_sim() -> Iterator[MakeSim]:
+        made: list[tuple[Simulator, Api]] = []
+
+        def factory(**kwargs: Any) -> tuple[Simulator, Api]:
+            sim = Simulator(**({"token": TOKEN, "auto": False} | defaults | kwargs))
+            sim.start()
+            made.append((sim, Api(sim)))
+            return made[-1]
+
+        yield factory
+        for sim, api in made:
+            api.close()
+            sim.stop()
+
+    return make_sim

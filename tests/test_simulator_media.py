@@ -3,35 +3,15 @@ their webhooks, over real loopback HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import httpx
 import pytest
 
-from exporter.simulator import SECRET, Simulator
+from exporter.simulator import SECRET
 from exporter.webhooks import parse_event, parse_well_known, verify
 
-from .simulator_support import TOKEN, Api, Clock, Receiver
+from .simulator_support import Clock, MakeSim, Receiver, make_sim_fixture
 
-MakeSim = Callable[..., tuple[Simulator, Api]]
-
-
-@pytest.fixture
-def make_sim() -> Iterator[MakeSim]:
-    made: list[tuple[Simulator, Api]] = []
-
-    def factory(**kwargs: Any) -> tuple[Simulator, Api]:
-        kwargs = {"token": TOKEN, "auto": False, "seed": 3, "meetings": 3} | kwargs
-        sim = Simulator(**kwargs)
-        sim.start()
-        made.append((sim, Api(sim)))
-        return made[-1]
-
-    yield factory
-    for sim, api in made:
-        api.close()
-        sim.stop()
+make_sim = make_sim_fixture(seed=3, meetings=3)
 
 
 def test_a_recording_moves_invoked_recording_uploading_uploaded(make_sim: MakeSim) -> None:

@@ -5,33 +5,15 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from exporter.simulator import SECRET, Simulator
+from exporter.simulator import SECRET
 
-from .simulator_support import TOKEN, Api, Clock, Receiver
+from .simulator_support import Api, Clock, MakeSim, Receiver, make_sim_fixture
 
-MakeSim = Callable[..., tuple[Simulator, Api]]
-
-
-@pytest.fixture
-def make_sim() -> Iterator[MakeSim]:
-    made: list[tuple[Simulator, Api]] = []
-
-    def factory(**kwargs: Any) -> tuple[Simulator, Api]:
-        kwargs = {"token": TOKEN, "auto": False, "seed": 8, "meetings": 2} | kwargs
-        sim = Simulator(**kwargs)
-        sim.start()
-        made.append((sim, Api(sim)))
-        return made[-1]
-
-    yield factory
-    for sim, api in made:
-        api.close()
-        sim.stop()
+make_sim = make_sim_fixture(seed=8, meetings=2)
 
 
 def report_of(api: Api, peer_id: str) -> dict[str, Any]:

@@ -3,35 +3,15 @@ over real loopback HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
-
 import httpx
 import pytest
 
-from exporter.simulator import Simulator
+from .simulator_support import Clock, MakeSim, Receiver, make_sim_fixture
 
-from .simulator_support import TOKEN, Api, Clock, Receiver
-
-MakeSim = Callable[..., tuple[Simulator, Api]]
 DAY = 86_400.0
 
 
-@pytest.fixture
-def make_sim() -> Iterator[MakeSim]:
-    made: list[tuple[Simulator, Api]] = []
-
-    def factory(**kwargs: Any) -> tuple[Simulator, Api]:
-        kwargs = {"token": TOKEN, "auto": False, "seed": 5, "meetings": 3} | kwargs
-        sim = Simulator(**kwargs)
-        sim.start()
-        made.append((sim, Api(sim)))
-        return made[-1]
-
-    yield factory
-    for sim, api in made:
-        api.close()
-        sim.stop()
+make_sim = make_sim_fixture(seed=5, meetings=3)
 
 
 def test_daywise_follows_sessions_and_recordings(make_sim: MakeSim) -> None:
