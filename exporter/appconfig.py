@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from exporter.model import SAFE_ID
+from exporter.web.listen import port_number
 
 #: Labels the exporter sets itself; static meeting labels must not reuse them.
 RESERVED_LABELS = frozenset(
@@ -101,23 +102,6 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def split_host_port(value: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6addr]:PORT`` to ``(host, port)``;
-    ``ValueError`` otherwise."""
-    host, sep, port = value.rpartition(":")
-    number = _port_number(port)
-    if not sep or number is None:
-        raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", number
-
-
-def _port_number(text: str) -> int | None:
-    """``text`` as a TCP port number (0 to 65535), or None."""
-    if len(text) <= 5 and text.isascii() and text.isdigit() and int(text) <= 65535:
-        return int(text)
-    return None
-
-
 def https_url(value: str, insecure_ok: bool, key: str) -> str:
     """An http(s) URL without query or fragment; plain http only to loopback unless allowed."""
     parts = urlsplit(value)
@@ -152,7 +136,7 @@ def redis_url_problems(url: str) -> list[str]:
             "must not contain a password; give it in a password file or environment variable"
         )
     port = parts.netloc.rpartition("@")[2].rpartition("]")[2].partition(":")[2]
-    if port and not _port_number(port):  # port 0 too: nothing listens there
+    if port and not port_number(port):  # port 0 too: nothing listens there
         problems.append(f"the port must be a number from 1 to 65535, not {port[:20]!r}")
     database = parts.path.removeprefix("/")
     if database and not database.isdigit():

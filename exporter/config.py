@@ -51,11 +51,11 @@ from exporter.appconfig import (
     check_env_name,
     https_url,
     redis_url_problems,
-    split_host_port,
 )
 from exporter.errors import ConfigError
 from exporter.files import read_ca_bundle, read_public_key, read_secret, read_yaml, yaml_type
 from exporter.model import MeetingKey, TokenSource
+from exporter.web.listen import split_host_port
 
 __all__ = [
     "DEFAULT_BASE_URL",

@@ -146,15 +146,11 @@ def _accept(
 ) -> tuple[set[MeetingKey], int]:
     """The listed meetings to export as discovered ones (already exported ones keep their
     place under ``max_meetings``), and how many the cap dropped."""
-    include, exclude = set(rules.include), set(rules.exclude)
-    pattern = re.compile(rules.name_regex) if rules.name_regex else None
-
-    def wanted(key: MeetingKey, session: Session) -> bool:
-        if (include and key.meeting_id not in include) or key.meeting_id in exclude:
-            return False
-        return pattern is None or bool(pattern.search(session.meeting_display_name or ""))
-
-    candidates = [k for k, s in listed.items() if k not in configured and wanted(k, s)]
+    candidates = [
+        k
+        for k, s in listed.items()
+        if k not in configured and admits(rules, k.meeting_id, s.meeting_display_name)
+    ]
     known = [k for k in candidates if k in seen]
     fresh = [k for k in candidates if k not in seen]
     room = max(0, rules.max_meetings - sum(1 for k in seen if k not in listed))
@@ -163,8 +159,8 @@ def _accept(
 
 
 def admits(rules: Discover, meeting_id: str, name: str | None) -> bool:
-    """Whether ``rules`` let discovery export this one meeting (the rule :func:`_accept`
-    applies to a whole listing): a webhook event must not export what a listing would not."""
+    """Whether ``rules`` let discovery export this one meeting: the one rule of a listing
+    (:func:`_accept`) and of a webhook event, which must not export what a listing would not."""
     if (rules.include and meeting_id not in rules.include) or meeting_id in rules.exclude:
         return False
     return rules.name_regex is None or re.search(rules.name_regex, name or "") is not None

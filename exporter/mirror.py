@@ -27,12 +27,12 @@ from exporter.model import (
     MAX_LABEL_CHARS,
     MAX_MINUTES,
     MAX_PARTICIPANTS,
-    SAFE_ID,
     SESSION_STATUSES,
     TRUNCATED,
     MeetingKey,
     Session,
     meeting_path,
+    parse_meeting_path,
 )
 from exporter.redislink import RedisLink, log
 from exporter.store import MeetingState
@@ -132,11 +132,7 @@ def _field(key: MeetingKey) -> str:
 
 def _key(field_name: bytes | str) -> MeetingKey:
     text = field_name.decode(errors="replace") if isinstance(field_name, bytes) else field_name
-    parts = text.split("/")
-    if len(parts) != 3 or not all(SAFE_ID.fullmatch(p) for p in parts):
-        shown = repr(text) if len(text) <= 60 else repr(text[:60]) + "…"
-        raise ValueError(f"invalid meeting field {shown}: want account/app/meeting of safe ids")
-    return MeetingKey(*parts)
+    return parse_meeting_path(text)
 
 
 class StateMirror:

@@ -72,11 +72,12 @@ def meeting_path(key: MeetingKey) -> str:
 
 
 def parse_meeting_path(text: str) -> MeetingKey:
-    """The inverse of :func:`meeting_path`. Raises ValueError unless ``text`` is three
-    non-empty parts."""
+    """The inverse of :func:`meeting_path`. Raises ValueError unless ``text`` is three safe
+    ids (:data:`SAFE_ID`)."""
     parts = text.split("/")
-    if len(parts) != 3 or not all(parts):
-        raise ValueError(f"invalid meeting path {text[:200]!r}")
+    if len(parts) != 3 or not all(SAFE_ID.fullmatch(p) for p in parts):
+        shown = repr(text) if len(text) <= 60 else repr(text[:60]) + "…"
+        raise ValueError(f"invalid meeting path {shown}: want account/app/meeting of safe ids")
     return MeetingKey(*parts)
 
 

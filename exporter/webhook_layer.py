@@ -28,9 +28,9 @@ from exporter.client import ApiClient, make_http_client
 from exporter.config import WebhooksConfig
 from exporter.errors import ApiError, ExporterError
 from exporter.events import Event, EventEffects, EventPorts, WebhookHealth
-from exporter.files import read_file
+from exporter.files import read_public_key
 from exporter.model import AppKey
-from exporter.webhooks import KeySource, WebhookReceiver, WebhookStats, load_public_key
+from exporter.webhooks import KeySource, WebhookReceiver, WebhookStats
 
 log = logging.getLogger("exporter")
 
@@ -85,9 +85,7 @@ class Webhooks:
 
     def _key_source(self, settings: WebhooksConfig) -> KeySource:
         if settings.public_key_file is not None:
-            what = "webhooks.public_key_file"
-            pem = read_file(settings.public_key_file, 64 << 10, what)
-            return KeySource(load_public_key(pem, source=what))
+            return KeySource(read_public_key(settings.public_key_file, "webhooks.public_key_file"))
         return KeySource(fetch=self._fetch_key)
 
     async def _fetch_key(self) -> bytes:

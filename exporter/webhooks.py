@@ -44,12 +44,13 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from exporter.errors import ConfigError, ExporterError
 from exporter.events import Event, MalformedEvent, WebhookHealth, parse_event
+from exporter.files import parse_public_key
 from exporter.model import SAFE_ID, AppKey
 
 log = logging.getLogger(__name__)
@@ -75,17 +76,6 @@ UNLABELLED: Final = ("", "")
 # --- Keys and signatures -------------------------------------------------------------------
 
 
-def load_public_key(pem: bytes, *, source: str = "public key") -> PublicKey:
-    """An RSA public key from PEM bytes; ``ConfigError`` naming ``source`` when unusable."""
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
-        raise ConfigError([f"{source}: not a PEM public key ({err})"]) from None
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ConfigError([f"{source}: a {type(key).__name__} key, RSA expected"])
-    return key
-
-
 def parse_well_known(body: bytes, *, source: str = "webhooks.json") -> PublicKey:
     """The key of a ``{"success": true, "data": {"publicKey": "<PEM>"}}`` document."""
     try:
@@ -96,7 +86,7 @@ def parse_well_known(body: bytes, *, source: str = "webhooks.json") -> PublicKey
     pem = data.get("publicKey") if isinstance(data, dict) else None
     if not isinstance(pem, str) or not pem:
         raise ConfigError([f"{source}: field data.publicKey is missing or not a string"])
-    return load_public_key(pem.encode(), source=f"{source} data.publicKey")
+    return parse_public_key(pem.encode(), source=f"{source} data.publicKey")
 
 
 def verify(key: PublicKey, body: bytes, signature_b64: str) -> bool:

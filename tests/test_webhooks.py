@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from exporter.errors import ConfigError
+from exporter.files import parse_public_key
 from exporter.simulator.delivery import sign, well_known_body
 from exporter.webhooks import (
     MAX_UNKNOWN_APP_LABELS,
@@ -26,7 +27,6 @@ from exporter.webhooks import (
     WebhookHealth,
     WebhookReceiver,
     WebhookStats,
-    load_public_key,
     parse_event,
     parse_well_known,
     verify,
@@ -100,19 +100,21 @@ def test_load_public_key_from_pem(private_key: rsa.RSAPrivateKey) -> None:
     pem = private_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    assert load_public_key(pem).public_numbers() == private_key.public_key().public_numbers()
+    assert parse_public_key(pem).public_numbers() == private_key.public_key().public_numbers()
 
 
 def test_bad_keys_are_config_errors_naming_the_source() -> None:
     with pytest.raises(ConfigError, match=r"^webhooks.public_key_file: not a PEM public key"):
-        load_public_key(b"-----BEGIN PUBLIC KEY-----\ngarbage\n", source="webhooks.public_key_file")
+        parse_public_key(
+            b"-----BEGIN PUBLIC KEY-----\ngarbage\n", source="webhooks.public_key_file"
+        )
     ec_pem = (
         ec.generate_private_key(ec.SECP256R1())
         .public_key()
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     with pytest.raises(ConfigError, match="RSA expected"):
-        load_public_key(ec_pem)
+        parse_public_key(ec_pem)
     with pytest.raises(ConfigError, match=r"webhooks.json: not valid JSON"):
         parse_well_known(b"<html>")
     with pytest.raises(ConfigError, match=r"field data.publicKey is missing"):

@@ -25,9 +25,17 @@ def split_host_port(value: str) -> tuple[str, int]:
     """``HOST:PORT``, ``:PORT`` (all interfaces) or ``[v6addr]:PORT`` to ``(host, port)``;
     ``ValueError`` otherwise."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    number = port_number(port)
+    if not sep or number is None:
         raise ValueError(f"{value!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    return host.strip("[]") or "0.0.0.0", number
+
+
+def port_number(text: str) -> int | None:
+    """``text`` as a TCP port number (0 to 65535), or None (ASCII digits only)."""
+    if len(text) <= 5 and text.isascii() and text.isdigit() and int(text) <= 65535:
+        return int(text)
+    return None
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
