@@ -68,6 +68,14 @@ def stretched_interval(meetings: int, spacing: float, interval: float) -> float:
     return max(interval, meetings * spacing * HEADROOM)
 
 
+def _mean_interval(intervals: list[float]) -> float:
+    """The interval that sends as many requests as ``intervals`` together: their harmonic mean,
+    exactly the configured one when all are alike (30, not 30.000000000000004, on /metrics)."""
+    if len(set(intervals)) == 1:
+        return intervals[0]
+    return len(intervals) / sum(1 / every for every in intervals)
+
+
 def over_budget(meetings: int, every: float, spacing: float) -> str | None:
     """The warning when ``meetings`` polled every ``every`` seconds on one token whose budget
     gives a slot every ``spacing`` seconds need more than it allows (None: they fit); said by
@@ -234,8 +242,7 @@ class Poller(Jobs):
         effective: dict[AppKey, float] = {}
         for members in groups.values():
             limiter = plan.meetings[members[0]].limiter
-            demand = sum(1 / plan.interval_of(key.app) for key in members)  # requests/s
-            every = len(members) / demand  # the configured interval (when all are alike)
+            every = _mean_interval([plan.interval_of(key.app) for key in members])
             needed = stretched_interval(len(members), limiter.spacing, every)
             warning = over_budget(len(members), every, limiter.spacing)
             if warning is not None:

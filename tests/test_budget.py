@@ -268,3 +268,25 @@ def test_refreshes_are_deduplicated_and_paced_at_the_refresh_rate():
     assert [m for m, _ in sent] == ["m0", "m1", "m2", "m3", "m4"]  # once each, in order
     gaps = [b - a for (_, a), (_, b) in itertools.pairwise(sent)]
     assert sent[0][1] == 1000.0 and gaps == [0.5] * 4  # the first at once, then 2 per second
+
+
+def test_an_interval_the_budget_sustains_is_published_exactly_as_configured():
+    """Six meetings every 30 s are published as 30, not 30.000000000000004 (a harmonic mean
+    computed in floats), on /metrics and the status page."""
+    t, store = FakeTime(), Store()
+    keys = [MeetingKey("acc", "app", f"m{i}") for i in range(6)]
+    store.set_targets({k: () for k in keys})
+
+    async def go() -> None:
+        poller, _client, health = make_poller(
+            answers((200, LIVE)), t=t, store=store, budget=(1200, 300), interval=30, keys=keys
+        )
+        scheduler = poller._scheduler
+        scheduler.start(paused=True)
+        intervals = {job.trigger.interval_length for job in scheduler.get_jobs()}
+        scheduler.shutdown(wait=False)
+        assert intervals == {30}
+        assert health.snapshot().effective_intervals == {("acc", "app"): 30}
+        assert repr(health.snapshot().effective_intervals[("acc", "app")]) == "30"
+
+    asyncio.run(go())
