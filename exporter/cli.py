@@ -42,6 +42,7 @@ from exporter.runtime import Service, Sharding
 from exporter.shard import describe_split, resolve_shard
 from exporter.status import Webhooks as WebhooksView
 from exporter.status import config_page, status_page
+from exporter.status_media import MediaView
 from exporter.store import Labels
 from exporter.web.flags import add_flags
 from exporter.web.listen import bind, parse_listen_address, systemd_sockets
@@ -325,11 +326,12 @@ async def run(
         return asyncio.run_coroutine_threadsafe(service.reload(), loop).result(timeout=60)
 
     def status() -> str:
+        now = time.time()
         return status_page(
             states=service.store.snapshot()[1],
             health=service.health.snapshot(),
             config=service.config,
-            now=time.time(),
+            now=now,
             stale_after=service.config.poll.stale_after,
             version=__version__,
             telemetry_path=where.telemetry_path,
@@ -337,6 +339,7 @@ async def run(
                 _share(service) + ((service.coordinator and service.coordinator.conflict) or "")
             ).strip(),
             webhooks=_webhooks_view(service),
+            media=MediaView.of(service.watch.media, service.watch.stats.snapshot(), now),
         )
 
     app = create_app(

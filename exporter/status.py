@@ -2,8 +2,9 @@
 
 Both are pure functions of what the caller hands over (store states, a health snapshot, the config,
 the time): no I/O, no HTTP. Like blackbox_exporter's history page, the status page shows per app how
-it is polled and what its budget does, and per meeting what the last polls saw, failing meetings
-first, bounded to ``limit`` rows::
+it is polled and what its budget does, and per meeting what the last polls saw and its recording
+and livestream state (:mod:`exporter.status_media`), failing meetings first, bounded to ``limit``
+rows::
 
     >>> page = status_page(states=store.snapshot()[1], health=health.snapshot(), config=config,
     ...     now=time.time(), stale_after=config.poll.stale_after, version=__version__,
@@ -12,7 +13,8 @@ first, bounded to ``limit`` rows::
 Every value on the page goes through :func:`html.escape`; the page has no JavaScript and loads
 nothing (its small CSS is inline, and a Content-Security-Policy meta tag forbids scripts anyway).
 No secret is on it: the config holds no token, and a token's source is shown by name only
-(``$CLOUDFLARE_API_TOKEN`` or the file's path), never read.
+(``$CLOUDFLARE_API_TOKEN`` or the file's path), never read; of recordings and livestreams only
+statuses and times.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from exporter.errors import REASONS
 from exporter.exposition import encodable
 from exporter.health import AppHealth, HealthSnapshot
 from exporter.model import NO_ACTIVE_SESSION, Answer, MeetingKey, Session
+from exporter.status_media import OFF, MediaView
 from exporter.store import MeetingState
 
 log = logging.getLogger(__name__)
@@ -194,7 +197,13 @@ def _kind_text(m: _Meeting) -> str:
     return m.kind
 
 
-def _meeting_row(m: _Meeting, now: float) -> str:
+def _media_cells(media: MediaView | None, key: MeetingKey) -> list[str]:
+    """The Recording and Livestream cells (:mod:`exporter.status_media`); off without a view."""
+    cells = (OFF, OFF) if media is None else (media.recording(key), media.livestream(key))
+    return [_e(c.text) + (f"<br><small>{_e(c.detail)}</small>" if c.detail else "") for c in cells]
+
+
+def _meeting_row(m: _Meeting, now: float, media: MediaView | None) -> str:
     key, state, answer = m.key, m.state, m.answer
     labels = " ".join(f'{k}="{v}"' for k, v in state.labels)
     people = _num(answer.live_participants) if isinstance(answer, Session) else ""
@@ -212,18 +221,19 @@ def _meeting_row(m: _Meeting, now: float) -> str:
         _e(took),
         "<br>".join(_e(part) for part in (error, counts) if part),
         _session_cell(answer, now),
+        *_media_cells(media, key),
     ]
     return _row(cells, m.kind)
 
 
-def _safe_row(m: _Meeting, now: float) -> str:
+def _safe_row(m: _Meeting, now: float, media: MediaView | None) -> str:
     """:func:`_meeting_row`, or a row saying it could not be shown: one meeting's bug must not
     take the page down."""
     try:
-        return _meeting_row(m, now)
+        return _meeting_row(m, now, media)
     except Exception:  # a bug in one meeting's values; the page shows the others
         log.exception("status page: meeting %s could not be shown", m.key.meeting_id)
-        cells = ["could not be shown", _e(m.key.meeting_id), "", "", "", "", "", ""]
+        cells = ["could not be shown", _e(m.key.meeting_id), *[""] * len(_MEETING_HEADERS[2:])]
         return _row(cells, "failing")
 
 
@@ -236,14 +246,16 @@ _MEETING_HEADERS: Final = (
     "Last poll took",
     "Errors (since start)",
     "Session",
+    "Recording",
+    "Livestream",
 )
 
 
-def _meetings_section(found: _Found, now: float) -> str:
+def _meetings_section(found: _Found, now: float, media: MediaView | None) -> str:
     shown, total = found.shown, sum(found.tally.values())
     out = [f"<h2>Meetings</h2>\n<p>{total} exported: {_e(_tally_text(found.tally))}.</p>\n"]
     if shown:
-        out.append(_table(_MEETING_HEADERS, (_safe_row(m, now) for m in shown)))
+        out.append(_table(_MEETING_HEADERS, (_safe_row(m, now, media) for m in shown)))
     if total > len(shown):
         on_page = _tally(shown)
         rest = {kind: n - on_page[kind] for kind, n in found.tally.items()}
@@ -399,11 +411,13 @@ def status_page(
     limit: int = 100,
     note: str = "",
     webhooks: Webhooks | None = None,
+    media: MediaView | None = None,
 ) -> str:
     """The HTML status page (served on ``/``): header, apps, request budget, then at most
     ``limit`` meetings, failing first, then live, then idle, then unknown, and a line
     ``… and N more (X failing, Y live, Z idle)`` for the rest. ``now`` is Unix time; ``note``
-    is one more line for the header (the shard this process is)."""
+    is one more line for the header (the shard this process is); ``media`` the meetings'
+    recording and livestream states (None: neither is watched)."""
     found = _meetings(states, now, stale_after, limit)
     apps, demand = _apps_section(config, health, found.per_app)
     body = (
@@ -412,7 +426,7 @@ def status_page(
         + apps
         + _budget_section(health, config, demand, now)
         + _webhooks_section(webhooks, now)
-        + _meetings_section(found, now)
+        + _meetings_section(found, now, media)
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">\n'
