@@ -2092,3 +2092,10 @@ def test_dashboard_legends_are_titles(stack: Stack) -> None:
         meeting = s["metric"]["meeting_id"]
         assert s["metric"]["meeting_display_name"] in {titles.get(meeting), meeting}, s
     assert any(s["metric"]["meeting_display_name"] != s["metric"]["meeting_id"] for s in series)
+
+
+def test_every_panel_of_the_main_dashboard_says_what_it_shows_in_its_own_words():
+    """Twelve panels once carried the description of 'Live sessions' copied over."""
+    descriptions = [p.get("description") for p in dashboard_panels()]
+    repeated = {d for d in descriptions if descriptions.count(d) > 1}
+    assert all(descriptions) and not repeated, repeated
