@@ -382,6 +382,7 @@ def test_every_alert_is_unit_tested_firing_and_silent() -> None:
         "RealtimeKitExporterDown",
         "RealtimeKitMeetingDataStale",
         "RealtimeKitApiFailing",
+        "RealtimeKitAppMeetingsFailing",
         "RealtimeKitRateLimited",
         "RealtimeKitAuthFailing",
         "RealtimeKitSessionTooLong",
