@@ -19,15 +19,10 @@ from exporter.coordination import CoordinationSettings, connect, link_for
 from exporter.errors import ApiError
 from exporter.limiter.shared import SharedLimiter
 from exporter.simulator import Simulator
-from tests.conftest import (
-    TOKEN,
-    ExporterProcess,
-    RedisServer,
-    max_in_window,
-    sim_config,
-    value,
-    wait_for,
-)
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import max_in_window, value
+from tests.support.process import ExporterProcess, wait_for
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture

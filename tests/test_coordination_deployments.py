@@ -15,7 +15,10 @@ import pytest
 
 from exporter.coordination import CoordinationSettings, Lease, connect, deployment_of, link_for
 from exporter.simulator import Simulator
-from tests.conftest import TOKEN, ExporterProcess, RedisServer, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import value
+from tests.support.process import ExporterProcess, wait_for
+from tests.support.redis import RedisServer
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 

@@ -23,7 +23,10 @@ from exporter.mirror import StateMirror, decode_state, encode_state
 from exporter.model import MeetingKey, Session
 from exporter.simulator import Simulator
 from exporter.store import MeetingState
-from tests.conftest import TOKEN, ExporterProcess, RedisServer, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import value
+from tests.support.process import ExporterProcess, wait_for
+from tests.support.redis import RedisServer
 
 NOW = 1_800_000_000.0
 LIVE = {"id": "s1", "status": "LIVE", "live_participants": 3}

@@ -22,16 +22,10 @@ import httpx
 import pytest
 
 from exporter.simulator import Simulator
-from tests.conftest import (
-    TOKEN,
-    ExporterProcess,
-    max_in_window,
-    parse_metrics,
-    sim_config,
-    wait_for,
-)
-
-from .conftest import RedisServer
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import max_in_window, parse_metrics
+from tests.support.process import ExporterProcess, wait_for
+from tests.support.redis import RedisServer
 
 LEASE = 3.0
 BUDGET = (60, 10)  # requests, seconds: the exporters' and the simulator's

@@ -6,7 +6,9 @@ import signal
 
 import httpx
 
-from .conftest import TOKEN, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import value
+from tests.support.process import wait_for
 
 
 def meetings_exported(exporter) -> set[str]:
