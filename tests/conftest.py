@@ -19,7 +19,7 @@ import pytest
 
 from tests.support.api import TOKEN
 from tests.support.pki import Pki, make_pki
-from tests.support.process import ExporterProcess
+from tests.support.process import Exporters
 from tests.support.redis import RedisServer, redis_server_path
 
 #: Fixtures that start processes: a test using one (directly or through another fixture) is
@@ -70,23 +70,13 @@ def simulator() -> Iterator[Any]:
 
 
 @pytest.fixture
-def start_exporter(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
-    """Start real exporters (``start(config, *flags, env=…)``); all stop at teardown, and no
-    log line of any of them may hold the token."""
-    started: list[ExporterProcess] = []
-
-    def start(
-        config: dict[str, Any], *args: str, env: dict[str, str] | None = None
-    ) -> ExporterProcess:
-        proc = ExporterProcess(config, tmp_path, *args, env=env)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-    for proc in started:  # every log line of every exporter the tests ran
-        assert TOKEN not in proc.log(), "the API token leaked into the log"
+def start_exporter(tmp_path: Path) -> Iterator[Exporters]:
+    """Start real exporters (``start_exporter(config, *flags, env=…)``), each in a directory of
+    its own; all stop at teardown, and no log line of any may hold the token (nor what a test
+    adds to ``start_exporter.forbidden``)."""
+    exporters = Exporters(tmp_path)
+    yield exporters
+    exporters.stop_all()
 
 
 @pytest.fixture

@@ -271,3 +271,31 @@ class ExporterProcess(Process):
 
     def scrape(self) -> Samples:
         return parse_metrics(self.metrics_text())
+
+
+class Exporters:
+    """Real exporters started on demand, ``start(config, *flags, env=…)``, each in a directory
+    of its own under ``tmp`` (its config.yaml and exporter.log). ``forbidden``: what no log of
+    theirs may hold (a description of each), checked by ``stop_all``."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[ExporterProcess] = []
+        self.forbidden: dict[str, str] = {TOKEN: "the API token"}
+
+    def __call__(
+        self, config: dict[str, Any], *args: str, env: dict[str, str] | None = None
+    ) -> ExporterProcess:
+        directory = self.tmp / f"exporter{len(self.started)}"
+        directory.mkdir()
+        self.started.append(ExporterProcess(config, directory, *args, env=env))
+        return self.started[-1]
+
+    def stop_all(self) -> None:
+        """Stop every one, then check every line of every log."""
+        for proc in self.started:
+            proc.stop()
+        for proc in self.started:
+            log = proc.log()
+            for text, what in self.forbidden.items():
+                assert text not in log, f"{what} in the log {proc.log_path}"
