@@ -1,5 +1,6 @@
 """Shared helpers of the benchmarks: the simulator and the exporter as real processes on
-127.0.0.1, /proc readings, and the small tables they print. Everything is bounded in time.
+127.0.0.1 (on ``tests.support.process``, as the tests start them), /proc readings, and the small
+tables they print. Everything is bounded in time.
 
 Not a benchmark itself (the leading underscore); ``python bench/NAME.py`` imports it.
 """
@@ -8,9 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-import yaml
+from tests.support.process import ExporterProcess, Process, proc_status
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_ID = "023e105f4ecef8ad9ca31a8372d0c353"
@@ -53,56 +51,18 @@ def env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return out
 
 
-class Process:
-    """A child process whose output goes to a log file; stopped with SIGTERM, then SIGKILL."""
-
-    def __init__(self, args: Sequence[str], log: Path, root: Path = ROOT) -> None:
-        self.log_path = log
-        self._log = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=root,
-            env=env({"PYTHONPATH": str(root)}),
-        )
-        self.pid = self.proc.pid
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for(self, pattern: str, timeout: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.log())
-            if match:
-                return match
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.proc.args} exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"no {pattern!r} within {timeout}s:\n{self.log()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
-
-
 class SimulatorProcess(Process):
     """``python -m exporter.simulator`` on 127.0.0.1 with an ephemeral port."""
 
     def __init__(self, meetings: int, tmp: Path, *extra: str, seed: int = 1) -> None:
         super().__init__(
             [
-                "-m", "exporter.simulator", "--listen", "127.0.0.1:0", "--meetings", str(meetings),
-                "--seed", str(seed), "--token", TOKEN, *extra,
+                sys.executable, "-m", "exporter.simulator", "--listen", "127.0.0.1:0",
+                "--meetings", str(meetings), "--seed", str(seed), "--token", TOKEN, *extra,
             ],
             tmp / "simulator.log",
+            env=env(),
+            cwd=ROOT,
         )  # fmt: skip
         match = self.wait_for(r"base_url=(\S+) .*meetings=(\S*)\n", timeout=60 + meetings / 200)
         self.base_url = match.group(1)
@@ -132,77 +92,27 @@ def exporter_config(
     }
 
 
-class ExporterProcess(Process):
-    """``python -m exporter`` on 127.0.0.1 with an ephemeral port (``root``: which tree)."""
-
-    def __init__(self, config: dict[str, Any], tmp: Path, root: Path = ROOT, *extra: str) -> None:
-        path = tmp / "config.yaml"
-        path.write_text(yaml.safe_dump(config))
-        super().__init__(
-            [
-                "-m", "exporter", "--config.file", str(path),
-                "--web.listen-address", "127.0.0.1:0", "--log.level", "warning", *extra,
-            ],
-            tmp / "exporter.log",
-            root,
-        )  # fmt: skip
-        self.config = config
-        # --log.level warning hides the "listening" line: find the port in /proc instead.
-        self.port = self._find_port(timeout=60)
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def _find_port(self, timeout: float) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            port = listening_port(self.pid)
-            if port is not None:
-                return port
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.05)
-        raise RuntimeError(f"exporter did not listen within {timeout}s:\n{self.log()[-3000:]}")
-
-    def wait_ready(self, timeout: float) -> float:
-        """Seconds until ``/-/ready`` (every meeting polled once)."""
-        started = time.monotonic()
-        deadline = started + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(self.base + "/-/ready", timeout=5).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exporter exited {self.proc.returncode}:\n{self.log()}")
-            time.sleep(0.25)
-        raise RuntimeError(f"exporter not ready within {timeout}s:\n{self.log()[-3000:]}")
-
-
-def listening_port(pid: int) -> int | None:
-    """The TCP port a process listens on (IPv4), from /proc/PID/net/tcp and its fds."""
-    try:
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                return int(fields[1].split(":")[1], 16)
-    except OSError:
-        return None
-    return None
+def start_exporter(
+    config: dict[str, Any], tmp: Path, *extra: str, root: Path = ROOT
+) -> ExporterProcess:
+    """The exporter as the benchmarks run it: ``root``'s tree, the benchmark token, warnings only
+    (logging costs CPU), and a minute to start listening."""
+    return ExporterProcess(
+        config,
+        tmp,
+        *extra,
+        env=env({"PYTHONPATH": str(root)}),
+        root=root,
+        log_level="warning",
+        timeout=60,
+    )
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    try:
+        return proc_status(pid, "VmRSS") / 2**20
+    except AssertionError:  # a zombie has no memory figures
+        return float("nan")
 
 
 def cpu_seconds(pid: int) -> float:

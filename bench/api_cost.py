@@ -31,16 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     ROOT,
     TOKEN,
-    ExporterProcess,
     bounded,
     exporter_config,
     machine,
     median,
     percentile,
+    start_exporter,
     table,
     tmpdir,
 )
 from exporter.simulator import Simulator
+from tests.support.process import ExporterProcess
 
 INTERVAL = 30.0
 LAST_OK = "realtimekit_last_success_timestamp_seconds"
@@ -79,7 +80,7 @@ def run_mode(mode: str, args: argparse.Namespace) -> list[Any]:
             budget={"requests": int(requests), "period_seconds": period},
             app=app,
         )
-        exporter = ExporterProcess(config, tmp, root=args.root)
+        exporter = start_exporter(config, tmp, root=args.root)
         # Per-meeting: the first polls are spread over one (stretched) interval.
         stretched = args.meetings * (period + max(0.5, 0.01 * period)) / requests * 1.05
         exporter.wait_ready(timeout=max(INTERVAL, stretched) * 1.5 + 60)

@@ -37,12 +37,12 @@ from prometheus_client import generate_latest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     ROOT,
-    ExporterProcess,
     SimulatorProcess,
     exporter_config,
     machine,
     median,
     rss_mib,
+    start_exporter,
     table,
     tmpdir,
 )
@@ -67,7 +67,7 @@ def run(size: int, per_meeting: bool, args: argparse.Namespace) -> dict[str, Any
     }
     config = exporter_config(sim.base_url, [], interval=args.interval, app=app)
     config["poll"]["stale_after_seconds"] = 3 * args.interval
-    exporter = ExporterProcess(config, tmp, args.root)
+    exporter = start_exporter(config, tmp, root=args.root)
     deadline = time.monotonic() + 3 * args.interval + 120
     try:
         with httpx.Client(timeout=120) as client:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import sys
 import tempfile
 import time
@@ -23,31 +22,13 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench._common import Process, machine
+from bench._common import machine
+from tests.support.ports import free_port
+from tests.support.process import demo, http_ok, wait_for
 
 ACTIVE = re.compile(r'^realtimekit_session_active\{[^}]*meeting_id="([^"]+)"', re.M)
 UP = re.compile(r'^realtimekit_up\{[^}]*meeting_id="([^"]+)"', re.M)
 INTERVAL = re.compile(r"^realtimekit_poll_effective_interval_seconds\{[^}]*\} (\S+)", re.M)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(base: str, proc: Process, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(base + "/-/ready", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if proc.proc.poll() is not None:
-            raise RuntimeError(f"demo exited {proc.proc.returncode}:\n{proc.log()}")
-        time.sleep(0.25)
-    raise RuntimeError(f"demo not ready within {timeout}s:\n{proc.log()[-3000:]}")
 
 
 def sample(base: str) -> tuple[set[str], set[str], str]:
@@ -65,31 +46,24 @@ def main() -> int:
     args = parser.parse_args()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryDirectory() as tmp:
-        proc = Process(
-            ["-m", "exporter", "--demo", "--web.listen-address", f"127.0.0.1:{port}"],
-            Path(tmp) / "demo.log",
-        )
-        try:
-            wait_ready(base, proc, timeout=60)
-            watched, _, _ = sample(base)
-            print(f"# {machine()}; demo watching {len(watched)} meetings")
-            missed, samples = 0, int(args.minutes * 60 / args.every)
-            started = time.monotonic()
-            for i in range(samples):
-                due = started + i * args.every
-                time.sleep(max(0.0, due - time.monotonic()))
-                _, active, interval = sample(base)
-                gone = sorted(watched - active)
-                missed += bool(gone)
-                print(
-                    f"{time.monotonic() - started:7.1f}s  active={len(active)}  "
-                    f"poll_every={interval}s  missing={gone}"
-                )
-            lines = proc.log().splitlines()
-            errors = [ln for ln in lines if "Traceback" in ln or "level=error" in ln]
-        finally:
-            proc.stop()
+    with tempfile.TemporaryDirectory() as tmp, demo(Path(tmp) / "demo.log", port=port) as proc:
+        wait_for(lambda: http_ok(base + "/-/ready"), 60, 0.25, what="/-/ready", process=proc)
+        watched, _, _ = sample(base)
+        print(f"# {machine()}; demo watching {len(watched)} meetings")
+        missed, samples = 0, int(args.minutes * 60 / args.every)
+        started = time.monotonic()
+        for i in range(samples):
+            due = started + i * args.every
+            time.sleep(max(0.0, due - time.monotonic()))
+            _, active, interval = sample(base)
+            gone = sorted(watched - active)
+            missed += bool(gone)
+            print(
+                f"{time.monotonic() - started:7.1f}s  active={len(active)}  "
+                f"poll_every={interval}s  missing={gone}"
+            )
+        lines = proc.log().splitlines()
+        errors = [ln for ln in lines if "Traceback" in ln or "level=error" in ln]
     print(f"samples={samples} with_a_meeting_missing={missed} errors_logged={len(errors)}")
     return 1 if missed else 0
 

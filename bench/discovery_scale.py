@@ -26,13 +26,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
-    ExporterProcess,
     SimulatorProcess,
     cpu_seconds,
     exporter_config,
     machine,
     median,
     rss_mib,
+    start_exporter,
     table,
     tmpdir,
 )
@@ -74,7 +74,7 @@ def measure(size: int, interval: float) -> list[str]:
     app = {"discover": {"enabled": True, "per_page": 100, "max_meetings": size + 10}}
     config = exporter_config(sim.base_url, [], interval=interval, app=app)
     config["poll"]["stale_after_seconds"] = 3 * interval
-    exporter = ExporterProcess(config, tmp)
+    exporter = start_exporter(config, tmp)
     deadline = time.monotonic() + 4 * interval + 120
     try:
         pages_per_cycle = -(-size // 100)

@@ -38,11 +38,11 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     TOKEN,
-    ExporterProcess,
     bounded,
     exporter_config,
     machine,
     median,
+    start_exporter,
     table,
     tmpdir,
 )
@@ -50,8 +50,9 @@ from exporter.coordination import CoordinationSettings, Coordinator, connect, li
 from exporter.limiter import RateLimiter
 from exporter.limiter.shared import SharedLimiter
 from exporter.simulator import Simulator
-from tests.conftest import max_in_window, parse_metrics
-from tests.test_coordination import RedisServer
+from tests.support.metrics import max_in_window, parse_metrics
+from tests.support.process import ExporterProcess, wait_for
+from tests.support.redis import RedisServer
 
 BUDGET = (60, 10)
 
@@ -76,16 +77,6 @@ def scrape(proc: ExporterProcess) -> dict[str, Any] | None:
     return out
 
 
-def until(check: Any, seconds: float, what: str, every: float = 0.1) -> Any:
-    more = bounded(seconds)
-    while more():
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise RuntimeError(f"{what}: not within {seconds}s")
-
-
 class Pair:
     """Two replicas on one config; ``start`` (re)starts one in a fresh directory."""
 
@@ -98,7 +89,7 @@ class Pair:
         self._started += 1
         directory = self.root / f"replica{self._started}"
         directory.mkdir()
-        proc = ExporterProcess(self.config, directory)
+        proc = start_exporter(self.config, directory)
         self.procs.append(proc)
         return proc
 
@@ -114,7 +105,7 @@ class Pair:
             return leading[0][0], other, leading[0][1]
 
         found: tuple[ExporterProcess, ExporterProcess, dict[str, Any]]
-        found = until(check, seconds, "one leader serving every meeting", every=0.2)
+        found = wait_for(check, seconds, 0.2, what="one leader serving every meeting")
         return found
 
     def stop(self) -> None:
@@ -134,10 +125,10 @@ def one_kill(pair: Pair, lease: float) -> dict[str, float]:
 
     found = watch_takeover(standby, pair.meetings, killed, killed_wall, fresh_age)
     new = pair.start()
-    until(
+    wait_for(
         lambda: (s := scrape(new)) and s.get("realtimekit_coordination_up") == 1,
         60,
-        "restarted replica sees Redis",
+        what="restarted replica sees Redis",
     )
     return {**found, "fresh_age": fresh_age, "kill_wall": killed_wall}
 
@@ -207,7 +198,7 @@ def main() -> int:
         return 1
     root = tmpdir("failover")
     (root / "redis").mkdir()
-    redis = RedisServer(path, root / "redis")
+    redis = RedisServer.local(path, root / "redis")
     redis.start()
     sim = Simulator(token=TOKEN, meetings=args.meetings, auto=False, seed=1, rate_limit=BUDGET)
     sim.start("127.0.0.1", 0)

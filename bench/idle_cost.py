@@ -21,12 +21,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     ROOT,
-    ExporterProcess,
     SimulatorProcess,
     bounded,
     cpu_seconds,
     exporter_config,
     machine,
+    start_exporter,
     table,
     tmpdir,
 )
@@ -54,7 +54,7 @@ def main() -> int:
             interval=INTERVAL,
             budget={"requests": 1200, "period_seconds": 300},
         )
-        exporter = ExporterProcess(config, tmp, root=args.root)
+        exporter = start_exporter(config, tmp, root=args.root)
         exporter.wait_ready(timeout=3 * INTERVAL + 60)
         time.sleep(INTERVAL)
         scrapes = 0

@@ -22,16 +22,17 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     ROOT,
-    ExporterProcess,
     SimulatorProcess,
     bounded,
     exporter_config,
     machine,
     rss_mib,
     slope_per_hour,
+    start_exporter,
     table,
     tmpdir,
 )
+from tests.support.process import ExporterProcess
 
 INTERVAL = 30.0
 
@@ -62,7 +63,7 @@ def main() -> int:
             config = exporter_config(
                 sim.base_url, sim.meeting_ids, interval=INTERVAL, concurrency=20
             )
-            exporter = ExporterProcess(config, tmp, root=args.root)
+            exporter = start_exporter(config, tmp, root=args.root)
             exporter.wait_ready(timeout=2 * INTERVAL + size / 20 + 60)
             at_ready = rss_mib(exporter.pid)
             more = bounded(INTERVAL)

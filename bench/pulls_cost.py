@@ -25,15 +25,17 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     TOKEN,
-    ExporterProcess,
     bounded,
     exporter_config,
     machine,
     rss_mib,
+    start_exporter,
     table,
     tmpdir,
 )
 from exporter.simulator import Simulator
+from tests.support.ports import free_port
+from tests.support.process import ExporterProcess
 
 BUDGET = (1200, 300.0)  # the config's default: 4 requests/s
 KINDS = (
@@ -60,8 +62,6 @@ def metric(exporter: ExporterProcess, name: str, **labels: str) -> float:
 
 
 def start(args: argparse.Namespace, app: dict[str, Any], hooks: bool) -> tuple[Simulator, Any]:
-    from tests.conftest import free_port
-
     port = free_port()
     url = f"http://127.0.0.1:{port}/webhooks/{{account_id}}/{{app_id}}"
     sim = Simulator(
@@ -87,7 +87,7 @@ def start(args: argparse.Namespace, app: dict[str, Any], hooks: bool) -> tuple[S
 
 def run_mode(name: str, app: dict[str, Any], args: argparse.Namespace) -> list[Any]:
     sim, config = start(args, app, hooks=False)
-    exporter = ExporterProcess(config, tmpdir(f"pulls-{name}"))
+    exporter = start_exporter(config, tmpdir(f"pulls-{name}"))
     try:
         exporter.wait_ready(timeout=120)
         first = len(sim.request_log())
@@ -114,7 +114,7 @@ def run_mode(name: str, app: dict[str, Any], args: argparse.Namespace) -> list[A
 def storm(args: argparse.Namespace) -> list[Any]:
     quality = {"quality": {"enabled": True, "delay_seconds": 0, "max_reports_per_hour": 600}}
     sim, config = start(args, quality, hooks=True)
-    exporter = ExporterProcess(config, tmpdir("pulls-storm"))
+    exporter = start_exporter(config, tmpdir("pulls-storm"))
     try:
         exporter.wait_ready(timeout=120)
         time.sleep(3)  # the webhook key

@@ -28,12 +28,12 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import (
     ROOT,
-    ExporterProcess,
     SimulatorProcess,
     exporter_config,
     machine,
     median,
     percentile,
+    start_exporter,
     table,
     tmpdir,
 )
@@ -64,7 +64,7 @@ def measure(size: int, args: argparse.Namespace) -> list[object]:
             concurrency=args.concurrency,
             app=app,
         )
-        exporter = ExporterProcess(config, tmp, root=args.root)
+        exporter = start_exporter(config, tmp, root=args.root)
         ready = exporter.wait_ready(timeout=2 * args.interval + size / 20 + 60)
         url = exporter.base + "/metrics"
         times: dict[str, list[float]] = {name: [] for name in ENCODINGS}

@@ -40,9 +40,8 @@ from bench._common import (
     ACCOUNT_ID,
     HUGE_BUDGET,
     ROOT,
-    ExporterProcess,
-    Process,
     bounded,
+    env,
     exporter_config,
     machine,
     median,
@@ -52,6 +51,7 @@ from bench._common import (
     tmpdir,
 )
 from bench.scrape_cost import scrape
+from tests.support.process import ExporterProcess, Process
 
 PER_PAGE = 100
 PROGRESS = (
@@ -94,7 +94,7 @@ def serve_simulator(apps: int, per_app: int) -> int:
 class SimulatorLauncher(Process):
     def __init__(self, apps: int, per_app: int, tmp: Path) -> None:
         args = [__file__, "--serve-simulator", "--apps", str(apps), "--per-app", str(per_app)]
-        super().__init__(args, tmp / "simulator.log")
+        super().__init__([sys.executable, *args], tmp / "simulator.log", env=env(), cwd=ROOT)
         match = self.wait_for(r"base_url=(\S+) live=(\d+)\n", timeout=60 + apps * per_app / 500)
         self.base_url = match.group(1)
         if (live := int(match.group(2))) != apps * per_app:
@@ -109,7 +109,8 @@ class ShardProcess(ExporterProcess):
 
     def __init__(self, config: dict[str, Any], shard: int, total: int, tmp: Path) -> None:
         tmp.mkdir(parents=True, exist_ok=True)
-        super().__init__(config, tmp, ROOT, "--total-shards", str(total), "--shard", str(shard))
+        extra = ("--total-shards", str(total), "--shard", str(shard))
+        super().__init__(config, tmp, *extra, env=env(), root=ROOT, log_level="warning", timeout=60)
         self.shard = shard
 
 

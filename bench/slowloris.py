@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import json
 import multiprocessing
-import os
 import selectors
 import socket
 import sys
@@ -44,16 +42,18 @@ from bench._common import (
     ACCOUNT_ID,
     APP_ID,
     ROOT,
-    ExporterProcess,
     SimulatorProcess,
     bounded,
     exporter_config,
     machine,
     median,
     percentile,
+    start_exporter,
     table,
     tmpdir,
 )
+from tests.support.ports import free_port
+from tests.support.process import proc_status
 
 #: What a slow client sends, a byte at a time; then one more header byte for ever.
 SLOW_REQUEST = b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
@@ -154,13 +154,6 @@ def _attack(port: int, count: int, seconds: float, started: Event, head: bytes =
         attack.close()
 
 
-def threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no thread count for {pid}")
-
-
 def scraper(url: str, seconds: float, times: list[float], errors: list[str]) -> None:
     more = bounded(seconds)
     with httpx.Client(timeout=10) as client:
@@ -191,7 +184,7 @@ class Deliveries:
             )
         )
         self.meetings = meetings
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/webhooks/{ACCOUNT_ID}/{APP_ID}"
 
     def configure(self, config: dict[str, Any]) -> None:
@@ -235,32 +228,6 @@ def deliverer(
             time.sleep(0.05)  # a sender, not a flood: the listener's budget is not the point
 
 
-def _metrics_port(pid: int, hooks: int, timeout: float = 60) -> int:
-    """The exporter's listening port that is not the webhook listener's (both appear in
-    /proc/PID/net/tcp once both listen)."""
-    more = bounded(timeout)
-    while more():
-        inodes = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            with contextlib.suppress(OSError):
-                target = os.readlink(fd)
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-        for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
-            fields = line.split()
-            port = int(fields[1].split(":")[1], 16)
-            if fields[3] == "0A" and fields[9] in inodes and port != hooks:  # LISTEN
-                return port
-        time.sleep(0.05)
-    raise RuntimeError(f"the exporter ({pid}) listens on no port but {hooks}")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def measure(args: argparse.Namespace) -> list[object]:
     tmp = tmpdir("slowloris")
     sim = SimulatorProcess(args.meetings, tmp)
@@ -271,12 +238,9 @@ def measure(args: argparse.Namespace) -> list[object]:
         hooks = Deliveries(tmp, sim.meeting_ids) if args.webhooks else None
         if hooks is not None:
             hooks.configure(config)
-        exporter = ExporterProcess(config, tmp, root=args.root)
-        if hooks is not None:  # it found one of the two listening ports: the metrics' one?
-            exporter.port = _metrics_port(exporter.pid, hooks.port)
-            exporter.base = f"http://127.0.0.1:{exporter.port}"
+        exporter = start_exporter(config, tmp, root=args.root)
         exporter.wait_ready(timeout=60 + args.meetings / 20)
-        before = threads(exporter.pid)
+        before = proc_status(exporter.pid, "Threads")
         started = multiprocessing.Event()
         target_port = hooks.port if hooks is not None else exporter.port
         head = SLOW_BODY % (ACCOUNT_ID.encode(), APP_ID.encode()) if hooks is not None else b""
@@ -302,7 +266,7 @@ def measure(args: argparse.Namespace) -> list[object]:
         most = before
         more = bounded(args.seconds + 15)
         while any(w.is_alive() for w in workers) and more():
-            most = max(most, threads(exporter.pid))
+            most = max(most, proc_status(exporter.pid, "Threads"))
             time.sleep(1)
         for worker in workers:
             worker.join(timeout=15)

@@ -25,18 +25,9 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import rss_mib
 from exporter.simulator import FaultConfig, Simulator
+from tests.support.metrics import max_in_window
 
 TOKEN = "soak-token-" + os.urandom(8).hex()
-
-
-def max_in_window(times: list[float], window: float) -> int:
-    times = sorted(times)
-    best, start = 0, 0
-    for end, t in enumerate(times):
-        while t - times[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 def main() -> int:

@@ -17,7 +17,6 @@ Bounded in time; 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import sys
 import time
@@ -31,20 +30,15 @@ from bench._common import (
     ACCOUNT_ID,
     APP_ID,
     HUGE_BUDGET,
-    ROOT,
     TOKEN,
-    ExporterProcess,
     machine,
+    start_exporter,
     table,
     tmpdir,
 )
 from exporter.simulator import Simulator
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+from tests.support.ports import free_port
+from tests.support.process import ExporterProcess
 
 
 def _config(sim: Simulator, port: int | None, interval: float) -> dict[str, Any]:
@@ -80,11 +74,11 @@ def _wait_key(exporter: ExporterProcess, timeout: float = 30) -> None:
 
 
 def latency(events: int) -> list[float]:
-    port = _free_port()
+    port = free_port()
     sim = _simulator(4, port, auto=False)
     tmp = tmpdir("webhook-latency-")
     config = _config(sim, port, 300)
-    exporter = ExporterProcess(config, tmp, ROOT, "--log.level", "info")  # the key's line
+    exporter = start_exporter(config, tmp, "--log.level", "info")  # the key's line
     out: list[float] = []
     try:
         _wait_key(exporter)  # the meetings are exported from the start; their polls are 300 s apart
@@ -116,10 +110,10 @@ def latency(events: int) -> list[float]:
 
 
 def requests_per_hour(meetings: int, window: float, webhooks: bool) -> float:
-    port = _free_port() if webhooks else None
+    port = free_port() if webhooks else None
     sim = _simulator(meetings, port, auto=True)
     tmp = tmpdir("webhook-cost-")
-    exporter = ExporterProcess(_config(sim, port, 30), tmp)
+    exporter = start_exporter(_config(sim, port, 30), tmp)
     try:
         exporter.wait_ready(timeout=120)
         time.sleep(10 if webhooks else 0)  # webhooks are judged healthy after the first events

@@ -19,8 +19,11 @@ from exporter.config import MetricsOptions
 from exporter.errors import ApiError
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
-
-from .conftest import FakeTime, parse_metrics, require_binary, sim_config, value, wait_for
+from tests.support.api import sim_config
+from tests.support.clock import FakeTime
+from tests.support.metrics import parse_metrics, value
+from tests.support.process import wait_for
+from tests.support.tools import require_binary
 
 ACC = "023e105f4ecef8ad9ca31a8372d0c353"
 APP, QUIET, NAMELESS, EMPTY = "app-main", "app-quiet", "app-nameless", "app-empty"
@@ -172,6 +175,7 @@ def test_name_filter_selects_the_aggregates() -> None:
 
 @pytest.mark.parametrize("per_meeting", [True, False])
 @pytest.mark.parametrize("display_name", [True, False])
+@pytest.mark.process
 def test_promtool_is_clean_in_every_mode(per_meeting: bool, display_name: bool) -> None:
     promtool = require_binary("promtool")
     options = {

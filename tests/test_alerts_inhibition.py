@@ -8,10 +8,7 @@ meeting pages once, not also as stale). A missing binary skips, or fails with
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -23,23 +20,21 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.ports import free_port
+from tests.support.process import NO_PROXY, http_ok, running, wait_for
+from tests.support.tools import require_tool
+
 pytestmark = pytest.mark.process
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def require(*names: str) -> str:
-    for name in names:
-        path = shutil.which(name)
-        if path:
-            return path
-    why = f"{names[0]} is not installed (apt-get install prometheus-alertmanager)"
-    if os.environ.get("RTK_REQUIRE_PROMETHEUS") == "1":
-        pytest.fail(f"{why}, and RTK_REQUIRE_PROMETHEUS=1 requires it")
-    pytest.skip(why)
+    return require_tool(
+        *names, hint="apt-get install prometheus-alertmanager", env="RTK_REQUIRE_PROMETHEUS"
+    )
 
 
 def test_amtool_check_config() -> None:
@@ -70,13 +65,6 @@ def test_inhibitions_name_shipped_alerts() -> None:
                 assert name in shipped, f"{matcher}: no alert {name} in alerts.yml"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _request(url: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -88,8 +76,7 @@ def _request(url: str, body: Any = None) -> Any:
 @pytest.fixture
 def alertmanager(tmp_path: Path) -> Iterator[str]:
     binary = require("prometheus-alertmanager", "alertmanager")
-    port = _free_port()
-    log_path = tmp_path / "alertmanager.log"
+    port = free_port()
     cmd = [
         binary,
         f"--config.file={CONFIG}",
@@ -98,28 +85,16 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
         "--cluster.listen-address=",  # no gossip port: a single instance
     ]
     url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    with NO_PROXY.open(url + "/-/ready", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except (OSError, urllib.error.URLError):
-                    pass
-                assert proc.poll() is None, log_path.read_text(errors="replace")[-2000:]
-                assert time.monotonic() < deadline, "Alertmanager not ready within 30 s"
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+
+    with running(cmd, tmp_path / "alertmanager.log") as process:
+        wait_for(
+            lambda: http_ok(url + "/-/ready"),
+            30,
+            0.2,
+            what="Alertmanager's /-/ready",
+            process=process,
+        )
+        yield url
 
 
 def _alert(name: str, **labels: str) -> dict[str, Any]:

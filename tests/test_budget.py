@@ -19,8 +19,9 @@ from exporter.logs import FailureLog
 from exporter.model import MeetingKey
 from exporter.poller import Poller, PollPlan
 from exporter.store import Store
-
-from .conftest import TOKEN, FakeTime, max_in_window, replies
+from tests.support.api import TOKEN, replies
+from tests.support.clock import FakeTime
+from tests.support.metrics import max_in_window
 
 
 def limiter(t: FakeTime, requests: int = 30, period: float = 10, **kw: float) -> RateLimiter:

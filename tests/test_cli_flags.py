@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,18 +16,13 @@ import pytest
 import yaml
 
 from exporter.cli import MAX_SHARDS
-
-from .conftest import TOKEN, free_port, sim_config, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.ports import free_port
+from tests.support.process import exporter_command, stop_process, wait_for
 
 pytestmark = pytest.mark.process
 
 APP = {"account_id": "a", "app_id": "b"}
-
-
-def exporter_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m exporter``."""
-    script = Path(sys.executable).parent / "realtimekit-exporter"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exporter"]
 
 
 def env() -> dict[str, str]:
@@ -224,8 +218,7 @@ def test_log_level_warn_as_node_exporter_spells_it(
         try:
             wait_for(lambda: proc.poll() is None and ready(port), timeout=20)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            stop_process(proc)
     assert proc.returncode == 0
     lines = log_path.read_text().splitlines()
     assert any(

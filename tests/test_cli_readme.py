@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TOKEN
+from tests.support.api import TOKEN
 
 pytestmark = pytest.mark.process
 

@@ -13,29 +13,9 @@ import pytest
 from exporter.client import ApiClient, make_http_client
 from exporter.errors import REASONS, ApiError
 from exporter.limiter import RateLimiter
-from exporter.model import NO_ACTIVE_SESSION, InvalidSession, MeetingKey, Session, parse_timestamp
+from exporter.model import NO_ACTIVE_SESSION, InvalidSession, Session, parse_timestamp
+from tests.support.api import BASE, KEY, LIVE, TOKEN, answering
 
-from .conftest import TOKEN
-
-KEY = MeetingKey("023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718", "m-1")
-BASE = "https://api.example.test/client/v4"
-
-LIVE = {
-    "id": "sess-1",
-    "associated_id": "m-1",
-    "created_at": "2026-11-28T07:00:00.000Z",
-    "live_participants": 3,
-    "max_concurrent_participants": 5,
-    "meeting_display_name": "Weekly sync",
-    "minutes_consumed": 12.5,
-    "organization_id": "org",
-    "started_at": "2026-11-28T07:00:00.000Z",
-    "status": "LIVE",
-    "type": "meeting",
-    "updated_at": "2026-11-28T07:10:00.000Z",
-    "breakout_rooms": [],
-    "meta": {},
-}
 NO_SESSION_BODY = {"success": False, "error": {"code": 404, "message": "No active session found"}}
 CF_ERROR = {
     "success": False,
@@ -43,14 +23,6 @@ CF_ERROR = {
     "messages": [],
     "result": None,
 }
-
-
-def reply(status: int, body: Any = None, *, content_type: str = "application/json", **kw: Any):
-    def handler(request: httpx.Request) -> httpx.Response:
-        content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return httpx.Response(status, content=content, headers={"content-type": content_type}, **kw)
-
-    return handler
 
 
 def fetch(handler: Callable[[httpx.Request], httpx.Response], **client_kw: Any):
@@ -78,7 +50,7 @@ def test_live_session_is_parsed_and_request_is_well_formed():
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return reply(200, {"success": True, "data": LIVE})(request)
+        return answering(200, {"success": True, "data": LIVE})(request)
 
     got = fetch(handler)
     assert got == Session(
@@ -103,18 +75,18 @@ def test_live_session_is_parsed_and_request_is_well_formed():
 
 def test_ended_session_keeps_its_status_and_accepts_ended_at():
     data = {**LIVE, "status": "ENDED", "live_participants": 0, "ended_at": "2026-11-28T08:00:00Z"}
-    got = fetch(reply(200, {"success": True, "data": data}))
+    got = fetch(answering(200, {"success": True, "data": data}))
     assert isinstance(got, Session)
     assert (got.status, got.live_participants) == ("ENDED", 0.0)
 
 
 def test_404_in_realtimekit_envelope_means_no_active_session():
-    assert fetch(reply(404, NO_SESSION_BODY)) is NO_ACTIVE_SESSION
+    assert fetch(answering(404, NO_SESSION_BODY)) is NO_ACTIVE_SESSION
 
 
 def test_404_in_cloudflare_envelope_is_not_found_not_an_empty_meeting():
     body = {"success": False, "errors": [{"code": 7003, "message": "Could not route"}]}
-    err = fail_reason(reply(404, body))
+    err = fail_reason(answering(404, body))
     assert (err.reason, err.status) == ("not_found", 404)  # issue 11: any other 404
     assert "Could not route" in str(err)
 
@@ -124,12 +96,12 @@ def test_404_in_cloudflare_envelope_is_not_found_not_an_empty_meeting():
     "body", [CF_ERROR, {"success": False, "error": {"code": 401, "message": "x"}}]
 )
 def test_auth_failures(status: int, body: Any):
-    assert fail_reason(reply(status, body)).reason == "auth"
+    assert fail_reason(answering(status, body)).reason == "auth"
 
 
 def test_429_is_rate_limited_and_keeps_its_message():
     body = {"success": False, "errors": [{"code": 971, "message": "More than 1200 requests"}]}
-    err = fail_reason(reply(429, body, content_type="application/json"))
+    err = fail_reason(answering(429, body, content_type="application/json"))
     assert (err.reason, err.status) == ("rate_limited", 429)
     assert "More than 1200 requests" in str(err)
 
@@ -137,12 +109,12 @@ def test_429_is_rate_limited_and_keeps_its_message():
 @pytest.mark.parametrize("status", [500, 502, 503])
 def test_5xx(status: int):
     assert fail_reason(
-        reply(status, b"<html>bad gateway</html>", content_type="text/html")
+        answering(status, b"<html>bad gateway</html>", content_type="text/html")
     ).reason == ("http_5xx")
 
 
 def test_other_4xx():
-    assert fail_reason(reply(400, CF_ERROR)).reason == "http_4xx"
+    assert fail_reason(answering(400, CF_ERROR)).reason == "http_4xx"
 
 
 def test_timeout():
@@ -162,13 +134,13 @@ def test_connection_refused():
 
 
 def test_non_json_body():
-    err = fail_reason(reply(200, b"{not json", content_type="application/json"))
+    err = fail_reason(answering(200, b"{not json", content_type="application/json"))
     assert err.reason == "invalid_response"
     assert "not valid JSON" in str(err)
 
 
 def test_wrong_content_type():
-    err = fail_reason(reply(200, {"success": True, "data": LIVE}, content_type="text/html"))
+    err = fail_reason(answering(200, {"success": True, "data": LIVE}, content_type="text/html"))
     assert err.reason == "invalid_response"
     assert "text/html" in str(err)
 
@@ -204,7 +176,7 @@ def test_missing_or_mistyped_required_field_names_the_field(field: str, value: A
         del data[field]
     else:
         data[field] = value
-    err = fail_reason(reply(200, {"success": True, "data": data}))
+    err = fail_reason(answering(200, {"success": True, "data": data}))
     assert err.reason == "invalid_response"
     assert str(err) == message
 
@@ -217,7 +189,7 @@ def test_extra_fields_are_ignored_and_optional_fields_may_be_missing_or_mistyped
         "max_concurrent_participants": "lots",  # mistyped optional: treated as missing
         "brand_new_field": {"x": [1, 2]},
     }
-    got = fetch(reply(200, {"success": True, "data": data, "paging": {}}))
+    got = fetch(answering(200, {"success": True, "data": data, "paging": {}}))
     assert got == Session(id="s", status="LIVE", live_participants=1.0)
 
 
@@ -234,7 +206,7 @@ def test_timestamp_forms():
 
 def test_string_null_ended_at_and_started_at_are_tolerated():
     data = {**LIVE, "ended_at": "null", "started_at": "null"}
-    got = fetch(reply(200, {"success": True, "data": data}))
+    got = fetch(answering(200, {"success": True, "data": data}))
     assert isinstance(got, Session)
     assert got.started_at is None
 
@@ -250,12 +222,12 @@ def test_string_null_ended_at_and_started_at_are_tolerated():
     ],
 )
 def test_malformed_200_envelopes(body: Any):
-    assert fail_reason(reply(200, body)).reason == "invalid_response"
+    assert fail_reason(answering(200, body)).reason == "invalid_response"
 
 
 def test_oversized_answer_is_cut_off():
     big = {"success": True, "data": {**LIVE, "meta": {"pad": "x" * 5000}}}
-    err = fail_reason(reply(200, big), max_body_bytes=1000)
+    err = fail_reason(answering(200, big), max_body_bytes=1000)
     assert err.reason == "invalid_response"
     assert "larger than 1000 bytes" in str(err)
 
@@ -309,7 +281,7 @@ class Pages:
         body: dict[str, Any] = {"success": True, "data": {"sessions": items}}
         if self.fields:
             body["paging"] = {k: v for k, v in paging.items() if k in self.fields}
-        return reply(200, body)(request)
+        return answering(200, body)(request)
 
 
 def walk(handler: Any, *, per_page: int = 100, max_pages: int = 50, walks: int = 1) -> list[Any]:
@@ -431,7 +403,7 @@ def test_paging_fields_mistyped_count_as_missing():
         data = json.dumps({"sessions": items})
         paging = '{"total_count": "3", "start_offset": true, "end_offset": 1e400}'
         body = f'{{"success": true, "data": {data}, "paging": {paging}}}'.encode()
-        return reply(200, body)(request)
+        return answering(200, body)(request)
 
     (got,) = walk(handler, per_page=3)
     assert ids(got) == ["m0", "m1", "m2"]
@@ -479,7 +451,7 @@ def test_a_malformed_session_is_skipped_and_reported_the_others_count():
         "data": {"sessions": items},
         "paging": {"total_count": 4, "start_offset": 1, "end_offset": 4},
     }
-    (got,) = walk(reply(200, body))
+    (got,) = walk(answering(200, body))
     assert ids(got) == ["m0", "m2"]
     assert got.invalid == [
         InvalidSession(1, 1, "m1", "required field data.sessions[1].status is missing"),
@@ -491,7 +463,7 @@ def test_a_malformed_session_is_skipped_and_reported_the_others_count():
 def test_an_unknown_status_in_a_listing_is_an_invalid_session_naming_the_value():
     items = live(2)
     items[0]["status"] = "PAUSED"
-    (got,) = walk(reply(200, {"success": True, "data": {"sessions": items}}), per_page=5)
+    (got,) = walk(answering(200, {"success": True, "data": {"sessions": items}}), per_page=5)
     assert ids(got) == ["m1"]
     (bad,) = got.invalid
     assert (bad.meeting_id, bad.message) == (
@@ -509,7 +481,7 @@ def test_an_unknown_status_in_a_listing_is_an_invalid_session_naming_the_value()
 )
 def test_404_saying_no_active_session_is_the_empty_meeting(message: str):
     body = {"success": False, "error": {"code": 404, "message": message}}
-    assert fetch(reply(404, body)) is NO_ACTIVE_SESSION
+    assert fetch(answering(404, body)) is NO_ACTIVE_SESSION
 
 
 @pytest.mark.parametrize(
@@ -521,7 +493,7 @@ def test_404_saying_no_active_session_is_the_empty_meeting(message: str):
     ],
 )
 def test_any_other_404_is_not_found_with_the_apis_message(body: Any):
-    err = fail_reason(reply(404, body))
+    err = fail_reason(answering(404, body))
     assert (err.reason, err.status) == ("not_found", 404)
     if body and "message" in body["error"]:
         assert str(err) == "Meeting not found"
@@ -529,7 +501,7 @@ def test_any_other_404_is_not_found_with_the_apis_message(body: Any):
 
 def test_a_404_listing_is_not_found():
     with pytest.raises(ApiError) as info:
-        walk(reply(404, {"success": False, "error": {"code": 404, "message": "App not found"}}))
+        walk(answering(404, {"success": False, "error": {"code": 404, "message": "App not found"}}))
     assert (info.value.reason, str(info.value)) == ("not_found", "App not found")
 
 

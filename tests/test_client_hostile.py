@@ -21,36 +21,19 @@ from exporter.client import ApiClient, make_http_client
 from exporter.errors import ApiError
 from exporter.limiter import RateLimiter
 from exporter.model import TRUNCATED, Session
-
-from .conftest import TOKEN
-from .test_client import BASE, KEY, LIVE, reply
+from tests.support.api import BASE, KEY, LIVE, TOKEN, answering
+from tests.support.clock import FakeTime
 
 # --- rate-limit headers ------------------------------------------------------------------------
 
 
-class Clock:
-    """A monotonic clock and a wall clock that only move when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def clock(self) -> float:
-        return self.now
-
-    def wall(self) -> float:
-        return self.now + 1_700_000_000
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
-def limiter(c: Clock, requests: int = 30, period: float = 10) -> RateLimiter:
+def limiter(c: FakeTime, requests: int = 30, period: float = 10) -> RateLimiter:
     return RateLimiter(requests, period, clock=c.clock, wall=c.wall, sleep=c.sleep)
 
 
 def pause_after(status: int, headers: dict[str, str], *, period: float = 10) -> float:
     """Seconds the limiter pauses after one answer with these headers (0: no pause)."""
-    c = Clock()
+    c = FakeTime()
     lim = limiter(c, period=period)
     lim.observe(status, httpx.Headers({k: v.encode("latin-1") for k, v in headers.items()}))
     until = lim.paused_until_wall()
@@ -59,7 +42,7 @@ def pause_after(status: int, headers: dict[str, str], *, period: float = 10) -> 
 
 
 def http_date(seconds_from_now: float) -> str:
-    return email.utils.formatdate(Clock().wall() + seconds_from_now, usegmt=True)
+    return email.utils.formatdate(FakeTime().wall() + seconds_from_now, usegmt=True)
 
 
 @pytest.mark.parametrize(
@@ -71,7 +54,7 @@ def http_date(seconds_from_now: float) -> str:
         (429, {"Ratelimit": '"default";r=50;t=30, "burst";r=0;t=5'}, 5.0),
         (200, {"Ratelimit": '"default";t=8;r=0'}, 8.0),  # parameters in any order
         (200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": http_date(20)}, 20.0),
-        (200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(Clock().wall() + 9)}, 9.0),
+        (200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(FakeTime().wall() + 9)}, 9.0),
         (200, {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": http_date(-20)}, 0.0),  # past
         (429, {"Retry-After": http_date(42)}, 42.0),
         (429, {"Retry-After": "0"}, 1.0),  # at least a second
@@ -105,7 +88,7 @@ def test_the_clamp_follows_a_budget_window_longer_than_five_minutes():
 
 
 def test_a_direct_pause_for_ever_is_finite():
-    c = Clock()
+    c = FakeTime()
     lim = limiter(c)
     lim.pause(math.inf)
     assert lim.paused_until_wall() == pytest.approx(c.wall() + 300)
@@ -139,7 +122,7 @@ def test_a_header_over_the_length_cap_is_ignored():
 
 
 def test_ratelimit_policy_below_the_budget_lowers_the_rate_once(caplog: pytest.LogCaptureFixture):
-    c = Clock()
+    c = FakeTime()
     lim = RateLimiter(1200, 300, clock=c.clock, wall=c.wall, sleep=c.sleep)
     configured = lim.per_second
     caplog.set_level(logging.WARNING, logger="exporter.limiter.local")
@@ -159,7 +142,7 @@ def test_ratelimit_policy_below_the_budget_lowers_the_rate_once(caplog: pytest.L
     ['"default";q=5000;w=300', '"default";q=1200;w=300', '"x";q=0;w=300', '"x";q=10;w=nan'],
 )
 def test_ratelimit_policy_never_raises_the_rate(policy: str):
-    c = Clock()
+    c = FakeTime()
     lim = RateLimiter(1200, 300, clock=c.clock, wall=c.wall, sleep=c.sleep)
     before = lim.per_second
     lim.observe(200, httpx.Headers({"Ratelimit-Policy": policy}))
@@ -319,7 +302,7 @@ def session_body(**fields: Any) -> bytes:
 
 
 def raw_answer(body: bytes) -> Any:
-    return run(reply(200, body))[0]
+    return run(answering(200, body))[0]
 
 
 @pytest.mark.parametrize(
@@ -388,6 +371,6 @@ def test_long_label_values_are_cut_with_a_marker():
 
 def test_a_huge_error_message_is_cut():
     body = {"success": False, "error": {"code": 404, "message": "Meeting not found " * 50_000}}
-    err = run(reply(404, body))[0]
+    err = run(answering(404, body))[0]
     assert isinstance(err, ApiError) and err.reason == "not_found"
     assert len(str(err)) < 400 and str(err).endswith(TRUNCATED)

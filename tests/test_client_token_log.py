@@ -15,8 +15,8 @@ import pytest
 from exporter.errors import ApiError
 from exporter.logs import FailureLog
 from exporter.simulator import Simulator
-
-from .conftest import TOKEN, sim_config, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.process import wait_for
 
 MEETINGS = 300
 WRONG = "wrong-token-0123456789abcdefghijklmnopqrstuv"

@@ -31,8 +31,8 @@ from exporter.exposition import go_float as _value
 from exporter.families import FAMILIES, POLLED
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
-
-from .conftest import FakeTime, require_binary
+from tests.support.clock import FakeTime
+from tests.support.tools import require_binary
 
 ACC, APP = "023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 T0 = 1795849800.0
@@ -58,10 +58,7 @@ def live(**kw: object) -> Session:
     return Session(**(base | kw))  # type: ignore[arg-type]
 
 
-Clock = FakeTime  # the shared fake clock: calling it gives .now
-
-
-def varied_store(clock: Clock) -> Store:
+def varied_store(clock: FakeTime) -> Store:
     """Every kind of meeting state the collector distinguishes."""
     store = Store()
     labels = {
@@ -116,7 +113,7 @@ def varied_store(clock: Clock) -> Store:
     return store
 
 
-def collector(store: Store, clock: Clock) -> MeetingCollector:
+def collector(store: Store, clock: FakeTime) -> MeetingCollector:
     return MeetingCollector(store, stale_after_seconds=lambda: STALE_AFTER, clock=clock)
 
 
@@ -141,16 +138,16 @@ def reference(mc: MeetingCollector, openmetrics: bool = False) -> bytes:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock(T0)
+def clock() -> FakeTime:
+    return FakeTime(T0)
 
 
 @pytest.fixture
-def store(clock: Clock) -> Store:
+def store(clock: FakeTime) -> Store:
     return varied_store(clock)
 
 
-def test_text_output_equals_prometheus_client(store: Store, clock: Clock):
+def test_text_output_equals_prometheus_client(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     text = mc.render()
     assert text == reference(mc)
@@ -164,7 +161,7 @@ def test_text_output_equals_prometheus_client(store: Store, clock: Clock):
     assert 'realtimekit_session_active{account_id="023e105f4ecef8ad9ca31a8372d0c353",app_id="6f0a8a2c3b8e4f62a1d2c3b4e5f60718",meeting_id="m-stale"' not in decoded  # fmt: skip
 
 
-def test_openmetrics_output_equals_prometheus_client_and_parses(store: Store, clock: Clock):
+def test_openmetrics_output_equals_prometheus_client_and_parses(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     om = mc.render(openmetrics=True) + b"# EOF\n"
     assert om == reference(mc, openmetrics=True)
@@ -179,7 +176,7 @@ def test_openmetrics_output_equals_prometheus_client_and_parses(store: Store, cl
     assert info[0].labels["floor"] == NASTY
 
 
-def test_text_output_parses_back_to_the_same_values(store: Store, clock: Clock):
+def test_text_output_parses_back_to_the_same_values(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     parsed = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -191,7 +188,8 @@ def test_text_output_parses_back_to_the_same_values(store: Store, clock: Clock):
     assert parsed[("realtimekit_session_info", info)] == 1.0
 
 
-def test_promtool_is_clean_on_the_text_format(store: Store, clock: Clock):
+@pytest.mark.process
+def test_promtool_is_clean_on_the_text_format(store: Store, clock: FakeTime):
     promtool = require_binary("promtool")
     mc = collector(store, clock)
     proc = subprocess.run(
@@ -201,7 +199,8 @@ def test_promtool_is_clean_on_the_text_format(store: Store, clock: Clock):
     assert proc.stdout.strip() == b"" and proc.stderr.strip() == b""
 
 
-def test_promtool_finds_nothing_new_in_openmetrics(store: Store, clock: Clock):
+@pytest.mark.process
+def test_promtool_finds_nothing_new_in_openmetrics(store: Store, clock: FakeTime):
     """promtool (2.42) lints with the text-format parser, so an OpenMetrics counter's HELP
     (named without ``_total``) reads as missing; prometheus_client's own OpenMetrics output
     has the same finding. Ours must have no other."""
@@ -227,7 +226,7 @@ def test_promtool_finds_nothing_new_in_openmetrics(store: Store, clock: Clock):
     assert set(ours.decode().splitlines()) <= {f"{c}_total no help text" for c in counters}
 
 
-def test_stale_answers_are_not_served_from_the_cache(store: Store, clock: Clock):
+def test_stale_answers_are_not_served_from_the_cache(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     first = mc.render()
     assert 'meeting_id="m-live",team="sales"} 3.0' in first.decode()
@@ -240,7 +239,7 @@ def test_stale_answers_are_not_served_from_the_cache(store: Store, clock: Clock)
     assert mc.render() == reference(mc) == first
 
 
-def test_changed_states_are_rendered_again(store: Store, clock: Clock):
+def test_changed_states_are_rendered_again(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     before = mc.render()
     store.record(key("m-live"), live(live_participants=7.0), 0.25, T0 - 1)
@@ -260,7 +259,7 @@ def test_changed_states_are_rendered_again(store: Store, clock: Clock):
     assert 'meeting_id="m-new"' in text and 'meeting_id="m-bare"' not in text
 
 
-def test_a_change_in_one_family_only(store: Store, clock: Clock):
+def test_a_change_in_one_family_only(store: Store, clock: FakeTime):
     """Same poll time and duration, new participant count: one family's body changes."""
     mc = collector(store, clock)
     before = mc.render()
@@ -272,7 +271,7 @@ def test_a_change_in_one_family_only(store: Store, clock: Clock):
     assert changed[1].startswith(b"realtimekit_app_session_participants_gsum{")  # 3 -> 4: +1
 
 
-def test_meetings_that_move_or_are_replaced(store: Store, clock: Clock):
+def test_meetings_that_move_or_are_replaced(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     mc.render()
     store.set_targets(dict(reversed(list(_targets(store)))))
@@ -299,7 +298,7 @@ def _targets(store: Store) -> Iterator[tuple[MeetingKey, tuple[tuple[str, str], 
     return ((k, s.labels) for k, s in states.items())
 
 
-def test_unchanged_meetings_reuse_their_cached_lines(store: Store, clock: Clock):
+def test_unchanged_meetings_reuse_their_cached_lines(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     first = mc.render_parts()
     second = mc.render_parts()
@@ -307,7 +306,7 @@ def test_unchanged_meetings_reuse_their_cached_lines(store: Store, clock: Clock)
     assert reused, "fragments of unchanged meetings should be the same objects"
 
 
-def test_help_is_static(store: Store, clock: Clock):
+def test_help_is_static(store: Store, clock: FakeTime):
     """HELP never follows the interval (it changes with the budget, webhook health and reloads;
     it is realtimekit_poll_effective_interval_seconds)."""
     mc = collector(store, clock)
@@ -318,13 +317,13 @@ def test_help_is_static(store: Store, clock: Clock):
     assert mc.render() == reference(mc)
 
 
-def test_empty_store_renders_headers_only(clock: Clock):
+def test_empty_store_renders_headers_only(clock: FakeTime):
     mc = collector(Store(), clock)
     assert mc.render() == reference(mc)
     assert mc.render(openmetrics=True) + b"# EOF\n" == reference(mc, openmetrics=True)
 
 
-def test_concurrent_renders_while_polls_land(store: Store, clock: Clock):
+def test_concurrent_renders_while_polls_land(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -386,7 +385,7 @@ ACCEPTS = [
 
 @pytest.mark.parametrize("accept", ACCEPTS)
 def test_exposition_matches_prometheus_client_for_every_accept_header(
-    store: Store, clock: Clock, accept: str | None
+    store: Store, clock: FakeTime, accept: str | None
 ):
     collectors = [Other(), collector(store, clock), Other2()]
     registry = CollectorRegistry(auto_describe=False)
@@ -406,7 +405,7 @@ class Other2(Other):
         yield g
 
 
-def test_exposition_declines_what_only_prometheus_client_does(store: Store, clock: Clock):
+def test_exposition_declines_what_only_prometheus_client_does(store: Store, clock: FakeTime):
     collectors = [collector(store, clock)]
     assert exposition(collectors, "text/plain;version=1.0.0;escaping=dots") is None
     assert (
@@ -431,7 +430,9 @@ def family_names(body: bytes) -> list[str]:
         ("name[]=nothing_like_it", []),
     ],
 )
-def test_name_filters_select_families(store: Store, clock: Clock, query: str, families: list[str]):
+def test_name_filters_select_families(
+    store: Store, clock: FakeTime, query: str, families: list[str]
+):
     mc = collector(store, clock)
     answer = metrics_response(
         [Other(), mc, Other2()], PartsGzip(), accept=None, accept_encoding=None, query=query
@@ -459,7 +460,7 @@ def test_name_filters_select_families(store: Store, clock: Clock, query: str, fa
     ],
 )
 def test_metrics_response_gzips_when_asked(
-    store: Store, clock: Clock, accept_encoding: str | None, zipped: bool
+    store: Store, clock: FakeTime, accept_encoding: str | None, zipped: bool
 ):
     mc = collector(store, clock)
     answer = metrics_response(
@@ -473,7 +474,8 @@ def test_metrics_response_gzips_when_asked(
     assert (gzip.decompress(body) if zipped else body) == reference(mc)
 
 
-def test_gzip_parts_stay_right_while_the_store_changes(store: Store, clock: Clock):
+@pytest.mark.process
+def test_gzip_parts_stay_right_while_the_store_changes(store: Store, clock: FakeTime):
     mc = collector(store, clock)
     parts_gzip = PartsGzip()
     parts_gzip.MIN_CACHED = 1  # cache every part, even the small ones of this store
@@ -505,7 +507,7 @@ def test_value_formatting_matches_prometheus_client():
     assert [v for v in values if _value(v) != floatToGoString(v)] == []
 
 
-def test_random_changes_keep_the_cached_bodies_exact(clock: Clock):
+def test_random_changes_keep_the_cached_bodies_exact(clock: FakeTime):
     """Polls, stale answers, labels, meetings coming, going and moving, options flipping, in a
     random order: after every step the cached bodies are what prometheus_client writes."""
     from exporter.config import MetricsOptions

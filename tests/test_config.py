@@ -10,8 +10,7 @@ import pytest
 import yaml
 
 from exporter.config import ConfigError, load_config, parse_config, read_token, read_tokens
-
-from .conftest import TOKEN
+from tests.support.api import TOKEN
 
 CONFIGS = Path(__file__).parent / "configs"
 ID_CHARS = "use only letters, digits, '-' and '_'"
@@ -224,6 +223,7 @@ def run_check(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
+@pytest.mark.process
 def test_config_check_ok_and_invalid(tmp_path: Path):
     env = {"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN}
     ok = run_check("--config.file", str(CONFIGS / "valid-minimal.yml"), env=env)
@@ -245,6 +245,7 @@ def test_config_check_ok_and_invalid(tmp_path: Path):
     assert "CLOUDFLARE_API_TOKEN is not set" in no_token.stderr
 
 
+@pytest.mark.process
 def test_startup_errors_are_one_line_without_traceback(tmp_path: Path):
     env = {"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN}
     for path in (CONFIGS / "invalid-unknown-key.yml", tmp_path / "missing.yml"):

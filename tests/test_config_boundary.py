@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from exporter.config import HA_EXTRA, ConfigError, parse_config, restart_needed
-
-from .conftest import TOKEN, sim_config, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.pki import make_ca
+from tests.support.process import exporter_command, wait_for
 
 PASSWORD = "redis-PASS-9f8e7d6c"
 APP = {"account_id": "a", "app_id": "b", "meetings": ["m1"]}
@@ -106,33 +106,8 @@ def test_coordination_block_rules(block: dict[str, Any], expected: str) -> None:
     assert problems_of(with_coordination(**block)) == [expected]
 
 
-def self_signed_ca(path: Path) -> Path:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
 def test_coordination_ca_file_is_checked_at_load(tmp_path: Path) -> None:
-    ca = str(self_signed_ca(tmp_path / "ca.pem"))
+    ca = str(make_ca(tmp_path))
     tls = "rediss://127.0.0.1:6380/0"
     config = parse_config(with_coordination(redis_url=tls, ca_file=ca))
     assert config.coordination is not None and config.coordination.ca_file == ca
@@ -315,12 +290,6 @@ def test_a_reload_says_which_changes_need_a_restart(
 
 
 # --- the table: --config.check and a real start agree on every start-up failure -------------------
-
-
-def exporter_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m exporter``."""
-    script = Path(sys.executable).parent / "realtimekit-exporter"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "exporter"]
 
 
 def run_exporter(

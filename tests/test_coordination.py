@@ -25,7 +25,8 @@ from exporter.mirror import StateMirror, decode_state, encode_state
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.redislink import CoordinationError, CoordinationStats, RedisLink, token_hash
 from exporter.store import MeetingState
-from tests.conftest import RedisServer, max_in_window
+from tests.support.metrics import max_in_window
+from tests.support.redis import RedisServer
 
 TOKEN = "tok-SECRET-abcdef0123456789"
 PASSWORD = "redis-PASS-9f8e7d6c"

@@ -15,7 +15,8 @@ from exporter.coordination import CoordinationSettings, Coordinator, connect
 from exporter.limiter.shared import SharedLimiter
 from exporter.model import MeetingKey
 from exporter.store import MeetingState
-from tests.conftest import TOKEN, RedisServer
+from tests.support.api import TOKEN
+from tests.support.redis import RedisServer
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +22,10 @@ from exporter.mirror import StateMirror, decode_state, encode_state
 from exporter.model import MeetingKey, Session
 from exporter.simulator import Simulator
 from exporter.store import MeetingState
-from tests.conftest import TOKEN, ExporterProcess, RedisServer, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import value
+from tests.support.process import ExporterProcess, Exporters, wait_for
+from tests.support.redis import RedisServer
 
 NOW = 1_800_000_000.0
 LIVE = {"id": "s1", "status": "LIVE", "live_participants": 3}
@@ -108,23 +110,8 @@ def test_a_mirror_full_of_garbage_gives_the_good_entries_and_one_line(
 # --- a real standby taking over from a poisoned mirror ----------------------------------------
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
-    started: list[ExporterProcess] = []
-
-    def launch(config: dict[str, Any]) -> ExporterProcess:
-        directory = tmp_path / f"exporter{len(started)}"
-        directory.mkdir()
-        started.append(ExporterProcess(config, directory))
-        return started[-1]
-
-    yield launch
-    for proc in started:
-        proc.stop()
-
-
 def test_a_new_leader_exports_nothing_from_a_poisoned_mirror(
-    make_redis: Callable[..., RedisServer], start: Callable[..., ExporterProcess]
+    make_redis: Callable[..., RedisServer], start_exporter: Exporters
 ) -> None:
     server = make_redis()
     sim = Simulator(token=TOKEN, meetings=4, auto=False, seed=7)
@@ -134,7 +121,7 @@ def test_a_new_leader_exports_nothing_from_a_poisoned_mirror(
     try:
         config = sim_config(sim, stale_after_seconds=600)
         config["coordination"] = {"redis_url": server.url, "lease_seconds": 3}
-        a, b = start(config), start(config)
+        a, b = start_exporter(config), start_exporter(config)
         for proc in (a, b):
             proc.wait_ready(timeout=30)
 

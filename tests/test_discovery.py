@@ -15,8 +15,9 @@ from exporter.health import Health
 from exporter.limiter import RateLimiter
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.store import Store
-
-from .conftest import NO_SESSION_BODY, TOKEN, reply, start_discovery
+from tests.support.api import NO_SESSION_BODY, TOKEN, reply, sim_config, start_discovery
+from tests.support.metrics import value
+from tests.support.process import wait_for
 
 ACC, APP = "acc", "app"
 
@@ -279,8 +280,6 @@ def test_include_list_limits_discovery():
 
 def test_discovery_end_to_end(start_exporter):
     from exporter.simulator import Simulator
-
-    from .conftest import sim_config, value, wait_for
 
     sim = Simulator(token=TOKEN, meetings=25, auto=False, seed=5)
     sim.start("127.0.0.1", 0)

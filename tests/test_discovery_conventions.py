@@ -23,8 +23,9 @@ from exporter.limiter import RateLimiter
 from exporter.model import Session
 from exporter.simulator import PageServed, Simulator
 from exporter.store import MeetingState, Store
-
-from .conftest import TOKEN, sim_config, start_discovery, value, wait_for
+from tests.support.api import TOKEN, sim_config, start_discovery
+from tests.support.metrics import value
+from tests.support.process import wait_for
 
 PAGE = 25  # the items a page really holds, in every row: the server's cap or what is asked
 SIZES = [0, 1, PAGE - 1, PAGE, PAGE + 1, 3 * PAGE + 7]

@@ -20,8 +20,7 @@ from exporter.health import Health
 from exporter.limiter import RateLimiter
 from exporter.model import Session, active_rank, parse_session
 from exporter.store import Store
-
-from .conftest import TOKEN, reply, start_discovery
+from tests.support.api import TOKEN, reply, start_discovery
 
 ACC, APP = "acc", "app"
 

@@ -7,8 +7,9 @@ import time
 import pytest
 
 from exporter.simulator import Simulator
-
-from .conftest import TOKEN, max_in_window, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import max_in_window, value
+from tests.support.process import wait_for
 
 # Forced fault of the simulator -> the reason the exporter must report.
 FAULT_REASONS = {

@@ -28,8 +28,8 @@ from exporter.logs import FailureLog
 from exporter.model import MeetingKey
 from exporter.poller import Poller, PollPlan
 from exporter.store import Store
-
-from .conftest import TOKEN, reply, require_binary
+from tests.support.api import LIVE, TOKEN, reply
+from tests.support.tools import require_binary
 
 GOLDEN = Path(__file__).parent / "golden" / "metrics.txt"
 #: The same with ``metrics: {display_name: false}``: no meeting_display_name anywhere.
@@ -39,23 +39,8 @@ T0 = 1795849800.0  # 2026-11-28T07:10:00Z
 
 
 def session(**kw: Any) -> dict[str, Any]:
-    base = {
-        "id": "sess-live",
-        "associated_id": "m-live",
-        "created_at": "2026-11-28T07:00:00.000Z",
-        "live_participants": 3,
-        "max_concurrent_participants": 5,
-        "meeting_display_name": "Weekly sync",
-        "minutes_consumed": 12.5,
-        "organization_id": "org",
-        "started_at": "2026-11-28T07:00:00.000Z",
-        "status": "LIVE",
-        "type": "meeting",
-        "updated_at": "2026-11-28T07:10:00.000Z",
-        "breakout_rooms": [],
-        "meta": {},
-    }
-    return base | kw
+    """The client tests' LIVE session, as meeting m-live's, with ``kw`` changed."""
+    return LIVE | {"id": "sess-live", "associated_id": "m-live"} | kw
 
 
 NO_SESSION = (404, {"success": False, "error": {"code": 404, "message": "No active session"}})
@@ -175,6 +160,7 @@ def test_display_name_false_removes_only_the_title():
 
 
 @pytest.mark.parametrize("display_name", [True, False])
+@pytest.mark.process
 def test_golden_output_passes_promtool(display_name: bool):
     promtool = require_binary("promtool")
     for part in render(display_name).split("# --- ")[1:]:

@@ -22,16 +22,10 @@ import httpx
 import pytest
 
 from exporter.simulator import Simulator
-from tests.conftest import (
-    TOKEN,
-    ExporterProcess,
-    max_in_window,
-    parse_metrics,
-    sim_config,
-    wait_for,
-)
-
-from .conftest import RedisServer
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import max_in_window, parse_metrics
+from tests.support.process import ExporterProcess, Exporters, wait_for
+from tests.support.redis import RedisServer
 
 LEASE = 3.0
 BUDGET = (60, 10)  # requests, seconds: the exporters' and the simulator's
@@ -53,24 +47,10 @@ def sim() -> Iterator[Simulator]:
 
 
 @pytest.fixture
-def start_replica(tmp_path: Path) -> Iterator[Callable[..., ExporterProcess]]:
-    """Start an exporter process in its own directory (its config.yaml and exporter.log)."""
-    started: list[ExporterProcess] = []
-
-    def start(config: dict[str, Any]) -> ExporterProcess:
-        directory = tmp_path / f"replica{len(started)}"
-        directory.mkdir()
-        proc = ExporterProcess(config, directory)
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        proc.stop()
-    for proc in started:
-        text = proc.log()
-        assert TOKEN not in text, "the API token leaked into the log"
-        assert PASSWORD not in text, "the Redis password leaked into the log"
+def start_replica(start_exporter: Exporters) -> Exporters:
+    """``start_exporter``, whose replicas may log neither the token nor the Redis password."""
+    start_exporter.forbidden.update({PASSWORD: "the Redis password"})
+    return start_exporter
 
 
 def ha_config(sim: Simulator, redis: RedisServer, **coordination: Any) -> dict[str, Any]:

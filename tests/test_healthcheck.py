@@ -7,12 +7,9 @@ Each check runs as a subprocess, as Docker runs it, against ``python -m exporter
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,17 +19,14 @@ import yaml
 
 from exporter import healthcheck
 from exporter.healthcheck import Unhealthy, exporter_flags, probe_url, uses_tls
-from tests.test_webconfig import _issue, _write
+from tests.support.pki import server_certs
+from tests.support.ports import free_port
+from tests.support.process import ROOT, demo, source_env
 
-ROOT = Path(__file__).resolve().parent.parent
 EXPORTER = [sys.executable, "-m", "exporter"]
+#: This module's fixtures that start processes (conftest marks the tests using them).
+PROCESS_FIXTURES = frozenset({"demo_port"})
 CONFIG_IN_IMAGE = ["--config.file", "/etc/realtimekit-exporter/config.yaml"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_cmdline(tmp_path: Path, argv: list[str]) -> Path:
@@ -43,7 +37,7 @@ def write_cmdline(tmp_path: Path, argv: list[str]) -> Path:
 
 def run_check(*args: str | Path) -> tuple[int, list[str]]:
     """Exit status and output lines (stdout and stderr) of one healthcheck run."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)}
+    env = source_env()
     env["HTTP_PROXY"] = env["http_proxy"] = "http://127.0.0.1:9"  # must not be used
     result = subprocess.run(
         [sys.executable, "-m", "exporter.healthcheck", *map(str, args)],
@@ -63,29 +57,8 @@ def run_check(*args: str | Path) -> tuple[int, list[str]]:
 def demo_exporter(tmp_path: Path, *flags: str) -> Iterator[int]:
     """``python -m exporter --demo`` on a free loopback port, until it listens; yields the port."""
     port = free_port()
-    log = tmp_path / f"exporter-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [*EXPORTER, "--demo", "--web.listen-address", f"127.0.0.1:{port}", *flags],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)},
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while f"listening on 127.0.0.1:{port}" not in log.read_text(errors="replace"):
-                assert proc.poll() is None, log.read_text(errors="replace")
-                assert time.monotonic() < deadline, log.read_text(errors="replace")
-                time.sleep(0.1)
-            yield port
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+    with demo(tmp_path / f"exporter-{port}.log", *flags, port=port):
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +180,7 @@ def test_own_flags_override_the_command_line(demo_port: int, tmp_path: Path) -> 
         (["--web.config.file", "/nonexistent/web.yml"], r"cannot read --web.config.file"),
     ],
 )
+@pytest.mark.process
 def test_failure_is_one_quiet_line(tmp_path: Path, exporter_argv: list[str], message: str) -> None:
     argv = ["realtimekit-exporter", *(a.format(port=free_port()) for a in exporter_argv)]
     code, lines = run_check("--cmdline-file", write_cmdline(tmp_path, argv))
@@ -215,6 +189,7 @@ def test_failure_is_one_quiet_line(tmp_path: Path, exporter_argv: list[str], mes
     assert re.search(message, lines[0]), lines
 
 
+@pytest.mark.process
 def test_unreadable_command_line_means_the_default_address(tmp_path: Path) -> None:
     # Whether or not something answers on 9877 on this machine, that is where it looks.
     _, lines = run_check("--cmdline-file", tmp_path / "absent")
@@ -222,6 +197,7 @@ def test_unreadable_command_line_means_the_default_address(tmp_path: Path) -> No
     assert len(lines) == 1
 
 
+@pytest.mark.process
 def test_basic_auth_means_alive(tmp_path: Path) -> None:
     hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=4)).decode()
     web = tmp_path / "web.yml"
@@ -237,13 +213,12 @@ def test_basic_auth_means_alive(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _issue("healthcheck test CA", None, ca=True)
-    server = _write(folder, "server", *_issue("exporter", ca, server=True))
-    return {"ca": _write(folder, "ca", *ca).cert, "cert": server.cert, "key": server.key}
+    ca, server = server_certs(tmp_path_factory.mktemp("pki"))
+    return {"ca": ca, "cert": server.cert, "key": server.key}
 
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+@pytest.mark.process
 def test_tls_is_probed_over_https(tmp_path: Path, certs: dict[str, Path], mutual: bool) -> None:
     tls = {"cert_file": str(certs["cert"]), "key_file": str(certs["key"])}
     if mutual:

@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,8 +23,9 @@ import pytest
 
 from exporter.model import MAX_LABEL_CHARS, TRUNCATED
 from exporter.simulator import FaultConfig, Simulator
-
-from .conftest import TOKEN, ExporterProcess, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import value
+from tests.support.process import ExporterProcess, proc_status, wait_for
 
 MakeSim = Callable[..., Simulator]
 
@@ -93,14 +92,6 @@ def healthy_latency(exporter: ExporterProcess) -> float:
     response = httpx.get(exporter.base + "/-/healthy", timeout=5)
     assert response.status_code == 200, response.text
     return time.monotonic() - started
-
-
-def proc_status(pid: int, field: str) -> int:
-    """A ``/proc/<pid>/status`` memory figure, in bytes."""
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(rf"^{field}:\s+(\d+) kB$", text, re.MULTILINE)
-    assert match, f"{field} not in /proc/{pid}/status"
-    return int(match.group(1)) * 1024
 
 
 def rate(times: list[float], start: float, end: float) -> float:

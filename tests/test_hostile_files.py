@@ -21,8 +21,7 @@ import yaml
 
 from exporter.config import ConfigError, load_config, parse_config, read_tokens
 from exporter.files import MAX_CONFIG_BYTES, MAX_TOKEN_BYTES, MAX_YAML_DEPTH, read_file
-
-from .conftest import TOKEN
+from tests.support.api import TOKEN
 
 APP = {"account_id": "a", "app_id": "b", "meetings": ["m"]}
 ENV = {"PATH": "/usr/bin:/bin", "CLOUDFLARE_API_TOKEN": TOKEN}
@@ -135,6 +134,7 @@ def assert_one_problem(proc: subprocess.CompletedProcess[str], *fragments: str) 
         assert fragment in problems[0], proc.stderr
 
 
+@pytest.mark.process
 def test_config_check_refuses_each_hostile_config_file(tmp_path: Path):
     for name, (path, fragment) in _config_cases(tmp_path).items():
         proc = run_exporter("--config.file", str(path), "--config.check")
@@ -142,6 +142,7 @@ def test_config_check_refuses_each_hostile_config_file(tmp_path: Path):
         assert str(path) in proc.stderr.splitlines()[1] or name in ("inf", "1e300"), name
 
 
+@pytest.mark.process
 def test_start_with_a_hostile_config_file_is_one_line(tmp_path: Path):
     cases = _config_cases(tmp_path)
     for name in ("bad-utf8", "deep-200000", "fifo", "dev-zero"):
@@ -152,6 +153,7 @@ def test_start_with_a_hostile_config_file_is_one_line(tmp_path: Path):
         assert fragment in proc.stderr, proc.stderr
 
 
+@pytest.mark.process
 def test_config_check_refuses_each_hostile_token_file(tmp_path: Path):
     for name, (path, fragment) in _token_cases(tmp_path).items():
         config = write(
@@ -162,6 +164,7 @@ def test_config_check_refuses_each_hostile_token_file(tmp_path: Path):
         assert_one_problem(proc, "api.token_file: ", fragment)
 
 
+@pytest.mark.process
 def test_config_check_refuses_a_hostile_web_config_file(tmp_path: Path):
     config = write(tmp_path / "config.yml", yaml.safe_dump(config_with()))
     for content in (b"basic_auth_users: {\xff: x}\n", deep(20_000).encode()):

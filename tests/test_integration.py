@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import time
 
-from .conftest import TOKEN, parse_metrics, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import parse_metrics, value
+from tests.support.process import wait_for
 
 
 def test_values_follow_the_simulator(simulator, start_exporter):

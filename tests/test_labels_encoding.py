@@ -17,8 +17,10 @@ from exporter.health import Health
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.status import status_page
 from exporter.store import Store
-
-from .conftest import FakeTime, parse_metrics, sim_config, value, wait_for
+from tests.support.api import sim_config
+from tests.support.clock import FakeTime
+from tests.support.metrics import parse_metrics, value
+from tests.support.process import wait_for
 
 ACC, APP = "023e105f4ecef8ad9ca31a8372d0c353", "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 BAD = "Weekly \ud83d sync"  # what json.loads makes of "Weekly \ud83d sync"

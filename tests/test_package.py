@@ -17,10 +17,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 import tomllib
-import urllib.error
-import urllib.request
 import zipfile
 from dataclasses import dataclass
 from email.message import Message
@@ -28,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.support.ports import free_port
+from tests.support.process import NO_PROXY, Process, http_ok, wait_for
+from tests.support.tools import missing
 
 pytestmark = pytest.mark.process
 
@@ -47,7 +48,6 @@ NOT_SOURCES = shutil.ignore_patterns(
     ".ruff_cache",
     ".pytest_cache",
 )
-NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def package_version() -> str:
@@ -161,6 +161,7 @@ def test_sdist_carries_what_a_rebuild_and_the_tests_need(dist: Dist) -> None:
         "exporter/cli.py",
         "deploy/prometheus/alerts.yml",
         "tests/conftest.py",
+        "tests/support/process.py",
     ):
         assert needed in names, f"the sdist lacks {needed}"
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -189,9 +190,7 @@ def debian_python() -> Path:
         if probe.returncode != 0:
             why = f"{DEBIAN_PYTHON} has no venv module (apt-get install python3-venv)"
     if why is not None:
-        if os.environ.get("RTK_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{why}, and RTK_REQUIRE_TOOLS=1 requires it")
-        pytest.skip(why)
+        missing(why)
     return DEBIAN_PYTHON
 
 
@@ -206,23 +205,6 @@ def installed(dist: Dist, tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run(pip, 600, env=clean_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return venv / "bin"
-
-
-def _ready(url: str) -> bool:
-    try:
-        with NO_PROXY.open(url, timeout=2) as response:
-            return bool(response.status == 200)
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -264,38 +246,25 @@ def test_installed_wheel_runs_on_debians_python(installed: Path, home: Path) -> 
 
 
 def test_installed_demo_gets_ready(installed: Path, home: Path) -> None:
-    port = _free_port()
-    log_path = home.parent / "demo.log"
+    port = free_port()
     cmd = [str(installed / "realtimekit-exporter"), "--demo",
            f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=home, env=installed_env(installed, home), stdout=log, stderr=log
+    demo = Process(cmd, home.parent / "demo.log", cwd=home, env=installed_env(installed, home))
+    try:
+        wait_for(
+            lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"),
+            60,
+            0.2,
+            what="a 200 from the demo's /-/ready",
+            process=demo,
         )
-        try:
-            deadline = time.monotonic() + 60
-            while not _ready(f"http://127.0.0.1:{port}/-/ready"):
-                assert proc.poll() is None, (
-                    f"the demo exited ({proc.returncode}):\n"
-                    + (log_path.read_text(errors="replace")[-3000:])
-                )
-                assert time.monotonic() < deadline, (
-                    "no 200 from /-/ready within 60 s:\n"
-                    + (log_path.read_text(errors="replace")[-3000:])
-                )
-                time.sleep(0.2)
-            with NO_PROXY.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-                body = response.read().decode()
-            assert f'realtimekit_exporter_build_info{{version="{package_version()}"}} 1' in body
-            assert "realtimekit_session_active{" in body
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-    assert proc.returncode == 0, log_path.read_text(errors="replace")[-3000:]
+        with NO_PROXY.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            body = response.read().decode()
+        assert f'realtimekit_exporter_build_info{{version="{package_version()}"}} 1' in body
+        assert "realtimekit_session_active{" in body
+    finally:
+        code = demo.stop(timeout=15)
+    assert code == 0, demo.log()[-3000:]
 
 
 def test_changelog_has_one_section_per_version() -> None:

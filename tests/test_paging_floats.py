@@ -20,8 +20,7 @@ from exporter.limiter import RateLimiter
 from exporter.model import Paging, Session, parse_sessions_page
 from exporter.paging import PageModel, Walk
 from exporter.store import Store
-
-from .conftest import TOKEN, reply, start_discovery
+from tests.support.api import TOKEN, reply, start_discovery
 
 ACC, APP = "acc", "app"
 CAP, LIVE = 10, 25

@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from .conftest import TOKEN, free_port, value, wait_for
+from tests.support.api import TOKEN
+from tests.support.metrics import value
+from tests.support.ports import free_port
+from tests.support.process import wait_for
 
 pytestmark = pytest.mark.process
 

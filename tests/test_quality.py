@@ -13,6 +13,7 @@ from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.config import App
 from exporter.errors import ApiError
 from exporter.quality import CallQuality, parse_report, stream_kind
+from tests.support.clock import FakeTime
 
 APP = ("acc", "app")
 PEER = "0b7a4c1e-peer-secret-1"
@@ -146,8 +147,8 @@ def left(peer: str) -> dict:
     }
 
 
-def setup(clock: list[float], **rules: Any) -> CallQuality:
-    quality = CallQuality(lambda: clock[0], rng=lambda: 0.5)
+def setup(clock: FakeTime, **rules: Any) -> CallQuality:
+    quality = CallQuality(clock, rng=lambda: 0.5)
     pulls = quality.plan([quality_app(**rules)])
     assert [(kind, every) for _, kind, every, _ in pulls] == [
         ("peer_reports", 3600 / (rules.get("max_reports_per_hour", 600)))
@@ -164,13 +165,13 @@ def values(quality: CallQuality) -> dict[tuple[str, tuple], float]:
 
 
 def test_a_left_peer_is_fetched_after_the_delay_and_observed():
-    clock = [1000.0]
+    clock = FakeTime(1000.0)
     quality = setup(clock, delay_seconds=60)
     assert quality.take_event(APP, "meeting.participantLeft", left(PEER))
     world = World({PEER: report(audio_producer=block(), audio_consumer=block(mos=3.1))})
     runs(quality, world, 1)
     assert world.asked == []  # not due yet
-    clock[0] += 60
+    clock.advance(60)
     runs(quality, world, 2)
     assert world.asked == [PEER]  # once
     got = values(quality)
@@ -192,14 +193,14 @@ def test_a_left_peer_is_fetched_after_the_delay_and_observed():
 
 
 def test_a_missing_report_is_retried_twice_then_counted_missing_and_others_fail():
-    clock = [0.0]
+    clock = FakeTime(0.0)
     quality = setup(clock, delay_seconds=0)
     quality.take_event(APP, "meeting.participantLeft", left("p404"))
     quality.take_event(APP, "meeting.participantLeft", left("p500"))
     world = World({"p404": [404, 404, 404], "p500": 500})
     assert runs(quality, world, 2) == ["http_5xx"]
     for _ in range(2):
-        clock[0] += 60
+        clock.advance(60)
         runs(quality, world, 1)
     assert world.asked.count("p404") == 3 and world.asked.count("p500") == 1
     results = {
@@ -211,7 +212,7 @@ def test_a_missing_report_is_retried_twice_then_counted_missing_and_others_fail(
 
 
 def test_a_storm_of_leaves_stays_bounded_and_is_counted_skipped():
-    clock = [0.0]
+    clock = FakeTime(0.0)
     quality = setup(clock, max_reports_per_hour=600)
     for i in range(10_000):
         quality.take_event(APP, "meeting.participantLeft", left(f"peer-{i}"))
@@ -221,14 +222,14 @@ def test_a_storm_of_leaves_stays_bounded_and_is_counted_skipped():
 
 
 def test_sampling_skips_the_rest():
-    clock = [0.0]
+    clock = FakeTime(0.0)
     quality = setup(clock, sample_fraction=0.25)  # the rng says 0.5: not sampled
     quality.take_event(APP, "meeting.participantLeft", left(PEER))
     assert quality.apps[APP].pending() == 0 and quality.apps[APP].results["skipped"] == 1
 
 
 def test_other_events_and_apps_without_quality_are_ignored():
-    clock = [0.0]
+    clock = FakeTime(0.0)
     quality = setup(clock)
     assert not quality.take_event(APP, "meeting.participantJoined", left(PEER))
     assert not quality.take_event(("acc", "other"), "meeting.participantLeft", left(PEER))

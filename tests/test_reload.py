@@ -6,7 +6,9 @@ import signal
 
 import httpx
 
-from .conftest import TOKEN, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import value
+from tests.support.process import wait_for
 
 
 def meetings_exported(exporter) -> set[str]:
@@ -145,3 +147,44 @@ def test_applying_the_same_config_again_keeps_every_job_and_its_phase():
         await service.runtime.http.aclose()
 
     asyncio.run(go())
+
+
+def test_closing_just_after_jobs_were_submitted_logs_no_failed_job(caplog):
+    """Shutdown cancels what is still running; a poll the scheduler had just submitted (a task
+    not yet started) must end as quietly as one in flight, not as APScheduler's "raised an
+    exception" with a CancelledError traceback."""
+    import asyncio
+    import logging
+    from datetime import UTC, datetime
+
+    from exporter.config import parse_config
+    from exporter.logs import RedactingFilter
+    from exporter.runtime import Service
+
+    config = parse_config(
+        {
+            "api": {"base_url": "http://127.0.0.1:9"},  # nothing listens: polls fail at once
+            "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1", "m2", "m3"]}],
+        }
+    )
+
+    async def go() -> int:
+        service = Service(
+            config, {("CLOUDFLARE_API_TOKEN", None): TOKEN}, config_path=None,
+            redact=RedactingFilter(),
+        )  # fmt: skip
+        service.scheduler.start(paused=True)
+        service.swap(service.runtime)
+        for job in service.scheduler.get_jobs():
+            job.modify(next_run_time=datetime.now(UTC))
+        service.scheduler.resume()
+        service.scheduler._process_jobs()  # submits every due poll: tasks, none started yet
+        submitted = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await service.close()
+        return len(submitted)
+
+    with caplog.at_level(logging.DEBUG, logger="apscheduler"):
+        submitted = asyncio.run(go())
+    assert submitted >= 3
+    failed = [r for r in caplog.records if r.name.startswith("apscheduler") and r.levelno >= 30]
+    assert not failed, [r.getMessage() for r in failed]

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,12 +22,10 @@ import pytest
 from bench.slowloris import Slowloris
 from exporter.logs import RedactingFilter, RepeatLog, setup_logging
 from exporter.web.server import HttpServer, Limits, serve
-
-from . import test_webconfig
-from .conftest import TOKEN, FakeTime, sim_config, wait_for
-from .test_webconfig import client_context, tls_config, write_web_config
-
-pki = test_webconfig.pki  # the fixture: certificates of a test CA
+from tests.support.api import TOKEN, sim_config
+from tests.support.clock import FakeTime
+from tests.support.pki import client_context, tls_config, write_web_config
+from tests.support.process import proc_status, wait_for
 
 Server = Callable[..., HttpServer]
 
@@ -64,13 +61,6 @@ def new_threads(before: set[threading.Thread]) -> list[str]:
         for t in threading.enumerate()
         if t not in before and not t.name.startswith("ThreadPoolExecutor")
     ]
-
-
-def proc_threads(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Threads:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no thread count for {pid}")
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 5) -> bytes:
@@ -152,11 +142,11 @@ def test_slowloris_is_cut_off_and_never_holds_up_scrapes(start_server):
 def test_slowloris_against_the_exporter(simulator, start_exporter):
     exporter = start_exporter(sim_config(simulator))
     exporter.wait_ready()
-    before = proc_threads(exporter.proc.pid)
+    before = proc_status(exporter.proc.pid, "Threads")
     attack = Slowloris(exporter.port, 300)
     try:
         results = under_attack(attack, [lambda: timed_get(exporter.base + "/metrics")] * 20)
-        during = proc_threads(exporter.proc.pid)
+        during = proc_status(exporter.proc.pid, "Threads")
     finally:
         attack.close()
     assert [status for status, _ in results] == [200] * 20

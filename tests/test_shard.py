@@ -29,16 +29,19 @@ from exporter.shard import (
     shard_rate_limits,
     units,
 )
-from tests.test_deploy import (
+from tests.support.api import TOKEN
+from tests.support.deploy import (
     K8S,
+    ROOT,
     load_yaml,
     load_yaml_all,
     parse_exporter_args,
     run,
     validate_k8s,
 )
+from tests.support.metrics import max_in_window
+from tests.support.process import ExporterProcess, wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 SHARDED = K8S / "sharded"
 DEFAULT_TOKEN = ("CLOUDFLARE_API_TOKEN", None)
 
@@ -119,6 +122,7 @@ def test_jump_hash_range_and_bad_buckets() -> None:
         jump_hash("x", 0)
 
 
+@pytest.mark.process
 def test_jump_hash_is_the_same_in_another_process() -> None:
     """Python's hash() of a str is salted per process: the partition must not depend on it."""
     keys = [f"acc/app/meeting-{i}" for i in range(300)]
@@ -494,6 +498,7 @@ def test_kubernetes_sharded_config_is_valid() -> None:
     assert api.get("token_env", "CLOUDFLARE_API_TOKEN") in env
 
 
+@pytest.mark.process
 def test_kustomize_build_sharded() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:  # as in test_deploy: not a Debian package, never required
@@ -527,8 +532,6 @@ def _fleet(budget: tuple[int, float]) -> tuple[Any, dict[str, Any]]:
     app, and the config that watches them."""
     from exporter.simulator import Simulator
 
-    from .conftest import TOKEN
-
     sim = Simulator(token=TOKEN, meetings=8, auto=False, seed=11, rate_limit=budget)
     plain_b = sim.add_app("023e105f4ecef8ad9ca31a8372d0c353", "appb", 8)
     discovered = sim.add_app("023e105f4ecef8ad9ca31a8372d0c353", "appc", 6)
@@ -558,8 +561,8 @@ def _series(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> set
     return {(name, labels) for (name, labels) in samples if name in PER_MEETING}
 
 
+@pytest.mark.process
 def test_three_shards_export_the_union_once_and_stay_inside_the_budget(tmp_path: Path):
-    from .conftest import ExporterProcess, max_in_window, wait_for
 
     budget = (40, 10.0)
     sim, config = _fleet(budget)

@@ -14,10 +14,9 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, cast
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import httpx
@@ -35,12 +34,12 @@ from exporter.webhooks import (
     parse_well_known,
     verify,
 )
-
-from .conftest import FakeTime
+from tests.support.clock import FakeTime
+from tests.support.process import wait_for
+from tests.support.simulator import T0, Post, Receiver
 
 TOKEN = "test-token-123"
 
-T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 SESSION_FIELDS = {
     "id": str,
     "associated_id": str,
@@ -57,16 +56,6 @@ SESSION_FIELDS = {
     "breakout_rooms": list,
     "meta": dict,
 }
-
-
-class FakeClock(FakeTime):
-    """The shared fake clock, starting at the simulator tests' epoch, moved with ``advance``."""
-
-    def __init__(self, t: float = T0) -> None:
-        super().__init__(t)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 MakeSim = Callable[..., Simulator]
@@ -121,7 +110,7 @@ def assert_no_session(r: httpx.Response, meeting_id: str) -> None:
 
 
 def test_active_session_shape_and_types(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock, seed=1)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 3)
@@ -181,7 +170,7 @@ def test_unknown_app_route_and_method(make_sim: MakeSim) -> None:
 
 
 def test_lifecycle_live_ended_cleared(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock)
     mid = sim.meeting_ids[1]
     with client(sim) as c:
@@ -231,7 +220,7 @@ def test_max_concurrent_tracks_peak(make_sim: MakeSim) -> None:
 
 
 def test_minutes_consumed_with_fake_clock(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 2)
@@ -249,7 +238,7 @@ def test_minutes_consumed_with_fake_clock(make_sim: MakeSim) -> None:
 
 
 def test_speed_scales_simulated_time(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock, speed=10.0)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 2)
@@ -266,7 +255,7 @@ def _page(c: httpx.Client, sim: Simulator, **params: Any) -> dict[str, Any]:
 
 
 def test_sessions_paging(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock, meetings=45)
     for mid in reversed(sim.meeting_ids):  # created in reverse meeting order
         sim.set_participants(mid, 1)
@@ -289,7 +278,7 @@ def test_sessions_paging(make_sim: MakeSim) -> None:
 
 
 def test_sessions_per_page_clamped_and_page_zero(make_sim: MakeSim) -> None:
-    sim = make_sim(meetings=120, clock=FakeClock())  # frozen: two reads of a page are equal
+    sim = make_sim(meetings=120, clock=FakeTime(T0))  # frozen: two reads of a page are equal
     for mid in sim.meeting_ids:
         sim.set_participants(mid, 2)
     with client(sim) as c:
@@ -352,7 +341,7 @@ def test_rate_limit_blocks_rest_of_window(make_sim: MakeSim) -> None:
 
 
 def test_rate_limit_window_with_fake_clock(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock, rate_limit=(5, 10.0))
     mid = sim.meeting_ids[0]
     with client(sim) as c:
@@ -521,7 +510,7 @@ def test_control_endpoints(make_sim: MakeSim) -> None:
 
 
 def test_counts_and_request_log(make_sim: MakeSim) -> None:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = make_sim(clock=clock)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 1)
@@ -580,7 +569,7 @@ def test_validation() -> None:
 
 
 def _run_auto(seed: int, steps: int, meetings: int = 6) -> list[list[dict[str, Any] | None]]:
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = Simulator(token=TOKEN, meetings=meetings, seed=seed, clock=clock, speed=2.0)
     history = []
     for _ in range(steps):
@@ -613,10 +602,10 @@ def test_auto_mode_is_reproducible_and_cycles() -> None:
 
 
 def test_auto_starts_about_half_live() -> None:
-    sim = Simulator(token=TOKEN, meetings=40, seed=7, clock=FakeClock())
+    sim = Simulator(token=TOKEN, meetings=40, seed=7, clock=FakeTime(T0))
     live = [mid for mid in sim.meeting_ids if sim.session(mid) is not None]
     assert 10 <= len(live) <= 30
-    manual = Simulator(token=TOKEN, meetings=40, seed=7, auto=False, clock=FakeClock())
+    manual = Simulator(token=TOKEN, meetings=40, seed=7, auto=False, clock=FakeTime(T0))
     assert all(manual.session(mid) is None for mid in manual.meeting_ids)
 
 
@@ -632,6 +621,7 @@ def test_keep_alive_throughput(make_sim: MakeSim) -> None:
     assert sim.status_counts() == {200: 300}
 
 
+@pytest.mark.process
 def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
     env = {**os.environ, "CLOUDFLARE_API_TOKEN": "cli-secret-token"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]), env.get("PYTHONPATH", "")])
@@ -671,7 +661,7 @@ def test_cli_runs_until_sigterm(tmp_path: Path) -> None:
 
 def _live_sim(make_sim: MakeSim, n: int, **kwargs: Any) -> Simulator:
     """A frozen-clock simulator whose main app has `n` LIVE meetings (created in id order)."""
-    sim = make_sim(meetings=0, clock=FakeClock(), seed=3, **kwargs)
+    sim = make_sim(meetings=0, clock=FakeTime(T0), seed=3, **kwargs)
     sim.add_app(sim.account_id, sim.app_id, n, live=True)
     return sim
 
@@ -789,7 +779,7 @@ def _churn_walk(seed: int) -> tuple[list[list[str]], list[str]]:
     """Meeting ids on each of 4 pages of 10 while 3 sessions end and 3 start after each page,
     and the 30 meetings live before the walk."""
     sim = Simulator(
-        token=TOKEN, meetings=0, auto=False, seed=seed, clock=FakeClock(), churn_per_page=3
+        token=TOKEN, meetings=0, auto=False, seed=seed, clock=FakeTime(T0), churn_per_page=3
     )
     sim.add_app(sim.account_id, sim.app_id, 30, live=True)
     with sim, client(sim) as c:
@@ -831,7 +821,7 @@ def test_on_page_hook_may_change_the_simulator(make_sim: MakeSim) -> None:
         sim = holder[0]
         sim.set_participants(sim.meeting_ids[len(heard)], 1)  # one more meeting goes live
 
-    sim = make_sim(meetings=6, clock=FakeClock(), on_page=hook)
+    sim = make_sim(meetings=6, clock=FakeTime(T0), on_page=hook)
     holder.append(sim)
     with client(sim) as c:
         totals = [_page(c, sim, per_page=1)["paging"]["total_count"] for _ in range(3)]
@@ -847,7 +837,7 @@ def test_on_page_hook_may_change_the_simulator(make_sim: MakeSim) -> None:
 
 
 def test_bulk_live_meetings_and_fast_pages(make_sim: MakeSim) -> None:
-    sim = make_sim(meetings=0, clock=FakeClock(), seed=2)
+    sim = make_sim(meetings=0, clock=FakeTime(T0), seed=2)
     started = time.monotonic()
     ids = sim.add_app(sim.account_id, sim.app_id, 100_000, live=True, participants=3)
     built = time.monotonic() - started
@@ -886,7 +876,7 @@ def _handler_threads() -> list[threading.Thread]:
 def test_field_faults(
     make_sim: MakeSim, kind: str, check: Callable[[dict[str, Any]], bool]
 ) -> None:
-    sim = make_sim(meetings=3, clock=FakeClock())
+    sim = make_sim(meetings=3, clock=FakeTime(T0))
     mid, other, idle = sim.meeting_ids
     sim.set_participants(mid, 2)
     sim.set_participants(other, 1)
@@ -905,7 +895,7 @@ def test_field_faults(
 
 
 def test_deep_json(make_sim: MakeSim) -> None:
-    sim = make_sim(clock=FakeClock())
+    sim = make_sim(clock=FakeTime(T0))
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 1)
     sim.set_fault(mid, "deep_json")
@@ -1051,7 +1041,7 @@ def test_stop_ends_trickle_and_endless_answers(make_sim: MakeSim) -> None:
 
 
 def test_listing_fault_control_endpoint(make_sim: MakeSim) -> None:
-    sim = make_sim(clock=FakeClock())
+    sim = make_sim(clock=FakeTime(T0))
     sim.set_participants(sim.meeting_ids[0], 1)
     root = sim.base_url.removesuffix("/client/v4")
     app = f"/_sim/apps/{sim.account_id}/{sim.app_id}"
@@ -1096,6 +1086,7 @@ def _cli(tmp_path: Path, *args: str, env_token: str | None = None) -> Iterator[d
             proc.wait()
 
 
+@pytest.mark.process
 def test_cli_help_describes_every_flag() -> None:
     from exporter.simulator import _parser
 
@@ -1129,6 +1120,7 @@ def test_cli_help_describes_every_flag() -> None:
         ((), "env-secret", "$CLOUDFLARE_API_TOKEN", "env-secret"),
     ],
 )
+@pytest.mark.process
 def test_cli_says_where_the_token_comes_from(
     tmp_path: Path, args: tuple[str, ...], env_token: str | None, source: str, token: str
 ) -> None:
@@ -1142,6 +1134,7 @@ def test_cli_says_where_the_token_comes_from(
         assert_cf_error(r, 404, 7003)  # authenticated: the app is what is wrong
 
 
+@pytest.mark.process
 def test_cli_convention_flags(tmp_path: Path) -> None:
     args = "--meetings 30 --all-live --no-auto --page-base 0 --per-page-cap 25 --paging partial"
     args += " --paging-drop total_count,end_offset --unknown-meeting not_found --churn-per-page 1"
@@ -1170,7 +1163,7 @@ def test_cli_convention_flags(tmp_path: Path) -> None:
 
 def test_auto_listing_agrees_with_each_meeting() -> None:
     """The kept listing follows auto mode's changes (due times in a heap) and manual controls."""
-    clock = FakeClock()
+    clock = FakeTime(T0)
     sim = Simulator(token=TOKEN, meetings=30, seed=4, clock=clock, speed=5.0)
     sim.add_app("acc2", "app2", 5)
     listed_states = set()
@@ -1196,65 +1189,6 @@ def test_auto_listing_agrees_with_each_meeting() -> None:
 # --- webhooks ------------------------------------------------------------------------------------
 
 
-class Post(NamedTuple):
-    path: str
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-
-
-class Receiver:
-    """A real HTTP server on 127.0.0.1 recording every POST. It answers the scripted statuses
-    first, then 200; with a ``gate`` each answer waits until the gate is set."""
-
-    def __init__(self, statuses: Iterable[int] = (), gate: threading.Event | None = None) -> None:
-        self.posts: list[Post] = []
-        self.cond = threading.Condition()
-        self.statuses = list(statuses)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                with receiver.cond:
-                    receiver.posts.append(Post(self.path, headers, body))
-                    status = receiver.statuses.pop(0) if receiver.statuses else 200
-                    receiver.cond.notify_all()
-                if gate is not None:
-                    gate.wait(20)
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                return
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.thread = threading.Thread(
-            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return (
-            f"http://127.0.0.1:{self.server.server_address[1]}/webhooks/{{account_id}}/{{app_id}}"
-        )
-
-    def wait_for(self, n: int, timeout: float = 15.0) -> list[Post]:
-        with self.cond:
-            got = self.cond.wait_for(lambda: len(self.posts) >= n, timeout)
-            assert got, f"{len(self.posts)} of {n} webhook deliveries within {timeout} s"
-            return list(self.posts)
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture(scope="module")
 def key() -> rsa.RSAPrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -1271,14 +1205,6 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
     yield factory
     for r in made:
         r.close()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Poll `check` (bounded in time) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def root(sim: Simulator) -> str:
@@ -1302,7 +1228,7 @@ def test_webhook_events_are_signed_and_verify(
     make_sim: MakeSim, receiver: Callable[..., Receiver], key: rsa.RSAPrivateKey
 ) -> None:
     recv = receiver()
-    sim = make_sim(clock=FakeClock(), seed=1, webhook_url=recv.url, webhook_key=key)
+    sim = make_sim(clock=FakeTime(T0), seed=1, webhook_url=recv.url, webhook_key=key)
     public = served_key(sim)
     assert public.public_numbers() == key.public_key().public_numbers()
     mid = sim.meeting_ids[0]
@@ -1337,7 +1263,7 @@ def test_webhook_events_are_signed_and_verify(
     assert {p.path for p in posts} == {f"/webhooks/{sim.account_id}/{sim.app_id}"}
     assert {p.headers["rtk-webhook-id"] for p in posts} == {sim.webhook_id}
     assert len({p.headers["rtk-uuid"] for p in posts}) == 8
-    wait_until(lambda: sim.webhook_stats()["delivered"] == 8)
+    wait_for(lambda: sim.webhook_stats()["delivered"] == 8, timeout=10, interval=0.01)
     stats = httpx.get(root(sim) + "/_sim/stats", timeout=5).json()["webhooks"]
     assert stats == {**dict.fromkeys(("failed", "retried", "dropped", "queued"), 0),
                      "delivered": 8, "last_error": ""}  # fmt: skip
@@ -1369,7 +1295,7 @@ def test_webhook_5xx_is_retried_with_the_same_uuid(
     assert posts[3].headers["rtk-uuid"] != posts[0].headers["rtk-uuid"]
     names = [e.name for e in verified_events(posts, key.public_key())]
     assert names == ["meeting.started"] * 3 + ["meeting.participantJoined"]
-    wait_until(lambda: sim.webhook_stats()["delivered"] == 2)
+    wait_for(lambda: sim.webhook_stats()["delivered"] == 2, timeout=10, interval=0.01)
     stats = sim.webhook_stats()
     assert (stats["retried"], stats["failed"], stats["last_error"]) == (2, 0, "HTTP 503")
 
@@ -1383,7 +1309,7 @@ def test_webhook_4xx_is_not_retried(
     sim.set_participants(sim.meeting_ids[0], 1)
     posts = recv.wait_for(2)
     assert posts[0].headers["rtk-uuid"] != posts[1].headers["rtk-uuid"]
-    wait_until(lambda: sim.webhook_stats()["delivered"] == 1)
+    wait_for(lambda: sim.webhook_stats()["delivered"] == 1, timeout=10, interval=0.01)
     stats = sim.webhook_stats()
     assert (stats["failed"], stats["retried"], stats["last_error"]) == (1, 0, f"HTTP {status}")
     assert len(recv.posts) == 2
@@ -1400,7 +1326,7 @@ def test_webhook_retries_end_in_failure(make_sim: MakeSim, key: rsa.RSAPrivateKe
         webhook_retry_delays=(0.01,),
     )
     sim.set_participants(sim.meeting_ids[0], 1)
-    wait_until(lambda: sim.webhook_stats()["failed"] == 2)
+    wait_for(lambda: sim.webhook_stats()["failed"] == 2, timeout=10, interval=0.01)
     stats = sim.webhook_stats()
     assert (stats["retried"], stats["delivered"]) == (4, 0)
     assert stats["last_error"].startswith("ConnectError")
@@ -1426,7 +1352,7 @@ def test_webhook_full_queue_drops_and_never_blocks(
     finally:
         gate.set()
     assert len(recv.wait_for(4)) == 4
-    wait_until(lambda: sim.webhook_stats()["delivered"] == 4)
+    wait_for(lambda: sim.webhook_stats()["delivered"] == 4, timeout=10, interval=0.01)
     assert sim.webhook_stats()["dropped"] == 3
 
 
@@ -1537,6 +1463,7 @@ def test_webhook_validation(key: rsa.RSAPrivateKey) -> None:
             Simulator(token=TOKEN, **options)
 
 
+@pytest.mark.process
 def test_cli_webhooks(tmp_path: Path, receiver: Callable[..., Receiver]) -> None:
     recv = receiver()
     args = ["--meetings", "1", "--all-live", "--no-auto", "--token", TOKEN]
@@ -1550,6 +1477,7 @@ def test_cli_webhooks(tmp_path: Path, receiver: Callable[..., Receiver]) -> None
     assert events[1].reason == "HOST_ENDED_MEETING"
 
 
+@pytest.mark.process
 def test_cli_webhook_key_file(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
     pem = tmp_path / "key.pem"
     pem.write_bytes(

@@ -8,14 +8,14 @@ import pytest
 
 from exporter.simulator import SECRET
 from exporter.webhooks import parse_event, parse_well_known, verify
-
-from .simulator_support import Clock, MakeSim, Receiver, make_sim_fixture
+from tests.support.clock import FakeTime
+from tests.support.simulator import T0, MakeSim, Receiver, make_sim_fixture
 
 make_sim = make_sim_fixture(seed=3, meetings=3)
 
 
 def test_a_recording_moves_invoked_recording_uploading_uploaded(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 2)
@@ -58,7 +58,7 @@ def test_recordings_carry_private_fields_with_the_secret_mark(make_sim: MakeSim)
 
 
 def test_recordings_listing_filters_sorts_and_pages(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock, meetings=2)
     m1, m2 = sim.meeting_ids
     ids = []
@@ -139,7 +139,7 @@ def test_forced_faults_on_recordings_and_livestreams(make_sim: MakeSim) -> None:
 
 
 def test_livestream_lifecycle_and_secrets(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock)
     mid = sim.meeting_ids[0]
     assert api.get(f"/meetings/{mid}/active-livestream").status_code == 404
@@ -174,7 +174,7 @@ def test_livestream_listing_as_the_published_object(make_sim: MakeSim) -> None:
 
 
 def test_auto_recordings_and_livestreams_follow_sessions(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(
         clock=clock, auto=True, recording_chance=1.0, livestream_chance=1.0, meetings=[]
     )
@@ -194,7 +194,7 @@ def test_auto_recordings_and_livestreams_follow_sessions(make_sim: MakeSim) -> N
 
 
 def test_auto_faults_error_and_stick(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, _ = make_sim(
         clock=clock, recording_chance=1.0, recording_error_rate=1.0, meetings=["a"], auto=True
     )
@@ -222,7 +222,7 @@ def test_status_webhooks_are_signed_and_parse(make_sim: MakeSim) -> None:
         sim.recordings.step(rid)
         sid = sim.livestreams.start(mid, status="LIVE")
         sim.livestreams.set_status(sid, "IDLE")
-        receiver.wait_for(lambda: len(receiver.events("livestreaming.statusUpdate")) == 2)
+        receiver.wait_until(lambda: len(receiver.events("livestreaming.statusUpdate")) == 2)
         recs = receiver.events("recording.statusUpdate")
         assert [e["recording"]["status"] for e in recs] == [
             "INVOKED",

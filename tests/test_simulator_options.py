@@ -124,6 +124,7 @@ def test_the_package_has_no_import_circle() -> None:
     assert done == set(graph), f"import circle among {sorted(set(graph) - done)}"
 
 
+@pytest.mark.process
 def test_module_and_console_entry_points_start() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "exporter.simulator", "--meetings", "-1", "--listen", "127.0.0.1:0"],

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from exporter.simulator import SECRET
-
-from .simulator_support import Api, Clock, MakeSim, Receiver, make_sim_fixture
+from tests.support.clock import FakeTime
+from tests.support.simulator import T0, Api, MakeSim, Receiver, make_sim_fixture
 
 make_sim = make_sim_fixture(seed=8, meetings=2)
 
@@ -21,7 +21,7 @@ def report_of(api: Api, peer_id: str) -> dict[str, Any]:
 
 
 def test_peers_join_leave_and_their_reports_appear_after_leaving(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 3)
@@ -59,7 +59,7 @@ def test_reports_carry_private_metadata_with_recognisable_fakes(make_sim: MakeSi
 
 
 def test_good_bad_partial_late_and_missing_reports(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock, peer_bad_rate=1.0, peer_partial_rate=1.0)
     mid = sim.meeting_ids[0]
     sim.set_participants(mid, 6)
@@ -94,7 +94,7 @@ def test_good_bad_partial_late_and_missing_reports(make_sim: MakeSim) -> None:
 
 
 def test_set_report_overrides_one_peer(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock)
     mid = sim.meeting_ids[1]
     sim.set_participants(mid, 2)
@@ -127,7 +127,7 @@ def test_participant_webhooks_carry_the_peer_ids(make_sim: MakeSim) -> None:
         joined = sim.peers.current(mid)
         left = sim.peers.leave(mid, joined[0])
         sim.end_session(mid)
-        receiver.wait_for(lambda: len(receiver.events("meeting.ended")) == 1)
+        receiver.wait_until(lambda: len(receiver.events("meeting.ended")) == 1)
         joins = [e["participant"]["peerId"] for e in receiver.events("meeting.participantJoined")]
         leaves = [e["participant"]["peerId"] for e in receiver.events("meeting.participantLeft")]
         assert joins == joined and leaves == [left, joined[1]]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from .simulator_support import Clock, MakeSim, Receiver, make_sim_fixture
+from tests.support.clock import FakeTime
+from tests.support.simulator import T0, MakeSim, Receiver, make_sim_fixture
 
 DAY = 86_400.0
 
@@ -15,7 +16,7 @@ make_sim = make_sim_fixture(seed=5, meetings=3)
 
 
 def test_daywise_follows_sessions_and_recordings(make_sim: MakeSim) -> None:
-    clock = Clock()  # 2027-01-15T08:00:00Z
+    clock = FakeTime(T0)  # 2027-01-15T08:00:00Z
     sim, api = make_sim(clock=clock)
     m1, m2, _ = sim.meeting_ids
     sim.set_participants(m1, 2)
@@ -41,7 +42,7 @@ def test_daywise_follows_sessions_and_recordings(make_sim: MakeSim) -> None:
 
 
 def test_today_yesterday_and_thirty_days(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock, usage_day_format="datetime")
     sim.usage.add("2027-01-14", sessions=4, session_minutes=90.5, recordings=1, recording_minutes=7)
     sim.usage.add("2026-12-10", sessions=100, session_minutes=1000)  # 36 days ago: outside
@@ -73,13 +74,13 @@ def test_today_yesterday_and_thirty_days(make_sim: MakeSim) -> None:
 def test_bad_daywise_queries_are_400(
     make_sim: MakeSim, params: dict[str, str], message: str
 ) -> None:
-    _, api = make_sim(clock=Clock())
+    _, api = make_sim(clock=FakeTime(T0))
     r = api.get("/analytics/daywise", **params)
     assert r.status_code == 400 and message in r.json()["error"]["message"]
 
 
 def test_registrations_are_served_and_changed_on_demand(make_sim: MakeSim) -> None:
-    clock = Clock()
+    clock = FakeTime(T0)
     sim, api = make_sim(clock=clock)
     assert api.ok("/webhooks")["data"] == []  # no webhook_url: nothing registered
     rid = sim.registrations.add("https://exporter.example/webhooks/a/b", events=["meeting.ended"])
@@ -119,27 +120,27 @@ def test_a_registration_decides_whether_events_are_delivered(make_sim: MakeSim) 
         assert reg["url"] == expected and reg["enabled"] and "meeting.ended" in reg["events"]
         m1, m2, m3 = sim.meeting_ids
         sim.set_participants(m1, 1)
-        receiver.wait_for(lambda: len(receiver.events("meeting.started")) == 1)
+        receiver.wait_until(lambda: len(receiver.events("meeting.started")) == 1)
         sim.registrations.set_events(reg["id"], ["meeting.started"])
         sim.end_session(m1)  # meeting.ended is not registered: not sent
         sim.registrations.disable(reg["id"])
         sim.set_participants(m2, 1)  # disabled: nothing
         sim.registrations.enable(reg["id"])
         sim.set_participants(m3, 1)
-        receiver.wait_for(lambda: len(receiver.events("meeting.started")) == 2)
+        receiver.wait_until(lambda: len(receiver.events("meeting.started")) == 2)
         assert [e["meeting"]["id"] for e in receiver.events("meeting.started")] == [m1, m3]
         assert receiver.events("meeting.ended") == []
         assert sim.registrations.withheld >= 3  # ended, its leave, m2's start and join
         other = sim.add_app("acc-2", "app-2", 1)
         assert len(sim.registrations.list("acc-2", "app-2")) == 1  # new apps are registered
         sim.set_participants(other[0], 1)
-        receiver.wait_for(lambda: len(receiver.events("meeting.started")) == 3)
+        receiver.wait_until(lambda: len(receiver.events("meeting.started")) == 3)
     finally:
         receiver.close()
 
 
 def test_usage_and_registration_controls_over_http(make_sim: MakeSim) -> None:
-    sim, api = make_sim(clock=Clock())
+    sim, api = make_sim(clock=FakeTime(T0))
     root = sim.base_url.removesuffix("/client/v4") + "/_sim"
     app = f"{sim.account_id}/{sim.app_id}"
     booked = httpx.post(

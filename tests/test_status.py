@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import struct
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -26,7 +23,9 @@ from exporter.limiter import RateLimiter
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.status import classify, config_page, redact, status_page
 from exporter.store import MeetingState, Store
-from tests.conftest import wait_for
+from tests.support.process import demo as demo_process
+from tests.support.process import wait_for
+from tests.support.tools import require_tool
 
 ACCOUNT, APP, DISCO = "acc1", "app1", "app2"
 NOW = 1_700_000_000.0
@@ -261,20 +260,9 @@ def test_redact_secret_keys_at_any_depth() -> None:
 # -- a real browser -------------------------------------------------------------------------------
 
 
-def require_tool(name: str, package: str) -> str:
-    """Path of a Debian tool; skip visibly when absent, fail when RTK_REQUIRE_TOOLS=1."""
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} not installed (apt-get install {package})"
-        if os.environ.get("RTK_REQUIRE_TOOLS") == "1":
-            pytest.fail(message + " and RTK_REQUIRE_TOOLS=1")
-        pytest.skip(message)
-    return path
-
-
 def chromium(url: str, tmp: Path) -> tuple[str, bytes]:
     """The DOM headless Chromium renders of ``url``, and a 1280x900 screenshot of it (PNG)."""
-    binary = require_tool("chromium", "chromium")
+    binary = require_tool("chromium", hint="apt-get install chromium")
     flags = [
         "--headless",
         "--no-sandbox",
@@ -313,6 +301,7 @@ def assert_rendered(dom: str, meeting_ids: list[str]) -> None:
         assert any(cell.startswith(meeting_id) for cell in shown), meeting_id
 
 
+@pytest.mark.process
 def test_chromium_renders_a_page_of_a_real_store(tmp_path: Path) -> None:
     config = make_config()
     now = time.time()
@@ -342,26 +331,15 @@ def test_chromium_renders_a_page_of_a_real_store(tmp_path: Path) -> None:
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """A real ``python -m exporter --demo``: its base URL and its simulator's token."""
-    log = tmp_path / "demo.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--demo", "--web.listen-address", "127.0.0.1:0"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-    try:
-        wait_for(lambda: proc.poll() is not None or LISTENING.search(log.read_text()), timeout=30)
-        found = LISTENING.search(log.read_text())
-        assert proc.poll() is None and found, log.read_text()
+    with demo_process(tmp_path / "demo.log", ready="(?s)" + LISTENING.pattern) as process:
+        found = LISTENING.search(process.log())
+        assert found, process.log()
         base = f"http://127.0.0.1:{found.group(1)}"
         wait_for(lambda: httpx.get(base + "/-/ready", timeout=5).status_code == 200, timeout=30)
         yield base, found.group(2)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
+@pytest.mark.process
 def test_chromium_renders_the_live_status_page(demo: tuple[str, str], tmp_path: Path) -> None:
     base, token = demo
     landing = httpx.get(base + "/", timeout=10).text

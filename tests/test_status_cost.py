@@ -13,8 +13,10 @@ import pytest
 
 from exporter.app import CachedPage
 from exporter.simulator import Simulator
-
-from .conftest import TOKEN, FakeTime, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.clock import FakeTime
+from tests.support.metrics import value
+from tests.support.process import wait_for
 
 
 def test_concurrent_requests_share_one_make() -> None:

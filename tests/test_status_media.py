@@ -18,7 +18,10 @@ from exporter.simulator import SECRET, Simulator
 from exporter.status import status_page
 from exporter.status_media import MediaView, ago
 from exporter.store import Store
-from tests.conftest import TOKEN, free_port, value, wait_for
+from tests.support.api import TOKEN
+from tests.support.metrics import value
+from tests.support.ports import free_port
+from tests.support.process import wait_for
 
 ACCOUNT, APP, PLAIN = "acc1", "app1", "app2"
 NOW = 1_700_000_000.0

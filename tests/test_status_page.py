@@ -7,7 +7,9 @@ import re
 import pytest
 import yaml
 
-from .conftest import value, wait_for
+from tests.support.metrics import value
+from tests.support.ports import free_port
+from tests.support.process import wait_for
 
 pytestmark = pytest.mark.process
 
@@ -54,7 +56,6 @@ def test_config_page_shows_the_values_in_force(simulator, start_exporter):
 
 
 def test_webhooks_section_names_the_receiver_and_each_apps_health(simulator, start_exporter):
-    from .conftest import free_port
 
     port = free_port()
     config = config_for(simulator, webhooks={"listen_address": f"127.0.0.1:{port}",

@@ -14,6 +14,7 @@ from exporter.client import ApiClient, RateLimiter, make_http_client
 from exporter.config import App
 from exporter.errors import ApiError
 from exporter.usage import Account, RegistrationPull, needed_events
+from tests.support.clock import FakeTime
 
 BASE = "https://api.test/client/v4"
 APP = ("acc", "app")
@@ -78,14 +79,14 @@ def app(**kw: Any) -> App:
     )
 
 
-def usage_account(clock: list[float]) -> Account:
-    account = Account(lambda: clock[0])
+def usage_account(clock: FakeTime) -> Account:
+    account = Account(clock)
     account.plan([app(usage={"enabled": True})], None, 600)
     return account
 
 
 def test_usage_reads_today_yesterday_and_30_days_as_seconds():
-    clock = [NOON]
+    clock = FakeTime(NOON)
     account = usage_account(clock)
     seen: list[httpx.Request] = []
     run_pull(account.usage[APP], httpx.Response(200, json=daywise()), seen)
@@ -103,17 +104,17 @@ def test_usage_reads_today_yesterday_and_30_days_as_seconds():
 
 
 def test_today_turns_over_at_utc_midnight_without_a_new_pull():
-    clock = [NOON]
+    clock = FakeTime(NOON)
     account = usage_account(clock)
     run_pull(account.usage[APP], httpx.Response(200, json=daywise()))
-    clock[0] = NOON + DAY / 2 + 1  # 00:00:01 the next day
+    clock.now = NOON + DAY / 2 + 1  # 00:00:01 the next day
     got = values(account)
     assert got[("realtimekit_app_usage_sessions", "today")] == 0
     assert got[("realtimekit_app_usage_sessions", "yesterday")] == 3
 
 
 def test_missing_fields_are_zero_or_summed_never_a_failure():
-    clock = [NOON]
+    clock = FakeTime(NOON)
     account = usage_account(clock)
     bare = {
         "session_stats": {
@@ -128,7 +129,7 @@ def test_missing_fields_are_zero_or_summed_never_a_failure():
 
 
 def test_no_usage_series_before_the_first_answer_and_a_bad_answer_fails_the_pull():
-    clock = [NOON]
+    clock = FakeTime(NOON)
     account = usage_account(clock)
     assert values(account) == {}
     with pytest.raises(ApiError, match="data"):

@@ -4,11 +4,8 @@ over 16 KiB however they arrive, ambiguous body lengths, NUL bytes, and bodies t
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port
+from tests.support.ports import free_port
+from tests.support.process import demo
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.process
 
 
 @dataclass
@@ -32,41 +30,19 @@ class Demo:
 
 
 @contextlib.contextmanager
-def demo(tmp_path: Path, *flags: str) -> Iterator[Demo]:
+def demo_until_hooks(tmp_path: Path, *flags: str) -> Iterator[Demo]:
     """``python -m exporter --demo`` on a free loopback port until it and its webhook receiver
     listen."""
     port = free_port()
     log = tmp_path / f"exporter-{port}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "exporter", "--demo", "--web.listen-address",
-             f"127.0.0.1:{port}", *flags],
-            stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": str(ROOT)},
-        )  # fmt: skip
-        try:
-            deadline = time.monotonic() + 30
-            while not (found := re.search(r"webhook receiver serving [\d.]+:(\d+)", _text(log))):
-                assert proc.poll() is None, _text(log)
-                assert time.monotonic() < deadline, _text(log)
-                time.sleep(0.1)
-            yield Demo(port, int(found.group(1)), log)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def _text(path: Path) -> str:
-    return path.read_text(errors="replace")
+    ready = r"webhook receiver serving [\d.]+:(\d+)"
+    with demo(log, *flags, port=port, ready=ready) as process:
+        yield Demo(port, int(process.wait_for(ready).group(1)), log)
 
 
 @pytest.fixture(scope="module")
 def exporter(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
-    with demo(tmp_path_factory.mktemp("hostile")) as running:
+    with demo_until_hooks(tmp_path_factory.mktemp("hostile")) as running:
         yield running
 
 

@@ -50,6 +50,7 @@ def test_the_socket_service_is_the_plain_one_but_for_where_it_listens() -> None:
     assert socket_service == plain
 
 
+@pytest.mark.process
 def test_systemd_analyze_verify(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
     if analyze is None:

@@ -1,13 +1,12 @@
 """``--web.config.file``: TLS, mutual TLS, basic auth, headers, rotation; checked against promtool.
 
-Certificates are made here with ``cryptography``: a CA, server certificates for 127.0.0.1 (an IP
-SAN, as Go's verifier wants), a client certificate from the CA and one from a foreign CA.
+Certificates come from ``tests.support.pki`` (the ``pki`` fixture): a CA, server certificates for
+127.0.0.1 (an IP SAN, as Go's verifier wants), a client certificate from the CA and one from a
+foreign CA.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import logging
 import os
 import shutil
@@ -18,7 +17,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,103 +24,18 @@ import bcrypt
 import httpx
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from exporter.errors import ConfigError
 from exporter.web.auth import BasicAuth
 from exporter.web.security import WebSecurity, WebState, load_web_config
-
-from .conftest import TOKEN, parse_metrics, require_binary, sim_config, value, wait_for
+from tests.support.api import TOKEN, sim_config
+from tests.support.metrics import parse_metrics, value
+from tests.support.pki import Pair, Pki, client_context, tls_config, write_web_config
+from tests.support.ports import free_port
+from tests.support.process import running, wait_for
+from tests.support.tools import require_binary
 
 PASSWORD = "s3cret-Scrape"
-
-
-# --- certificates -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True)
-class Pki:
-    ca: Path
-    server: Pair
-    server2: Pair  # same CA and SAN, another name: for rotation
-    client: Pair
-    foreign_client: Pair  # signed by a CA the exporter does not trust
-
-
-def _issue(
-    name: str,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool = False,
-    server: bool = False,
-) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    issuer_name, signing_key = (issuer[0].subject, issuer[1]) if issuer else (subject, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if issuer:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
-            critical=False,
-        )
-    if ca:
-        usage = x509.KeyUsage(False, False, False, False, False, True, True, False, False)
-        builder = builder.add_extension(usage, critical=True)
-    else:
-        purpose = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([purpose]), critical=False)
-    if server:
-        san = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-        builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-    return builder.sign(signing_key, hashes.SHA256()), key
-
-
-def _write(folder: Path, name: str, cert: x509.Certificate, key: Any) -> Pair:
-    pair = Pair(folder / f"{name}.crt", folder / f"{name}.key")
-    pair.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pair.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return pair
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
-    ca = _issue("rtk test CA", None, ca=True)
-    foreign_ca = _issue("foreign CA", None, ca=True)
-    ca_pair = _write(folder, "ca", *ca)
-    return Pki(
-        ca=ca_pair.cert,
-        server=_write(folder, "server", *_issue("rtk-server-1", ca, server=True)),
-        server2=_write(folder, "server2", *_issue("rtk-server-2", ca, server=True)),
-        client=_write(folder, "client", *_issue("prometheus", ca)),
-        foreign_client=_write(folder, "foreign", *_issue("intruder", foreign_ca)),
-    )
 
 
 @pytest.fixture(scope="module")
@@ -131,26 +44,6 @@ def password_hash() -> str:
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def write_web_config(tmp_path: Path, data: Any, name: str = "web.yml") -> Path:
-    path = tmp_path / name
-    # Write then rename, as a config manager would: a reader never sees half a file.
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
-    os.replace(tmp, path)
-    return path
-
-
-def tls_config(pki: Pki, **extra: Any) -> dict[str, Any]:
-    return {"cert_file": str(pki.server.cert), "key_file": str(pki.server.key), **extra}
-
-
-def client_context(pki: Pki, client: Pair | None = None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    if client is not None:
-        context.load_cert_chain(client.cert, client.key)
-    return context
 
 
 def https_get(port: int, path: str, context: ssl.SSLContext, **kw: Any) -> httpx.Response:
@@ -176,12 +69,6 @@ def served_common_name(port: int, pki: Pki) -> str:
         cert = conn.getpeercert()
     assert cert is not None
     return str(dict(pair[0] for pair in cert["subject"])["commonName"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def assert_clean_stop(exporter: Any) -> None:
@@ -343,6 +230,7 @@ def test_certificate_rotation(simulator, start_exporter, pki, tmp_path):
     assert_clean_stop(exporter)
 
 
+@pytest.mark.process
 def test_bad_web_config_is_one_clear_line_at_startup(simulator, pki, tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(sim_config(simulator)))
@@ -400,19 +288,12 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
             }
         )
     )
-    log_path = tmp_path / "prometheus.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                prometheus,
-                f"--config.file={config}",
-                f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
+    argv = [
+        prometheus,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
     api = f"http://127.0.0.1:{port}/api/v1"
 
     def query(expr: str) -> list[Any]:
@@ -422,22 +303,18 @@ def test_prometheus_scrapes_over_tls_with_basic_auth(
         except (httpx.TransportError, ValueError):  # not up yet, or not answering JSON yet
             return []
 
-    try:
-        up = wait_for(lambda: [r for r in query('up{job="rtk"}') if r["value"][1] == "1"], 30, 0.5)
-        assert up[0]["metric"]["instance"] == f"127.0.0.1:{exporter.port}"
-        build = wait_for(lambda: query('realtimekit_exporter_build_info{job="rtk"}'), 10, 0.5)
-        assert build[0]["value"][1] == "1"
-        targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
-        assert targets[0]["health"] == "up" and targets[0]["lastError"] == ""
-    except AssertionError as err:
-        raise AssertionError(f"{err}\n--- prometheus log:\n{log_path.read_text()}") from None
-    finally:
-        proc.terminate()
+    with running(argv, tmp_path / "prometheus.log", cwd=tmp_path) as prom:
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+            up = wait_for(
+                lambda: [r for r in query('up{job="rtk"}') if r["value"][1] == "1"], 30, 0.5
+            )
+            assert up[0]["metric"]["instance"] == f"127.0.0.1:{exporter.port}"
+            build = wait_for(lambda: query('realtimekit_exporter_build_info{job="rtk"}'), 10, 0.5)
+            assert build[0]["value"][1] == "1"
+            targets = httpx.get(f"{api}/targets", timeout=5).json()["data"]["activeTargets"]
+            assert targets[0]["health"] == "up" and targets[0]["lastError"] == ""
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- prometheus log:\n{prom.log()}") from None
     assert_clean_stop(exporter)
 
 
@@ -667,6 +544,7 @@ def promtool_accepts(path: Path) -> tuple[bool, str]:
 
 
 @pytest.mark.parametrize("name", sorted(ACCEPTED))
+@pytest.mark.process
 def test_configs_promtool_accepts_are_accepted(name, pki, password_hash, tmp_path):
     path = _fixture(ACCEPTED[name], pki, password_hash, tmp_path)
     ok, output = promtool_accepts(path)
@@ -676,6 +554,7 @@ def test_configs_promtool_accepts_are_accepted(name, pki, password_hash, tmp_pat
 
 
 @pytest.mark.parametrize("name", sorted(REJECTED))
+@pytest.mark.process
 def test_configs_promtool_rejects_are_rejected(name, pki, password_hash, tmp_path):
     builder, message = REJECTED[name]
     path = _fixture(builder, pki, password_hash, tmp_path)
@@ -687,6 +566,7 @@ def test_configs_promtool_rejects_are_rejected(name, pki, password_hash, tmp_pat
 
 
 @pytest.mark.parametrize("name", sorted(STRICTER))
+@pytest.mark.process
 def test_deliberately_stricter_than_promtool(name, pki, password_hash, tmp_path):
     builder, message = STRICTER[name]
     path = _fixture(builder, pki, password_hash, tmp_path)

@@ -31,8 +31,11 @@ from exporter.webhooks import (
     parse_well_known,
     verify,
 )
-
-from .conftest import FakeTime
+from tests.support.api import TOKEN
+from tests.support.clock import FakeTime
+from tests.support.metrics import max_in_window, parse_metrics, value
+from tests.support.ports import free_port
+from tests.support.process import wait_for
 
 APP = ("acc1", "app1")
 PATH = "/webhooks/acc1/app1"
@@ -543,14 +546,6 @@ SIM_ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 SIM_APP = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _webhook_setup(
     start_exporter: Callable[..., Any],
     *,
@@ -561,9 +556,7 @@ def _webhook_setup(
     explain a prompt change)."""
     from exporter.simulator import Simulator
 
-    from .conftest import TOKEN
-
-    port = _free_port()
+    port = free_port()
     sim = Simulator(
         token=TOKEN,
         meetings=3,
@@ -591,7 +584,6 @@ def _webhook_setup(
         ],
     }
     exporter = start_exporter(config)
-    from .conftest import value, wait_for
 
     wait_for(lambda: "webhook public key loaded" in exporter.log())
     first = sim.meeting_ids[0]  # polled at start; the others within one interval
@@ -600,13 +592,11 @@ def _webhook_setup(
 
 
 def _live(exporter: Any, meeting: str) -> float | None:
-    from .conftest import value
 
     return value(exporter.scrape(), "realtimekit_session_status", meeting_id=meeting, status="LIVE")
 
 
 def test_a_start_and_an_end_reach_metrics_within_a_second(start_exporter):
-    from .conftest import value, wait_for
 
     sim, exporter, _ = _webhook_setup(start_exporter)
     try:
@@ -636,7 +626,6 @@ def test_a_start_and_an_end_reach_metrics_within_a_second(start_exporter):
 
 
 def test_a_bad_signature_changes_nothing_but_its_counter(start_exporter):
-    from .conftest import parse_metrics, wait_for
 
     sim, exporter, port = _webhook_setup(start_exporter)
     try:
@@ -662,7 +651,6 @@ def test_a_bad_signature_changes_nothing_but_its_counter(start_exporter):
 
 
 def test_a_storm_of_participant_events_stays_inside_the_budget(start_exporter):
-    from .conftest import max_in_window, value, wait_for
 
     budget = (30, 10.0)
     sim, exporter, _ = _webhook_setup(start_exporter, interval=5, budget=budget)

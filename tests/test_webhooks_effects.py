@@ -20,8 +20,8 @@ from exporter.model import AppKey, MeetingKey, Session
 from exporter.poller import Poller, PollPlan, job_id
 from exporter.store import Store
 from exporter.webhook_layer import Webhooks
-
-from .conftest import TOKEN, FakeTime
+from tests.support.api import TOKEN
+from tests.support.clock import FakeTime
 
 APP: AppKey = ("acc", "app")
 OTHER: AppKey = ("acc", "other")

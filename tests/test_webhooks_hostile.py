@@ -13,7 +13,10 @@ import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from .conftest import TOKEN, free_port, value, wait_for
+from tests.support.api import TOKEN
+from tests.support.metrics import value
+from tests.support.ports import free_port
+from tests.support.process import wait_for
 
 ACCOUNT = "023e105f4ecef8ad9ca31a8372d0c353"
 APP = "6f0a8a2c3b8e4f62a1d2c3b4e5f60718"

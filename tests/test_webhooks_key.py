@@ -11,12 +11,12 @@ import time
 import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import free_port, wait_for
+from tests.support.ports import free_port
+from tests.support.process import proc_status, wait_for
 
 
 def _bomb() -> bytes:
@@ -71,13 +71,6 @@ def key_server(request: pytest.FixtureRequest) -> Iterator[str]:
     server.server_close()
 
 
-def rss_mib(pid: int) -> float:
-    status = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", status)
-    assert match is not None
-    return int(match.group(1)) / 1024
-
-
 @pytest.mark.parametrize(
     ("key_server", "reason"),
     [
@@ -105,7 +98,7 @@ def test_a_hostile_key_document_is_bounded_and_logged(start_exporter, key_server
 
     def logged() -> bool:
         nonlocal peak
-        peak = max(peak, rss_mib(exporter.proc.pid))
+        peak = max(peak, proc_status(exporter.proc.pid, "VmRSS") / 2**20)
         line = re.search(r".*webhook public key not loaded.*", exporter.log())
         return line is not None and reason in line.group(0)
 

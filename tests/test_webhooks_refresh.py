@@ -10,8 +10,8 @@ import time
 
 from exporter.model import MeetingKey
 from exporter.poller import MAX_REFRESH_QUEUE, REFRESH_SECONDS, REFRESH_SHARE, Refresher
-
-from .conftest import FakeTime, max_in_window
+from tests.support.clock import FakeTime
+from tests.support.metrics import max_in_window
 
 
 class Limiter:

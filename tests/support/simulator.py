@@ -1,15 +1,14 @@
-"""Helpers of the simulator's endpoint tests (recordings, livestreams, usage, registrations,
-peers): a started simulator on a fake clock, an API client, and a real loopback receiver that
+"""The simulator's endpoint tests (recordings, livestreams, usage, registrations, peers, webhook
+deliveries): a started simulator with an API client on it, and a real loopback receiver that
 keeps every webhook delivery."""
 
 from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -17,20 +16,7 @@ import pytest
 from exporter.simulator import Simulator
 
 TOKEN = "sim-endpoints-token"
-T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
-
-
-class Clock:
-    """A fake wall clock for the simulator, moved by ``advance``."""
-
-    def __init__(self, t: float = T0) -> None:
-        self.now = t
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z: where the simulator tests' FakeTime starts
 
 
 class Api:
@@ -57,13 +43,20 @@ class Api:
         self.client.close()
 
 
-class Receiver:
-    """A real HTTP server on 127.0.0.1 answering 200 to every POST and keeping the bodies."""
+class Post(NamedTuple):
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
 
-    def __init__(self) -> None:
-        self.bodies: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
+
+class Receiver:
+    """A real HTTP server on 127.0.0.1 keeping every POST. It answers the scripted ``statuses``
+    first, then 200; with a ``gate`` each answer waits until the gate is set."""
+
+    def __init__(self, statuses: Iterable[int] = (), gate: threading.Event | None = None) -> None:
+        self.posts: list[Post] = []
         self.cond = threading.Condition()
+        self.statuses = list(statuses)
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,11 +64,14 @@ class Receiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                headers = {k.lower(): v for k, v in self.headers.items()}
                 with receiver.cond:
-                    receiver.bodies.append(body)
-                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                    receiver.posts.append(Post(self.path, headers, body))
+                    status = receiver.statuses.pop(0) if receiver.statuses else 200
                     receiver.cond.notify_all()
-                self.send_response(200)
+                if gate is not None:
+                    gate.wait(20)
+                self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -94,26 +90,39 @@ class Receiver:
         port = self.server.server_address[1]
         return f"http://127.0.0.1:{port}/webhooks/{{account_id}}/{{app_id}}"
 
-    def events(self, name: str) -> list[dict[str, Any]]:
+    @property
+    def bodies(self) -> list[bytes]:
         with self.cond:
-            docs = [json.loads(b) for b in self.bodies]
+            return [post.body for post in self.posts]
+
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        with self.cond:
+            return [post.headers for post in self.posts]
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        docs = [json.loads(b) for b in self.bodies]
         return [d for d in docs if d.get("event") == name]
 
-    def wait_for(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
-        """Until ``check`` holds (re-checked on every delivery), bounded by ``timeout``."""
-        deadline = time.monotonic() + timeout
+    def wait_for(self, n: int, timeout: float = 15.0) -> list[Post]:
+        """The posts, once there are at least ``n``."""
         with self.cond:
-            while not check():
-                left = deadline - time.monotonic()
-                assert left > 0, f"condition not met in {timeout} s ({len(self.bodies)} posts)"
-                self.cond.wait(min(left, 0.2))
+            got = self.cond.wait_for(lambda: len(self.posts) >= n, timeout)
+            assert got, f"{len(self.posts)} of {n} webhook deliveries within {timeout} s"
+            return list(self.posts)
+
+    def wait_until(self, check: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Until ``check`` holds (re-checked on every delivery), bounded by ``timeout``."""
+        with self.cond:
+            got = self.cond.wait_for(check, timeout)
+            assert got, f"condition not met in {timeout} s ({len(self.posts)} posts)"
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
 
 
-MakeSim = Callable[..., tuple[Simulator, "Api"]]
+MakeSim = Callable[..., tuple[Simulator, Api]]
 
 
 def make_sim_fixture(**defaults: Any) -> Any:
