@@ -4,11 +4,14 @@ cheaply: the fast renderer behind :meth:`~exporter.meeting_metrics.MeetingCollec
 Each family's body is one ``bytes`` (what a scrape sends, and what :class:`~exporter.exposition.
 PartsGzip` remembers compressed). Nothing else holds the lines: per meeting only where its lines
 are in each body (end offsets, in ``array``\\ s), the state they were made from, and what each
-family's lines depend on (its value, or for a labelled family its key). A new body is joined from
-slices of the old one (``memoryview``, adjacent slices merged into one) and the lines that changed,
-rendered again only when what they depend on changed: most polls change the time of the last
-answer, the poll duration and the consumed time, and nothing else. A family none of whose lines
-changed keeps its body object (so its compressed form is reused too).
+family's lines depend on (its value, or for a labelled family its key). A new body is written
+from slices of the old one (adjacent slices taken as one) and the lines that changed, rendered
+again only when what they depend on changed: most polls change the time of the last answer, the
+poll duration and the consumed time, and nothing else. A family none of whose lines changed keeps
+its body object (so its compressed form is reused too). New lines are copied into the body being
+written as they are made and let go at once: a render never holds many small objects (issue 26:
+holding the ~120,000 new lines of a full render until one join left ~20 MB of the allocator's
+pools with the process).
 
 At 10,000 meetings this holds about 25 MB (the bodies, ~2 KB per meeting) where keeping every
 meeting's lines as well held ~80 MB (BENCHMARKS.md, issue 26).
@@ -137,16 +140,18 @@ def _place(
 
 
 class _Join:
-    """New bodies made of the old bodies' slices and new lines: per family, old slices that
-    follow each other are taken as one (most meetings keep most of their lines), and meetings
-    whose lines did not change at all are taken a run at a time."""
+    """New bodies written as the meetings go by, one ``bytearray`` per family: the old body's
+    slices (adjacent ones taken as one) and the new lines, each copied at once (the module's
+    docstring says why), then copied once into ``bytes``. A family is written only once one of
+    its lines changed (until then, what it has taken is all of the old body so far); meetings
+    whose lines did not change are taken a run at a time."""
 
     def __init__(self, blocks: list[bytes], lengths: list[array[int]], moved: bool) -> None:
         self._blocks = blocks
         self._views = [memoryview(block) for block in blocks]
         self._old = lengths
         self._starts = [array("q", accumulate(each, initial=0)) for each in lengths]
-        self._pieces: list[list[bytes | memoryview]] = [[] for _ in range(_COUNT)]
+        self._out = [bytearray() for _ in range(_COUNT)]
         self._lengths = [array("q") for _ in range(_COUNT)]
         self._changed = [moved] * _COUNT
         self._slices = [[0, 0] for _ in range(_COUNT)]  # per family, the old slice growing
@@ -163,51 +168,60 @@ class _Join:
     def add(self, slot: int, lines: list[bytes | None]) -> None:
         """A meeting comes next with these new lines (``None``: its old ones, at ``slot``)."""
         self._take()
-        starts, pieces, lengths = self._starts, self._pieces, self._lengths
+        starts, lengths, changed = self._starts, self._lengths, self._changed
         for i, new in enumerate(lines):
+            growing = self._slices[i]
             if new is None:
                 start, end = starts[i][slot], starts[i][slot + 1]
-                self._extend(i, start, end)
                 lengths[i].append(end - start)
+                if growing[1] == start:
+                    growing[1] = end
+                    continue
+                changed[i] = True  # old lines were left out before these
             else:
-                if new:
-                    self._cut(i)
-                    pieces[i].append(new)
+                changed[i] = True
                 lengths[i].append(len(new))
-                self._changed[i] = True
-
-    def _extend(self, i: int, start: int, end: int) -> None:
-        """Add the old bytes [start, end) of family ``i``."""
-        growing = self._slices[i]
-        if growing[1] != start:
-            self._cut(i)
-            growing[0] = start
-        growing[1] = end
-
-    def _cut(self, i: int) -> None:
-        """The growing old slice of family ``i`` becomes a piece."""
-        growing = self._slices[i]
-        if growing[1] > growing[0]:
-            self._pieces[i].append(self._views[i][growing[0] : growing[1]])
-        growing[0] = growing[1] = 0
+                start = end = -1
+            if growing[1] > growing[0]:
+                self._write(i)
+            if new is None:
+                growing[0], growing[1] = start, end
+            else:
+                growing[0] = growing[1] = -1  # (a new line: no old slice grows from here)
+                self._out[i] += new
 
     def _take(self) -> None:
         """Take the pending run of unchanged meetings: their old slice of every family."""
         a, b = self._run
-        if b > a:
-            for i in range(_COUNT):
-                self._extend(i, self._starts[i][a], self._starts[i][b])
-                self._lengths[i].extend(self._old[i][a:b])
+        if b <= a:
+            return
         self._run[0] = self._run[1] = 0
+        for i, starts in enumerate(self._starts):
+            start, end = starts[a], starts[b]
+            self._lengths[i].extend(self._old[i][a:b])
+            growing = self._slices[i]
+            if growing[1] == start:
+                growing[1] = end
+                continue
+            self._changed[i] = True  # old lines were left out before these
+            self._write(i)
+            growing[0], growing[1] = start, end
+
+    def _write(self, i: int) -> None:
+        """Write out the old slice growing in family ``i``."""
+        start, end = self._slices[i]
+        if end > start:
+            self._out[i] += self._views[i][start:end]
 
     def finish(self, everything: bool) -> tuple[list[bytes], list[array[int]]]:
         """The bodies (a family whose lines all stayed keeps its old body object) and lengths."""
         self._take()
         blocks = []
         for i, old in enumerate(self._blocks):
-            if self._changed[i] or everything:
-                self._cut(i)
-                blocks.append(b"".join(self._pieces[i]))
-            else:
-                blocks.append(old)
+            if not (self._changed[i] or everything):
+                blocks.append(old)  # all of the old body, in one slice
+                continue
+            self._write(i)
+            blocks.append(bytes(self._out[i]))
+            self._out[i] = bytearray()  # let it go before the next family's copy
         return blocks, self._lengths

@@ -14,14 +14,14 @@ import ssl
 import stat
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import yaml
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from exporter.errors import ConfigError
+
+if TYPE_CHECKING:  # cryptography is imported where a key is read: ~7 MiB only webhooks need
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 T = TypeVar("T")
 
@@ -202,6 +202,10 @@ def read_secret(
 
 def parse_public_key(pem: bytes, *, source: str = "public key") -> rsa.RSAPublicKey:
     """An RSA public key from PEM bytes; a :class:`ConfigError` naming ``source`` otherwise."""
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError, UnsupportedAlgorithm) as err:

@@ -149,11 +149,13 @@ class MeetingCollector(Collector):
 
     def _refresh(self) -> tuple[list[bytes], list[tuple[AppKey, Tally]]]:
         """Bring the family bodies and aggregates up to date (under the lock)."""
-        version, states = self._store.snapshot()
         now, stale_after, options = self._clock(), self._stale_after(), dict(self._options())
-        made_from = (version, options)
-        if made_from == self._made_from and self._made_at <= now < self._valid_until:
+        if (self._store.version, options) == self._made_from and (
+            self._made_at <= now < self._valid_until
+        ):
             return self._bodies.blocks, self._tallies
+        version, states = self._store.snapshot()
+        made_from = (version, options)
         rows: list[Row] = []
         broken: list[tuple[MeetingKey, Exception]] = []
         tallies = _Tallies(options)

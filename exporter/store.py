@@ -207,6 +207,13 @@ class Store:
                     out.add(key)
         return out
 
+    @property
+    def version(self) -> int:
+        """The version :meth:`snapshot` would give now (a scrape that finds it unchanged needs
+        no copy of 10,000 states)."""
+        with self._lock:
+            return self._version
+
     def snapshot(self) -> tuple[int, dict[MeetingKey, MeetingState]]:
         """A consistent copy of every state, with a version number that changes on every write."""
         with self._lock:

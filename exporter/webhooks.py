@@ -42,20 +42,19 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, NamedTuple
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 from exporter.errors import ConfigError, ExporterError
 from exporter.events import Event, MalformedEvent, WebhookHealth, parse_event
 from exporter.files import parse_public_key
 from exporter.model import SAFE_ID, AppKey
 
+if TYPE_CHECKING:  # imported with the first key (parse_public_key): ~7 MiB a process without
+    # webhooks does not need
+    from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey as PublicKey
+
 log = logging.getLogger(__name__)
 
-PublicKey = rsa.RSAPublicKey
 StartResponse = Callable[..., Any]
 
 DEFAULT_MAX_BODY_BYTES: Final = 1 << 20
@@ -93,6 +92,10 @@ def verify(key: PublicKey, body: bytes, signature_b64: str) -> bool:
     """Whether ``signature_b64`` signs exactly ``body``; anything malformed is ``False``."""
     if not signature_b64 or len(signature_b64) > MAX_SIGNATURE_CHARS:
         return False
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     try:
         raw = base64.b64decode(signature_b64.strip(), validate=True)
         key.verify(raw, body, padding.PKCS1v15(), hashes.SHA256())

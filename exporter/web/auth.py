@@ -14,8 +14,6 @@ import secrets
 import threading
 from collections.abc import Mapping
 
-import bcrypt
-
 
 def parse_basic_authorization(header: str | None) -> tuple[bytes, bytes] | None:
     """``Basic dXNlcjpwYXNz`` to ``(b"user", b"pass")``; None when absent or malformed."""
@@ -44,6 +42,9 @@ class BasicAuth:
     def __init__(self, users: Mapping[str, str]) -> None:
         if not users:
             raise ValueError("BasicAuth needs at least one user")
+        import bcrypt  # here: a process without basic auth does not load it
+
+        self._checkpw = bcrypt.checkpw
         self._users = {name.encode(): hashed.encode() for name, hashed in users.items()}
         # Unknown users are checked against a real hash too, so timing does not tell them apart.
         self._decoy = next(iter(self._users.values()))
@@ -69,7 +70,7 @@ class BasicAuth:
                 return True
         with self._bcrypt_lock:
             try:
-                ok = bcrypt.checkpw(password, hashed if hashed is not None else self._decoy)
+                ok = self._checkpw(password, hashed if hashed is not None else self._decoy)
             except ValueError:  # a password the library refuses (e.g. over 72 bytes)
                 ok = False
         if not ok or hashed is None:

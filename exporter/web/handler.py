@@ -64,6 +64,10 @@ class _LogStream:
         pass
 
 
+#: A first body part up to this size goes out in one write with the answer's head.
+_JOINED_WITH_HEAD = 64 * 1024
+
+
 class _ServerHandler(ServerHandler):
     server_software = ""  # no Server header (wsgiref's names Python's version)
     #: Whether the connection may carry another request after this answer (HTTP/1.1, the
@@ -74,6 +78,38 @@ class _ServerHandler(ServerHandler):
     environ: Any
     bytes_sent: int
     headers_sent: bool
+
+    #: What ``send_headers`` writes, while it writes it; then the head, held for the first write
+    #: of the body.
+    _head: list[bytes] | None = None
+    _held = b""
+
+    def send_headers(self) -> None:
+        """wsgiref's, with the head (status line, Date, headers: three writes) held and sent
+        with the body's first part: one write, one packet for a small answer."""
+        self._head = []
+        try:
+            super().send_headers()
+        finally:
+            self._held, self._head = b"".join(self._head), None
+
+    def _write(self, data: bytes) -> None:
+        if self._head is not None:
+            self._head.append(data)
+            return
+        if self._held:
+            held, self._held = self._held, b""
+            if len(data) <= _JOINED_WITH_HEAD:
+                data = held + data
+            else:
+                super()._write(held)
+        super()._write(data)
+
+    def finish_content(self) -> None:
+        super().finish_content()
+        if self._held:  # an answer without a body (HEAD, an empty one): the head alone
+            self._write(b"")
+            self._flush()
 
     def cleanup_headers(self) -> None:
         super().cleanup_headers()  # sets Content-Length when the body is one part
