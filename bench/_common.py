@@ -152,9 +152,12 @@ class ExporterProcess(Process):
         self.base = f"http://127.0.0.1:{self.port}"
 
     def _find_port(self, timeout: float) -> int:
+        """The port of ``/metrics`` (not the webhook listener's, when the config has one)."""
+        hooks = str(self.config.get("webhooks", {}).get("listen_address", ""))
+        other = int(hooks.rsplit(":", 1)[1]) if hooks else None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            port = listening_port(self.pid)
+            port = listening_port(self.pid, other)
             if port is not None:
                 return port
             if self.proc.poll() is not None:
@@ -178,8 +181,9 @@ class ExporterProcess(Process):
         raise RuntimeError(f"exporter not ready within {timeout}s:\n{self.log()[-3000:]}")
 
 
-def listening_port(pid: int) -> int | None:
-    """The TCP port a process listens on (IPv4), from /proc/PID/net/tcp and its fds."""
+def listening_port(pid: int, other: int | None = None) -> int | None:
+    """The TCP port a process listens on (IPv4), other than ``other``, from /proc/PID/net/tcp
+    and its fds."""
     try:
         inodes = set()
         for fd in Path(f"/proc/{pid}/fd").iterdir():
@@ -191,8 +195,9 @@ def listening_port(pid: int) -> int | None:
                 inodes.add(target[8:-1])
         for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
-                return int(fields[1].split(":")[1], 16)
+            port = int(fields[1].split(":")[1], 16)
+            if fields[3] == "0A" and fields[9] in inodes and port != other:  # LISTEN
+                return port
     except OSError:
         return None
     return None
