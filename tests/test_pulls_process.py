@@ -4,6 +4,7 @@ quality from peer reports (issue 28)."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -256,20 +257,86 @@ def test_reports_of_peers_that_left_fill_the_histograms(start_exporter):
     sim, exporter = start(
         start_exporter,
         app={"quality": {"enabled": True, "delay_seconds": 0, "max_reports_per_hour": 3600}},
+        peer_partial_rate=0.5,  # some reports carry only some stream kinds
     )
     try:
         a = sim.meeting_ids[0]
-        sim.set_participants(a, 5)
+        sim.set_participants(a, 7)
         exporter.wait_ready()
-        left = [sim.peers.leave(a) for _ in range(4)]
+        left = [sim.peers.leave(a) for _ in range(6)]
         kinds = [k for peer in left for k in sim.peers.report_kinds(peer)]
         wait_for(lambda: value(exporter.scrape(), "realtimekit_peer_reports_total",
-                               result="fetched", **IDS) == 4, timeout=20)  # fmt: skip
+                               result="fetched", **IDS) == 6, timeout=20)  # fmt: skip
         samples = exporter.scrape()
-        observed = sum(v for (n, ls), v in samples.items() if n == "realtimekit_peer_mos_count")
-        assert observed == len(kinds)
+        # the seed gives full, partial and screen-sharing reports: the series' counts differ
+        assert len(set(kinds)) == 6 and kinds.count("audio_consumer") > len(left) // 2
+        for family, carried in expected_counts(kinds).items():
+            got = {(dict(ls)["media"], dict(ls)["direction"]): v for (n, ls), v in samples.items()
+                   if n == f"{family}_count"}  # fmt: skip
+            assert got == carried, family
+        assert value(samples, "realtimekit_peer_reports_total", result="missing", **IDS) == 0
         no_secret_anywhere(sim, exporter)
         for peer in left:
             assert peer not in exporter.get("/metrics").text and peer not in exporter.log()
     finally:
         sim.stop()
+
+
+def test_a_report_not_there_yet_is_retried_twice_then_counted_missing(start_exporter):
+    """About two and a half minutes: a 404 is asked again at most twice, 60 s apart
+    (``exporter.quality.RETRY_SECONDS``, fixed by the design; no setting shortens it)."""
+    sim, exporter = start(
+        start_exporter,
+        app={"quality": {"enabled": True, "delay_seconds": 1, "max_reports_per_hour": 3600}},
+    )
+    try:
+        a = sim.meeting_ids[0]
+        sim.set_participants(a, 6)
+        exporter.wait_ready()
+        first = len(sim.request_log())
+        ready, late, never, after = (sim.peers.leave(a) for _ in range(4))
+        # set within milliseconds of leaving; the first ask comes delay_seconds after the webhook
+        sim.peers.set_report(late, delay=30)  # there for the first retry (~60 s after leaving)
+        sim.peers.set_report(never, delay=math.inf)
+        sim.peers.set_report(after, delay=140)  # there only after the last retry (~120 s)
+
+        def results() -> dict[str, float | None]:
+            samples = exporter.scrape()
+            return {r: value(samples, "realtimekit_peer_reports_total", result=r, **IDS)
+                    for r in ("fetched", "missing", "failed")}  # fmt: skip
+
+        wait_for(lambda: results()["fetched"] == 1, timeout=20)
+        wait_for(lambda: results()["fetched"] == 2, timeout=90, interval=1)  # late, on a retry
+        wait_for(lambda: results()["missing"] == 2, timeout=120, interval=1)
+        assert results() == {"fetched": 2, "missing": 2, "failed": 0}
+        wait_for(lambda: sim.peers.report(after) is not None, timeout=40, interval=1)
+        probe = sim.peers.leave(a)  # fetched once the report of `after` is there: not that one
+        wait_for(lambda: results()["fetched"] == 3, timeout=20)
+        assert results() == {"fetched": 3, "missing": 2, "failed": 0}
+        asked = [t for _, t, _ in sim.request_log()[first:] if "/peer-report/" in t]
+        times = {peer: sum(peer in t for t in asked) for peer in (ready, late, never, after, probe)}
+        assert times == {ready: 1, late: 2, never: 3, after: 3, probe: 1}
+        no_secret_anywhere(sim, exporter)
+        assert not any(p in exporter.log() for p in times)
+    finally:
+        sim.stop()
+
+
+def expected_counts(kinds: list[str]) -> dict[str, dict[tuple[str, str], int]]:
+    """Per histogram, the ``_count`` each (media, direction) should have after reports carrying
+    these stream kinds: MOS and loss for every kind, RTT for producers (what is sent), jitter
+    buffer delay for consumers (what is received)."""
+    counts: dict[str, dict[tuple[str, str], int]] = {
+        f"realtimekit_peer_{name}": {}
+        for name in ("mos", "packet_loss_ratio", "rtt_seconds", "jitter_buffer_delay_seconds")
+    }
+    for kind in kinds:
+        media = "screenshare" if kind.startswith("screenshare") else kind.split("_")[0]
+        sending = kind.endswith("producer")
+        series = (media, "send" if sending else "receive")
+        families = ["mos", "packet_loss_ratio", "rtt_seconds" if sending
+                    else "jitter_buffer_delay_seconds"]  # fmt: skip
+        for name in families:
+            family = counts[f"realtimekit_peer_{name}"]
+            family[series] = family.get(series, 0) + 1
+    return counts
