@@ -21,17 +21,15 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.support import deploy
 from tests.support.api import TOKEN
 from tests.support.deploy import (
     COMPOSE,
-    CONFIG_PATH_IN_IMAGE,
-    DEFAULT_PORT,
     DEPLOY,
     K8S,
     PROM_DIR,
     ROOT,
     compose,
-    compose_mounts,
     load_yaml,
     load_yaml_all,
     run,
@@ -372,7 +370,9 @@ def test_compose_ha_profile_structure() -> None:
     for name in ("exporter-a", "exporter-b"):
         exporter = services[name]
         assert "entrypoint" not in exporter and "command" not in exporter, name
-        assert compose_mounts(exporter)[CONFIG_PATH_IN_IMAGE] == COMPOSE_HA_CONFIG, name
+        assert deploy.compose_mounts(exporter)[deploy.CONFIG_PATH_IN_IMAGE] == COMPOSE_HA_CONFIG, (
+            name
+        )
         assert exporter["secrets"] == ["redis-password"], name
         assert config["coordination"]["password_file"] == f"{SECRETS_DIR}/redis-password"
         assert set(exporter["environment"]) == {"CLOUDFLARE_API_TOKEN"}, name
@@ -381,7 +381,7 @@ def test_compose_ha_profile_structure() -> None:
             == sim["environment"]["CLOUDFLARE_API_TOKEN"]
         )
         (port,) = exporter["ports"]
-        assert port.startswith("127.0.0.1:") and port.endswith(f":{DEFAULT_PORT}"), name
+        assert port.startswith("127.0.0.1:") and port.endswith(f":{deploy.DEFAULT_PORT}"), name
         assert exporter["depends_on"] == {
             "simulator-ha": {"condition": "service_healthy"},
             "redis": {"condition": "service_healthy"},
@@ -412,13 +412,15 @@ def test_compose_prometheus_scrapes_the_ha_exporters() -> None:
 #: ha profile's exporters: DNS discovery finds them while the profile runs, and nothing (no
 #: failing target, no ExporterDown alert) while it does not.
 PROMETHEUS_HA_SCRAPE: dict[str, Any] = {
-    "dns_sd_configs": [{"names": ["exporter-a", "exporter-b"], "type": "A", "port": DEFAULT_PORT}],
+    "dns_sd_configs": [
+        {"names": ["exporter-a", "exporter-b"], "type": "A", "port": deploy.DEFAULT_PORT}
+    ],
     "relabel_configs": [
         {
             "source_labels": ["__meta_dns_name"],
             "regex": "(.+)",
             "target_label": "instance",
-            "replacement": f"${{1}}:{DEFAULT_PORT}",
+            "replacement": f"${{1}}:{deploy.DEFAULT_PORT}",
         }
     ],
 }
