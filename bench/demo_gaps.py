@@ -24,7 +24,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import machine
 from tests.support.ports import free_port
-from tests.support.process import demo, http_ok, wait_for
+from tests.support.process import demo, wait_ok
 
 ACTIVE = re.compile(r'^realtimekit_session_active\{[^}]*meeting_id="([^"]+)"', re.M)
 UP = re.compile(r'^realtimekit_up\{[^}]*meeting_id="([^"]+)"', re.M)
@@ -47,7 +47,7 @@ def main() -> int:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp, demo(Path(tmp) / "demo.log", port=port) as proc:
-        wait_for(lambda: http_ok(base + "/-/ready"), 60, 0.25, what="/-/ready", process=proc)
+        wait_ok(base + "/-/ready", proc, 60)
         watched, _, _ = sample(base)
         print(f"# {machine()}; demo watching {len(watched)} meetings")
         missed, samples = 0, int(args.minutes * 60 / args.every)

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from tests.support.ports import free_port
-from tests.support.process import NO_PROXY, http_ok, running, wait_for
+from tests.support.process import NO_PROXY, running, wait_ok
 from tests.support.tools import require_tool
 
 pytestmark = pytest.mark.process
@@ -87,13 +87,7 @@ def alertmanager(tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
 
     with running(cmd, tmp_path / "alertmanager.log") as process:
-        wait_for(
-            lambda: http_ok(url + "/-/ready"),
-            30,
-            0.2,
-            what="Alertmanager's /-/ready",
-            process=process,
-        )
+        wait_ok(url + "/-/ready", process, 30)
         yield url
 
 

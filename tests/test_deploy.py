@@ -53,7 +53,14 @@ from tests.support.deploy import (
     validate_k8s,
 )
 from tests.support.ports import free_port
-from tests.support.process import NO_PROXY, Process, http_ok, running, wait_for
+from tests.support.process import (
+    NO_PROXY,
+    ExporterProcess,
+    Process,
+    running,
+    wait_for,
+    wait_ok,
+)
 from tests.support.tools import require_binary, require_tool
 
 #: This module's fixtures that start processes (conftest marks the tests using them).
@@ -898,13 +905,7 @@ def test_wheel_installs_and_runs_like_the_image(tmp_path: Path) -> None:
     cmdline = tmp_path / "cmdline"
     env_with_token = {**env, "CLOUDFLARE_API_TOKEN": "dummy-token"}
     with running(argv, tmp_path / "exporter.log", cwd=home, env=env_with_token) as exporter:
-        wait_for(
-            lambda: http_ok(f"http://127.0.0.1:{port}/-/healthy"),
-            20,
-            0.2,
-            what="installed exporter answering /-/healthy",
-            process=exporter,
-        )
+        wait_ok(f"http://127.0.0.1:{port}/-/healthy", exporter, 20)
         live = Path(f"/proc/{exporter.pid}/cmdline")
         cmdline.write_bytes(live.read_bytes())
         result = run([*health, "--cmdline-file", str(live)], cwd=home, env=env, timeout=30)
@@ -1620,58 +1621,27 @@ def stack_exporter_config(sim: Any, hooks: int, *, per_meeting: bool = True) -> 
     }
 
 
-@dataclass
-class RunningExporter:
-    url: str
-    port: int
-    process: Process
-
-    def wait_for(self, check: Callable[[str], Any], timeout: float, what: str) -> None:
-        """Until ``check`` holds for the body of /metrics."""
-        wait_for(
-            lambda: check(http_get(self.url + "/metrics")),
-            timeout,
-            0.2,
-            what=what,
-            process=self.process,
-        )
+def wait_metrics(
+    exporter: ExporterProcess, check: Callable[[str], Any], timeout: float, what: str
+) -> None:
+    """Until ``check`` holds for the body of the exporter's /metrics."""
+    wait_for(lambda: check(exporter.metrics_text()), timeout, 0.2, what=what, process=exporter)
 
 
 @contextlib.contextmanager
-def running_exporter(config: dict[str, Any], tmp: Path) -> Iterator[RunningExporter]:
-    config_path = tmp / "exporter.yaml"
-    config_path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "CLOUDFLARE_API_TOKEN": TOKEN,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config.file",
-        str(config_path),
-        "--web.listen-address",
-        f"127.0.0.1:{port}",
-    ]
-    with running(cmd, tmp / "exporter.log", cwd=ROOT, env=env) as process:
-        exporter = RunningExporter(f"http://127.0.0.1:{port}", port, process)
-        wait_for(
-            lambda: http_ok(exporter.url + "/-/ready"),
-            20,
-            0.2,
-            what="the exporter's /-/ready",
-            process=process,
-        )
+def running_exporter(config: dict[str, Any], tmp: Path) -> Iterator[ExporterProcess]:
+    """The exporter of this source tree on ``config`` (this module's token), once ready."""
+    exporter = ExporterProcess(config, tmp, env={"CLOUDFLARE_API_TOKEN": TOKEN}, root=ROOT)
+    try:
+        exporter.wait_ready(20)
         yield exporter
+    finally:
+        exporter.stop()
 
 
 @contextlib.contextmanager
 def running_prometheus(
-    sim: Any, exporter: RunningExporter, tmp: Path, enough: str
+    sim: Any, exporter: ExporterProcess, tmp: Path, enough: str
 ) -> Iterator[Stack]:
     """The shipped prometheus.yml (every rule file) scraping ``exporter`` every second, until
     three scrapes and ``enough`` (PromQL) give a result."""
@@ -1693,14 +1663,8 @@ def running_prometheus(
         "--log.level=warn",
     ]
     with running(prom_cmd, tmp / "prometheus.log", cwd=tmp) as prom:
-        stack = Stack(sim, exporter.url, f"http://127.0.0.1:{prom_port}", prom)
-        wait_for(
-            lambda: http_ok(stack.prometheus_url + "/-/ready"),
-            30,
-            0.2,
-            what="Prometheus' /-/ready",
-            process=prom,
-        )
+        stack = Stack(sim, exporter.base, f"http://127.0.0.1:{prom_port}", prom)
+        wait_ok(stack.prometheus_url + "/-/ready", prom, 30)
 
         def scraped_enough() -> bool:
             found = stack.query(
@@ -1724,19 +1688,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # A brief 429 episode, so that the rate-limit series exist.
             sim.set_fault(ids[4], "429")
             sim.set_listing_fault("429")  # discovery answers listed meetings from the listing
-            exporter.wait_for(
-                lambda text: 'reason="rate_limited"' in text, 20, "a rate_limited poll error"
+            wait_metrics(
+                exporter,
+                lambda text: 'reason="rate_limited"' in text,
+                20,
+                "a rate_limited poll error",
             )
             sim.set_fault(ids[4], None)
             sim.set_listing_fault(None)
             sim.peers.leave(ids[0])  # a peer report for the call quality row
-            exporter.wait_for(
-                lambda text: "realtimekit_peer_mos_count{" in text, 30, "a peer report"
+            wait_metrics(
+                exporter, lambda text: "realtimekit_peer_mos_count{" in text, 30, "a peer report"
             )
             # The 429 paused every poll for 5 s, longer than 3 of the 1.6 s intervals: wait
             # until the pause is over and every meeting answered again, or whether a stale-data
             # alert is pending would depend on when Prometheus first evaluates.
-            exporter.wait_for(_fresh_after_pause, 30, "fresh data after the 429 pause")
+            wait_metrics(exporter, _fresh_after_pause, 30, "fresh data after the 429 pause")
             # Every meeting's series.
             with running_prometheus(sim, exporter, tmp, "count(realtimekit_up) >= 6") as stack:
                 yield stack
@@ -1756,8 +1723,8 @@ def scale_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         config = stack_exporter_config(sim, hooks, per_meeting=False)
         with running_exporter(config, tmp) as exporter:
             sim.peers.leave(sim.meeting_ids[0])  # a peer report for the call quality row
-            exporter.wait_for(
-                lambda text: "realtimekit_peer_mos_count{" in text, 30, "a peer report"
+            wait_metrics(
+                exporter, lambda text: "realtimekit_peer_mos_count{" in text, 30, "a peer report"
             )
             # The live session is exported and discovery listed it.
             enough = (

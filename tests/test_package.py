@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.process import NO_PROXY, Process, http_ok, wait_for
+from tests.support.process import NO_PROXY, Process, wait_ok
 from tests.support.tools import missing
 
 pytestmark = pytest.mark.process
@@ -251,13 +251,7 @@ def test_installed_demo_gets_ready(installed: Path, home: Path) -> None:
            f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
     demo = Process(cmd, home.parent / "demo.log", cwd=home, env=installed_env(installed, home))
     try:
-        wait_for(
-            lambda: http_ok(f"http://127.0.0.1:{port}/-/ready"),
-            60,
-            0.2,
-            what="a 200 from the demo's /-/ready",
-            process=demo,
-        )
+        wait_ok(f"http://127.0.0.1:{port}/-/ready", demo, 60)
         with NO_PROXY.open(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             body = response.read().decode()
         assert f'realtimekit_exporter_build_info{{version="{package_version()}"}} 1' in body

@@ -72,6 +72,12 @@ def wait_for(
     raise AssertionError(f"{what} not met within {timeout}s: {last}{tail}")
 
 
+def wait_ok(url: str, process: Process, timeout: float = 30) -> None:
+    """Until ``url`` answers 200 (a ``/-/ready`` or ``/-/healthy``); fails as soon as
+    ``process`` exits, showing its log."""
+    wait_for(lambda: http_ok(url), timeout, 0.2, what=f"a 200 from {url}", process=process)
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10) -> int:
     """SIGTERM, then SIGKILL after ``timeout`` seconds; the exit status."""
     if proc.poll() is None:
