@@ -35,7 +35,7 @@ from exporter.errors import REASONS
 from exporter.exposition import encodable
 from exporter.health import AppHealth, HealthSnapshot
 from exporter.model import NO_ACTIVE_SESSION, Answer, MeetingKey, Session
-from exporter.status_media import OFF, MediaView
+from exporter.status_media import OFF, MediaView, ago
 from exporter.store import MeetingState
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _num(value: float) -> str:
 
 
 def _age(now: float, then: float | None) -> str:
-    return "never" if then is None else f"{max(0.0, now - then):.0f} s ago"
+    return "never" if then is None else ago(now, then)
 
 
 def _utc(t: float) -> str:
