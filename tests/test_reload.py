@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import signal
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tests.support.api import TOKEN, sim_config
 from tests.support.metrics import value
 from tests.support.process import wait_for
+
+if TYPE_CHECKING:
+    from exporter.runtime import Service
 
 
 def meetings_exported(exporter) -> set[str]:
@@ -106,36 +110,40 @@ def test_token_file_rotation_is_picked_up_on_reload(simulator, start_exporter, t
     assert TOKEN not in exporter.log() + exporter.metrics_text()
 
 
+def scheduled_service(raw: dict[str, Any]) -> Service:
+    """A Service on ``raw`` (this module's token) with its jobs planned on a paused scheduler;
+    to be made inside a running event loop."""
+    from exporter.config import parse_config
+    from exporter.logs import RedactingFilter
+    from exporter.runtime import Service
+
+    service = Service(
+        parse_config(raw), {("CLOUDFLARE_API_TOKEN", None): TOKEN}, config_path=None,
+        redact=RedactingFilter(),
+    )  # fmt: skip
+    service.scheduler.start(paused=True)
+    service.swap(service.runtime)
+    return service
+
+
 def test_applying_the_same_config_again_keeps_every_job_and_its_phase():
     import asyncio
 
-    from exporter.config import parse_config
-    from exporter.logs import RedactingFilter
     from exporter.runtime import build_runtime
 
-    config = parse_config(
-        {
-            "api": {"rate_limit": {"requests": 30, "period_seconds": 10}},  # forces stretching
-            "poll": {"interval_seconds": 3},
-            "apps": [
-                {"account_id": "a", "app_id": "b", "meetings": [f"m{i}" for i in range(40)]},
-                {"account_id": "a", "app_id": "c", "discover": {"enabled": True}},
-            ],
-        }
-    )
+    raw = {
+        "api": {"rate_limit": {"requests": 30, "period_seconds": 10}},  # forces stretching
+        "poll": {"interval_seconds": 3},
+        "apps": [
+            {"account_id": "a", "app_id": "b", "meetings": [f"m{i}" for i in range(40)]},
+            {"account_id": "a", "app_id": "c", "discover": {"enabled": True}},
+        ],
+    }
 
     async def go() -> None:
-        from exporter.runtime import Service
-
-        service = Service(
-            config,
-            {("CLOUDFLARE_API_TOKEN", None): TOKEN},
-            config_path=None,
-            redact=RedactingFilter(),
-        )
+        service = scheduled_service(raw)
         scheduler = service.scheduler
-        scheduler.start(paused=True)
-        service.swap(service.runtime)
+        config = service.config
         before = {job.id: job.next_run_time for job in scheduler.get_jobs()}
         rebuilt = build_runtime(config, service.runtime.tokens, health=service.health,
                                 previous=service.runtime)  # fmt: skip
@@ -157,24 +165,13 @@ def test_closing_just_after_jobs_were_submitted_logs_no_failed_job(caplog):
     import logging
     from datetime import UTC, datetime
 
-    from exporter.config import parse_config
-    from exporter.logs import RedactingFilter
-    from exporter.runtime import Service
-
-    config = parse_config(
-        {
-            "api": {"base_url": "http://127.0.0.1:9"},  # nothing listens: polls fail at once
-            "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1", "m2", "m3"]}],
-        }
-    )
+    raw = {
+        "api": {"base_url": "http://127.0.0.1:9"},  # nothing listens: polls fail at once
+        "apps": [{"account_id": "a", "app_id": "b", "meetings": ["m1", "m2", "m3"]}],
+    }
 
     async def go() -> int:
-        service = Service(
-            config, {("CLOUDFLARE_API_TOKEN", None): TOKEN}, config_path=None,
-            redact=RedactingFilter(),
-        )  # fmt: skip
-        service.scheduler.start(paused=True)
-        service.swap(service.runtime)
+        service = scheduled_service(raw)
         for job in service.scheduler.get_jobs():
             job.modify(next_run_time=datetime.now(UTC))
         service.scheduler.resume()
