@@ -28,7 +28,6 @@ import itertools
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +55,7 @@ from bench._common import (
 )
 from exporter.simulator import Simulator
 from exporter.simulator.answers import dumps
-from exporter.simulator.delivery import sign
+from exporter.simulator.delivery import delivery_headers, sign
 from exporter.simulator.events import peer_json
 from tests.support.ports import free_port
 from tests.support.process import ExporterProcess
@@ -158,12 +157,7 @@ def left_bodies(sim: Simulator, leaves: int) -> list[bytes]:
 
 def headers(sim: Simulator, body: bytes, signature: str | None = None) -> dict[str, str]:
     assert sim.webhook_key is not None
-    return {
-        "rtk-signature": signature or sign(sim.webhook_key, body),
-        "rtk-uuid": str(uuid.uuid4()),
-        "rtk-webhook-id": sim.webhook_id,
-        "Content-Type": "application/json",
-    }
+    return delivery_headers(sim.webhook_key, sim.webhook_id, body, signature)
 
 
 def wait_for_key(sim: Simulator, url: str, seconds: float = 60) -> None:

@@ -42,6 +42,19 @@ def sign(private_key: rsa.RSAPrivateKey, body: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def delivery_headers(
+    private_key: rsa.RSAPrivateKey, webhook_id: str, body: bytes, signature: str | None = None
+) -> dict[str, str]:
+    """The headers RealtimeKit sends with one delivery of ``body`` (a fresh ``rtk-uuid``, kept
+    for its retries); ``signature``: one made beforehand with :func:`sign`."""
+    return {
+        "rtk-signature": signature or sign(private_key, body),
+        "rtk-uuid": str(uuid.uuid4()),
+        "rtk-webhook-id": webhook_id,
+        "Content-Type": "application/json",
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class WebhookTarget:
     url: str  # a template: {account_id} and {app_id} are replaced by the event's app
@@ -122,12 +135,7 @@ class WebhookSender:
 
     def _deliver(self, client: httpx.Client, app: AppKey, payload: dict[str, Any]) -> None:
         body = dumps(payload)
-        headers = {
-            "rtk-signature": sign(self.options.key, body),
-            "rtk-uuid": str(uuid.uuid4()),
-            "rtk-webhook-id": self.options.webhook_id,
-            "Content-Type": "application/json",
-        }
+        headers = delivery_headers(self.options.key, self.options.webhook_id, body)
         url, delays = self.options.target(app), self.options.delays
         for attempt in range(self.options.retries + 1):
             if attempt:
