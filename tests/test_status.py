@@ -8,7 +8,6 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from exporter.limiter import RateLimiter
 from exporter.model import NO_ACTIVE_SESSION, MeetingKey, Session
 from exporter.status import classify, config_page, redact, status_page
 from exporter.store import MeetingState, Store
+from tests.support.page import StatusPage
 from tests.support.process import demo as demo_process
 from tests.support.process import wait_for
 from tests.support.tools import require_tool
@@ -34,34 +34,6 @@ EVIL_LABEL = "a\"b&c<d>'e"
 FAKE_TOKEN = "fake-token-0a1b2c3d4e5f6a7b8c9d"
 LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+).*token (demo-\w+)", re.S)
 MARKER = 'content="realtimekit-exporter status page"'
-
-
-class Page(HTMLParser):
-    """What a browser would build of a page: every tag, and the meeting rows as text."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.tags: list[str] = []
-        self.rows: list[tuple[str, list[str]]] = []  # (class, cell texts) of rows with a class
-        self._row: list[str] | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.tags.append(tag)
-        cls = dict(attrs).get("class")
-        if tag == "tr" and cls:
-            self.rows.append((cls, []))
-            self._row = self.rows[-1][1]
-        elif tag == "td" and self._row is not None:
-            self._row.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "tr":
-            self._row = None
-
-    def handle_data(self, data: str) -> None:
-        if self._row:
-            self._row[-1] += data
 
 
 def make_config(**app: Any) -> Config:
@@ -143,7 +115,7 @@ def test_classify() -> None:
 
 
 def test_failing_first_then_live_then_idle() -> None:
-    parsed = Page(page(mixed()))
+    parsed = StatusPage(page(mixed()))
     kinds = [cls for cls, _ in parsed.rows]
     assert kinds == ["failing"] * 3 + ["live"] * 4 + ["idle"] * 3
     ids = [cells[1] for _, cells in parsed.rows]
@@ -158,7 +130,7 @@ def test_failing_first_then_live_then_idle() -> None:
 
 def test_limit_and_counts_of_the_rest() -> None:
     text = page(mixed(), limit=4)
-    parsed = Page(text)
+    parsed = StatusPage(text)
     assert [cls for cls, _ in parsed.rows] == ["failing"] * 3 + ["live"]
     assert "… and 6 more (0 failing, 3 live, 3 idle)" in text
     assert "10 exported: 3 failing, 4 live, 3 idle." in text
@@ -174,7 +146,7 @@ def test_values_are_escaped_and_there_is_no_script() -> None:
     assert "<script" not in text.lower()
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
     assert "a&quot;b&amp;c&lt;d&gt;&#x27;e" in text
-    parsed = Page(text)
+    parsed = StatusPage(text)
     assert "script" not in parsed.tags
     (_, cells) = parsed.rows[0]
     assert cells[2] == f'team="{EVIL_LABEL}"' and cells[7].startswith(EVIL_NAME)
@@ -293,7 +265,7 @@ def assert_png(data: bytes, size: tuple[int, int] = (1280, 900)) -> None:
 
 
 def assert_rendered(dom: str, meeting_ids: list[str]) -> None:
-    parsed = Page(dom)
+    parsed = StatusPage(dom)
     assert "script" not in parsed.tags, "the page has a script element"
     assert MARKER in dom
     shown = {cells[1] for _, cells in parsed.rows}

@@ -4,7 +4,6 @@ book per page), then against the real exporter process and the simulator over lo
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from exporter.status_media import MediaView, ago
 from exporter.store import Store
 from tests.support.api import TOKEN
 from tests.support.metrics import value
+from tests.support.page import StatusPage
 from tests.support.ports import free_port
 from tests.support.process import wait_for
 
@@ -30,42 +30,9 @@ PULLED = {((ACCOUNT, APP), "recordings"): PullState(60, up=True),
           ((ACCOUNT, APP), "livestreams"): PullState(60, up=True)}  # fmt: skip
 
 
-class Rows(HTMLParser):
+def meeting_rows(text: str) -> dict[str, dict[str, str]]:
     """The meetings table as {meeting id: {header: cell text}} (a <br> reads as " | ")."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.headers: list[str] = []
-        self.rows: list[list[str]] = []
-        self._in: str | None = None
-        self.feed(text.split("<h2>Meetings</h2>", 1)[1])
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "tr":
-            self.rows.append([])
-        elif tag in ("td", "th"):
-            self._in = tag
-            (self.headers if tag == "th" else self.rows[-1]).append("")
-        elif tag == "br" and self._in == "td":
-            self.rows[-1][-1] += " | "
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("td", "th"):
-            self._in = None
-
-    def handle_data(self, data: str) -> None:
-        if self._in == "th":
-            self.headers[-1] += data
-        elif self._in == "td":
-            self.rows[-1][-1] += data
-
-    def by_meeting(self) -> dict[str, dict[str, str]]:
-        out = {}
-        for cells in self.rows:
-            if cells:
-                named = dict(zip(self.headers, cells, strict=True))
-                out[named["Meeting"].split(" | ")[0]] = named
-        return out
+    return StatusPage(text, br=" | ").by_meeting()
 
 
 def make_config(n: int = 3) -> Config:
@@ -122,7 +89,7 @@ def test_each_meeting_shows_its_recording_and_livestream_state() -> None:
     media.take_event((ACCOUNT, APP), "livestreaming.statusUpdate",
                      {"streamId": "ls2", "status": "OFFLINE", "meeting": {"id": "m1"}})  # fmt: skip
     assert streams.view()[0]["m1"].status == "IDLE"
-    rows = Rows(render(config, MediaView.of(media, PULLED, NOW))).by_meeting()
+    rows = meeting_rows(render(config, MediaView.of(media, PULLED, NOW)))
     assert rows["m0"]["Recording"] == "ERRORED | since 45 s ago"
     assert rows["m1"]["Recording"] == "RECORDING | since 30 s ago"
     assert rows["m2"]["Recording"] == "none"  # watched, nothing known
@@ -136,15 +103,15 @@ def test_not_pulled_yet_and_a_failing_pull_are_said() -> None:
     config = make_config()
     media = media_of(config)
     fresh = {k: PullState(60) for k in PULLED}
-    rows = Rows(render(config, MediaView.of(media, fresh, NOW))).by_meeting()
+    rows = meeting_rows(render(config, MediaView.of(media, fresh, NOW)))
     assert rows["m0"]["Recording"] == rows["m0"]["Livestream"] == "not pulled yet"
     media.recordings[(ACCOUNT, APP)].book.take_event(rec("m1", "INVOKED"), NOW - 5)
     failing = {k: PullState(60, up=False, errors={"timeout": 1}) for k in PULLED}
-    rows = Rows(render(config, MediaView.of(media, failing, NOW))).by_meeting()
+    rows = meeting_rows(render(config, MediaView.of(media, failing, NOW)))
     assert rows["m0"]["Recording"] == "none | last pull failed"
     assert rows["m1"]["Recording"] == "INVOKED | since 10 min ago; last pull failed"
     # no view at all (a caller that watches nothing): every meeting off
-    rows = Rows(render(config, None)).by_meeting()
+    rows = meeting_rows(render(config, None))
     assert {r["Recording"] for r in rows.values()} == {"off | not watched"}
 
 
@@ -178,7 +145,7 @@ def test_states_are_escaped_and_nothing_private_is_shown() -> None:
     text = render(config, MediaView.of(media, PULLED, NOW))
     assert MARK not in text  # no id, url, file name, key or server
     assert "<script" not in text and "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
-    rows = Rows(text).by_meeting()
+    rows = meeting_rows(text)
     assert rows["m0"]["Recording"].startswith("UPLOADED | since ")
     assert rows["m1"]["Livestream"] == "LIVE" and rows["m2"]["Recording"].startswith(EVIL)
 
@@ -239,7 +206,7 @@ def test_the_live_page_follows_recordings_and_livestreams(start_exporter: Any) -
         exporter.wait_ready()
 
         def cells(meeting: str, column: str) -> str:
-            return Rows(exporter.get("/").text).by_meeting()[meeting][column]
+            return meeting_rows(exporter.get("/").text)[meeting][column]
 
         def pulled(kind: str) -> Any:
             return value(exporter.scrape(), "realtimekit_app_pull_up", pull=kind) == 1

@@ -5,6 +5,7 @@
 - ``clock``: ``FakeTime``, the one fake clock (monotonic, wall, asyncio sleep, ``advance``);
 - ``deploy``: the deployment files' paths and readers, shared by the deploy, HA and shard tests;
 - ``metrics``: reading an exposition (``parse_metrics``, ``value``) and ``max_in_window``;
+- ``page``: ``StatusPage``, the status page as a browser builds it (tags, meeting rows);
 - ``pki``: certificates made with ``cryptography`` (a CA, server and client pairs) and web configs;
 - ``ports``: ``free_port``;
 - ``process``: child processes with a log (``Process``, ``running``, ``stop_process``), the real
