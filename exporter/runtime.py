@@ -411,9 +411,8 @@ class Service:
         """Stop scheduling, give in-flight polls :data:`SHUTDOWN_GRACE` seconds, cancel the
         rest, close the HTTP clients."""
         self.scheduler.pause()
-        # A job the scheduler submitted just before the pause is a task that has not started:
-        # cancelled now, it would die before its own "cancelled at shutdown" handling and
-        # APScheduler would log it as a failed job. One turn of the loop starts them all.
+        # Let jobs submitted just before the pause start: cancelled unstarted, they would miss
+        # their own shutdown handling and APScheduler would log them as failed jobs.
         await asyncio.sleep(0)
         await self.poller.drain(SHUTDOWN_GRACE)
         self.scheduler.shutdown(wait=False)
