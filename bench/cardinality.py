@@ -31,6 +31,7 @@ import http.client
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +82,20 @@ def run(size: int, per_meeting: bool, args: argparse.Namespace) -> dict[str, Any
                 time.sleep(0.2)
             else:
                 raise RuntimeError(f"{size}: no complete cycle within the time bound")
-            times: dict[str, list[float]] = {"identity": [], "gzip": [], "stdlib": []}
-            bodies: dict[str, bytes] = {}
             stdlib = http.client.HTTPConnection("127.0.0.1", exporter.port, timeout=120)
+            readers: dict[str, Callable[[], tuple[float, bytes]]] = {
+                "identity": lambda: scrape(client, exporter.base, "identity"),
+                "gzip": lambda: scrape(client, exporter.base, "gzip"),
+                "stdlib": lambda: scrape_stdlib(stdlib),
+            }
+            times: dict[str, list[float]] = {name: [] for name in readers}
+            bodies: dict[str, bytes] = {}
             for _ in range(args.scrapes):
-                for encoding in times:
+                for name, read in readers.items():
                     if time.monotonic() > deadline:
                         break
-                    if encoding == "stdlib":
-                        elapsed, bodies[encoding] = scrape_stdlib(stdlib)
-                    else:
-                        elapsed, bodies[encoding] = scrape(client, exporter.base, encoding)
-                    times[encoding].append(elapsed)
+                    elapsed, bodies[name] = read()
+                    times[name].append(elapsed)
                     time.sleep(0.25)
             stdlib.close()
         text = bodies["identity"].decode()
